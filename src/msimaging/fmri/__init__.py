@@ -1,0 +1,7 @@
+"""msimaging.fmri — not implemented yet (planned in issue(s) 6,7).
+
+The package exists so the layered architecture is visible and enforced from the start;
+it exports nothing until its issue lands.
+"""
+
+__all__: list[str] = []
