@@ -1,0 +1,516 @@
+"""Validated loading of images, masks and diffusion gradient tables.
+
+Every public function accepts a path or an in-memory nibabel image, checks its input up front
+and raises :class:`msimaging.errors.InputError` with a message that names the file or
+argument, says what is wrong and how to fix it: a corrupt file, a 3-D image passed as DWI or a
+mask on another grid never reaches numpy as a cryptic traceback or a silent wrong number.
+
+Inputs are never modified: loaders return new in-memory images.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import nibabel as nib
+import numpy as np
+
+from msimaging.errors import InputError
+
+if TYPE_CHECKING:
+    from dipy.core.gradients import GradientTable
+
+__all__ = [
+    "DWI",
+    "ImageLike",
+    "check_same_grid",
+    "describe",
+    "load_dwi",
+    "load_image",
+    "load_mask",
+    "read_bvals_bvecs",
+]
+
+ImageLike = str | os.PathLike | nib.spatialimages.SpatialImage
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def describe(img: Any, name: str) -> str:
+    """Return how to name an input in a message: ``name 'path'`` or ``name (in-memory image)``."""
+    if isinstance(img, str | os.PathLike):
+        return f"{name} '{os.fspath(img)}'"
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        return f"{name} (a {type(img).__name__})"
+    filename = img.get_filename()
+    if filename:
+        return f"{name} '{filename}'"
+    return f"{name} (in-memory image)"
+
+
+def _read(img: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
+    """Open ``img`` and read its data into memory, turning any failure into InputError."""
+    if isinstance(img, str | os.PathLike):
+        path = Path(img)
+        if not path.exists():
+            raise InputError(f"{what} does not exist; check the path (and the working directory).")
+        if path.is_dir():
+            raise InputError(f"{what} is a folder, not an image file; give the NIfTI file itself.")
+        try:
+            loaded = nib.load(path)
+        except Exception as exc:  # nibabel raises many types for unreadable files
+            raise InputError(
+                f"{what} cannot be read as an image ({type(exc).__name__}: {exc}); "
+                "check that it is a complete NIfTI file (re-copy or re-export it)."
+            ) from exc
+    elif isinstance(img, nib.spatialimages.SpatialImage):
+        loaded = img
+    else:
+        raise InputError(
+            f"{what} must be a file path or a nibabel image, not {type(img).__name__}; "
+            "pass e.g. 'sub-01_dwi.nii.gz' or nibabel.load(...)."
+        )
+    try:
+        data = np.asanyarray(loaded.dataobj)
+    except (EOFError, zlib.error, OSError, ValueError) as exc:
+        raise InputError(
+            f"{what} is truncated or corrupt: its data cannot be read ({type(exc).__name__}: "
+            f"{exc}); re-copy or re-export the file."
+        ) from exc
+    return nib.Nifti1Image(data, loaded.affine, _nifti_header(loaded))
+
+
+def _nifti_header(img: nib.spatialimages.SpatialImage) -> nib.Nifti1Header | None:
+    header = img.header
+    if isinstance(header, nib.Nifti1Header):
+        header = header.copy()
+        # The data are already scaled by nibabel; keep the header from rescaling them again.
+        header.set_slope_inter(None, None)
+        return header
+    return None
+
+
+def _check_finite(data: np.ndarray, what: str) -> None:
+    if not np.issubdtype(data.dtype, np.floating):
+        return
+    finite = np.isfinite(data)
+    if finite.all():
+        return
+    n_bad = int(data.size - np.count_nonzero(finite))
+    where = ""
+    if data.ndim == 4:
+        bad_volumes = np.flatnonzero(~finite.all(axis=(0, 1, 2)))
+        shown = ", ".join(str(v) for v in bad_volumes[:10])
+        where = f" in volume(s) {shown}{' ...' if bad_volumes.size > 10 else ''} (0-based)"
+    raise InputError(
+        f"{what} contains {n_bad} NaN or infinite voxel value(s){where}; "
+        "fix or drop those volumes upstream (msimaging never fills them silently)."
+    )
+
+
+def load_image(
+    img: ImageLike,
+    *,
+    name: str = "image",
+    ndim: int | tuple[int, ...] | None = None,
+    allow_nonfinite: bool = False,
+) -> nib.Nifti1Image:
+    """Load and validate an image.
+
+    Parameters
+    ----------
+    img : str, os.PathLike or nibabel image
+        The image, as a file path (``.nii``/``.nii.gz`` or anything nibabel reads) or an
+        in-memory image.
+    name : str
+        What the image is, used in error messages (e.g. ``"dwi"``, ``"lesion_mask"``).
+    ndim : int or tuple of int, optional
+        Accepted numbers of dimensions; a 4-D image with a single volume counts as 3-D.
+    allow_nonfinite : bool
+        Accept NaN/Inf voxels (default: reject them).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        A new in-memory image with its data loaded (the input is not modified).
+
+    Raises
+    ------
+    InputError
+        Missing, truncated or corrupt file; wrong number of dimensions; NaN/Inf values.
+    """
+    what = describe(img, name)
+    out = _read(img, what)
+    data = np.asanyarray(out.dataobj)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if data.ndim == 4 and data.shape[3] == 1 and 3 in allowed:
+            data = data[..., 0]
+            out = nib.Nifti1Image(data, out.affine, out.header)
+        if data.ndim not in allowed:
+            raise InputError(
+                f"{what} has {data.ndim} dimensions (shape {data.shape}) but "
+                f"{' or '.join(f'{d}-D' for d in allowed)} is expected; check that the right "
+                "file was given."
+            )
+    if not allow_nonfinite:
+        _check_finite(data, what)
+    return out
+
+
+def load_mask(
+    mask: ImageLike,
+    *,
+    name: str = "mask",
+    threshold: float | None = None,
+    reference: ImageLike | None = None,
+    reference_name: str = "reference",
+    allow_empty: bool = False,
+) -> nib.Nifti1Image:
+    """Load a binary mask, or binarise a probability map with an explicit threshold.
+
+    Parameters
+    ----------
+    mask : str, os.PathLike or nibabel image
+        3-D mask. Without ``threshold`` its values must be 0 and 1 (or boolean).
+    name : str
+        What the mask is, used in error messages.
+    threshold : float, optional
+        Voxels strictly above it are in the mask. Required for probability maps: msimaging
+        never guesses a threshold.
+    reference : str, os.PathLike or nibabel image, optional
+        The mask must be on the grid of this image (see :func:`check_same_grid`).
+    reference_name : str
+        What the reference is, used in error messages.
+    allow_empty : bool
+        Accept a mask with no voxel (default: reject it).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        A ``uint8`` 0/1 image on the mask's grid.
+    """
+    what = describe(mask, name)
+    img = load_image(mask, name=name, ndim=3)
+    data = np.asanyarray(img.dataobj)
+    if threshold is not None:
+        if not np.isfinite(threshold):
+            raise InputError(f"threshold for {what} must be a finite number, not {threshold!r}.")
+        binary = data > threshold
+    else:
+        values = np.unique(data)
+        extra = values[(values != 0) & (values != 1)]
+        if extra.size:
+            shown = ", ".join(f"{v:g}" for v in extra[:5])
+            raise InputError(
+                f"{what} is not binary: it contains values other than 0 and 1 ({shown}"
+                f"{' ...' if extra.size > 5 else ''}). If it is a probability map, pass "
+                "threshold=0.5 (or your choice); if it is a label map, select the label first."
+            )
+        binary = data.astype(bool)
+    if not allow_empty and not binary.any():
+        detail = f" above threshold {threshold:g}" if threshold is not None else ""
+        raise InputError(
+            f"{what} is empty: no voxel{detail}. Check that the right file was given"
+            f"{' or lower the threshold' if threshold is not None else ''}."
+        )
+    out = nib.Nifti1Image(binary.astype(np.uint8), img.affine)
+    out.header.set_xyzt_units(*img.header.get_xyzt_units())
+    if reference is not None:
+        check_same_grid(
+            reference, out, names=(reference_name, name), _described=(None, what)
+        )
+    return out
+
+
+def _grid(img: ImageLike, name: str) -> tuple[tuple[int, ...], np.ndarray, str]:
+    what = describe(img, name)
+    if isinstance(img, str | os.PathLike):
+        path = Path(img)
+        if not path.exists():
+            raise InputError(f"{what} does not exist; check the path.")
+        try:
+            img = nib.load(path)
+        except Exception as exc:
+            raise InputError(
+                f"{what} cannot be read as an image ({type(exc).__name__}: {exc}); "
+                "check that it is a complete NIfTI file."
+            ) from exc
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        raise InputError(f"{what} must be a file path or a nibabel image.")
+    return tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, float), what
+
+
+def check_same_grid(
+    a: ImageLike,
+    b: ImageLike,
+    *,
+    names: tuple[str, str] = ("first image", "second image"),
+    atol_mm: float = 1e-3,
+    _described: tuple[str | None, str | None] = (None, None),
+) -> None:
+    """Check that two images share a voxel grid (spatial shape and affine).
+
+    The affine difference is measured where it matters: the largest displacement, in mm,
+    of any corner of the grid mapped through the two affines.
+
+    Parameters
+    ----------
+    a, b : str, os.PathLike or nibabel image
+        Images to compare (only the first three dimensions count).
+    names : (str, str)
+        What the images are, used in error messages.
+    atol_mm : float
+        Largest accepted corner displacement in mm.
+
+    Raises
+    ------
+    InputError
+        Different spatial shapes, or affines that place the grid more than ``atol_mm`` apart.
+    """
+    shape_a, aff_a, what_a = _grid(a, names[0])
+    shape_b, aff_b, what_b = _grid(b, names[1])
+    what_a = _described[0] or what_a
+    what_b = _described[1] or what_b
+    fix = (
+        "resample one onto the other (e.g. nilearn.image.resample_to_img(img, reference, "
+        "interpolation='nearest') for masks) or use the files from the same processing space."
+    )
+    if shape_a != shape_b:
+        raise InputError(
+            f"{what_b} is not on the grid of {what_a}: shape {shape_b} vs {shape_a}; {fix}"
+        )
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape_a], indexing="ij")).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])
+    shift_mm = float(np.max(np.linalg.norm((aff_a @ corners - aff_b @ corners)[:3], axis=0)))
+    if not shift_mm <= atol_mm:
+        raise InputError(
+            f"{what_b} is not on the grid of {what_a}: same shape {shape_a} but the affines "
+            f"differ, placing voxels up to {shift_mm:.3g} mm apart (tolerance {atol_mm:g} mm); "
+            f"{fix}"
+        )
+
+
+def _sidecar(dwi: ImageLike, ext: str) -> Path | None:
+    if not isinstance(dwi, str | os.PathLike):
+        return None
+    path = os.fspath(dwi)
+    for suffix in _NIFTI_SUFFIXES:
+        if path.endswith(suffix):
+            return Path(path[: -len(suffix)] + ext)
+    return None
+
+
+def _read_numbers(path: Path, what: str) -> np.ndarray:
+    if not path.exists():
+        raise InputError(
+            f"{what} '{path}' does not exist; diffusion data need FSL-style .bval and .bvec "
+            "files next to the image (or pass bvals=/bvecs= explicitly)."
+        )
+    try:
+        text = path.read_text()
+        rows = [line.split() for line in text.splitlines() if line.strip()]
+        widths = {len(r) for r in rows}
+        if not rows or len(widths) != 1:
+            raise ValueError("rows of different lengths" if rows else "file is empty")
+        return np.array(rows, dtype=float)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"{what} '{path}' cannot be parsed as a table of numbers ({exc}); it must hold "
+            "whitespace-separated numbers, one row (bval) or three rows/columns (bvec)."
+        ) from exc
+
+
+def read_bvals_bvecs(
+    bvals: str | os.PathLike | np.ndarray | list,
+    bvecs: str | os.PathLike | np.ndarray | list,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read b-values and b-vectors from FSL files or arrays, without validating them.
+
+    Returns ``bvals`` with shape (N,) and ``bvecs`` as given but as a float array (3xN or Nx3).
+    """
+    if isinstance(bvals, str | os.PathLike):
+        bvals = _read_numbers(Path(bvals), "bval file")
+    if isinstance(bvecs, str | os.PathLike):
+        bvecs = _read_numbers(Path(bvecs), "bvec file")
+    try:
+        bvals_arr = np.asarray(bvals, dtype=float)
+        bvecs_arr = np.asarray(bvecs, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"bvals/bvecs must be numeric arrays ({exc}).") from exc
+    if bvals_arr.ndim == 2 and 1 in bvals_arr.shape:
+        bvals_arr = bvals_arr.ravel()
+    if bvals_arr.ndim != 1:
+        raise InputError(
+            f"bvals must be one row of numbers, got an array of shape {bvals_arr.shape}; "
+            "check that the .bval and .bvec files were not swapped."
+        )
+    return bvals_arr, bvecs_arr
+
+
+@dataclass(frozen=True)
+class DWI:
+    """A validated diffusion-weighted series with its gradient table.
+
+    Attributes
+    ----------
+    img : nibabel.Nifti1Image
+        4-D image, one volume per gradient.
+    bvals : ndarray, shape (N,)
+        b-values in s/mm².
+    bvecs : ndarray, shape (N, 3)
+        Unit gradient directions (zero rows allowed for b0 volumes).
+    b0_threshold : float
+        Volumes with b-value at or below it count as b0.
+    source : str
+        Where the data came from (file path or "in-memory image").
+    """
+
+    img: nib.Nifti1Image
+    bvals: np.ndarray
+    bvecs: np.ndarray
+    b0_threshold: float
+    source: str = "in-memory image"
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def b0_mask(self) -> np.ndarray:
+        """Boolean array, True for b0 volumes."""
+        return self.bvals <= self.b0_threshold
+
+    @property
+    def n_volumes(self) -> int:
+        return int(self.bvals.size)
+
+    def gradient_table(self) -> GradientTable:
+        """The dipy gradient table of this series (dipy is imported here, on first use)."""
+        from dipy.core.gradients import gradient_table
+
+        return gradient_table(self.bvals, bvecs=self.bvecs, b0_threshold=self.b0_threshold)
+
+    def __repr__(self) -> str:
+        shells = np.unique(np.round(self.bvals[~self.b0_mask], -2)).astype(int).tolist()
+        return (
+            f"DWI({self.source}, shape={self.img.shape}, b0={int(self.b0_mask.sum())}, "
+            f"directions={int((~self.b0_mask).sum())}, shells={shells})"
+        )
+
+
+def load_dwi(
+    dwi: ImageLike,
+    bvals: str | os.PathLike | np.ndarray | list | None = None,
+    bvecs: str | os.PathLike | np.ndarray | list | None = None,
+    *,
+    b0_threshold: float = 50.0,
+    bvec_norm_tolerance: float = 0.05,
+) -> DWI:
+    """Load and validate a diffusion-weighted series and its gradient table.
+
+    Parameters
+    ----------
+    dwi : str, os.PathLike or nibabel image
+        4-D diffusion series.
+    bvals, bvecs : path or array, optional
+        FSL-style b-values (one row) and b-vectors (3xN or Nx3). When omitted and ``dwi`` is a
+        path, the ``.bval``/``.bvec`` files with the same stem are used.
+    b0_threshold : float
+        b-values (s/mm²) at or below this count as b0 volumes; at least one is required.
+    bvec_norm_tolerance : float
+        b-vectors of diffusion-weighted volumes whose norm differs from 1 by at most this are
+        normalised; larger deviations are rejected.
+
+    Returns
+    -------
+    DWI
+        The image (data loaded), b-values (N,) and unit b-vectors (N, 3).
+
+    Raises
+    ------
+    InputError
+        Not 4-D; NaN/Inf data; missing or unparseable .bval/.bvec; counts that disagree;
+        zero or non-unit b-vectors at b > ``b0_threshold``; no b0 volume; negative b-values.
+    """
+    what = describe(dwi, "dwi")
+    if bvals is None or bvecs is None:
+        if _sidecar(dwi, ".bval") is None:
+            raise InputError(
+                f"{what}: bvals and bvecs are required for an in-memory image or a file that "
+                "is not .nii/.nii.gz; pass bvals= and bvecs= (arrays or FSL files)."
+            )
+        bvals = _sidecar(dwi, ".bval") if bvals is None else bvals
+        bvecs = _sidecar(dwi, ".bvec") if bvecs is None else bvecs
+    bvals_arr, bvecs_arr = read_bvals_bvecs(bvals, bvecs)
+    bval_src = f"bvals '{bvals}'" if isinstance(bvals, str | os.PathLike) else "bvals"
+    bvec_src = f"bvecs '{bvecs}'" if isinstance(bvecs, str | os.PathLike) else "bvecs"
+
+    img = load_image(dwi, name="dwi", ndim=4)
+    n_vol = img.shape[3]
+    if not np.all(np.isfinite(bvals_arr)) or np.any(bvals_arr < 0):
+        raise InputError(f"{bval_src} contains negative or non-finite b-values; fix the file.")
+    if bvals_arr.size != n_vol:
+        raise InputError(
+            f"{bval_src} has {bvals_arr.size} values but {what} has {n_vol} volumes; "
+            "use the .bval written with this image (volumes may have been dropped or merged)."
+        )
+    if bvecs_arr.ndim != 2 or 3 not in bvecs_arr.shape:
+        raise InputError(
+            f"{bvec_src} must have 3 rows (FSL) or 3 columns, got shape {bvecs_arr.shape}."
+        )
+    # FSL writes 3xN; accept Nx3. A 3x3 table is read as FSL's 3xN.
+    vecs = bvecs_arr.T if bvecs_arr.shape[0] == 3 else bvecs_arr
+    if vecs.shape[0] != n_vol:
+        raise InputError(
+            f"{bvec_src} has {vecs.shape[0]} directions but {what} has {n_vol} volumes "
+            f"(and {bvals_arr.size} b-values); use the .bvec written with this image."
+        )
+    if not np.all(np.isfinite(vecs)):
+        raise InputError(f"{bvec_src} contains NaN or infinite values; fix the file.")
+    b0 = bvals_arr <= b0_threshold
+    if not b0.any():
+        raise InputError(
+            f"{bval_src}: no b0 volume (smallest b-value {bvals_arr.min():g} s/mm² is above "
+            f"b0_threshold={b0_threshold:g}); tensor fitting needs at least one b0. If your "
+            "b0 volumes have a small nominal b-value, raise b0_threshold."
+        )
+    norms = np.linalg.norm(vecs, axis=1)
+    zero = ~b0 & (norms < 1e-6)
+    if zero.any():
+        idx = np.flatnonzero(zero)
+        raise InputError(
+            f"{bvec_src}: zero-length gradient direction at volume(s) "
+            f"{', '.join(map(str, idx[:10]))} (0-based) whose b-value is "
+            f"{bvals_arr[idx[0]]:g} s/mm² > b0_threshold={b0_threshold:g}; the direction is "
+            "unknown. Fix the .bvec or drop those volumes."
+        )
+    off = ~b0 & (np.abs(norms - 1.0) > bvec_norm_tolerance)
+    if off.any():
+        idx = np.flatnonzero(off)
+        raise InputError(
+            f"{bvec_src}: gradient directions are not unit vectors at volume(s) "
+            f"{', '.join(map(str, idx[:10]))} (0-based; norm {norms[idx[0]]:.4g}, tolerance "
+            f"±{bvec_norm_tolerance:g}). Normalise them (some scanners scale b-vectors by the "
+            "b-value; then divide by the norm and check the .bval) or raise "
+            "bvec_norm_tolerance if you trust them."
+        )
+    unit = vecs.copy()
+    unit[~b0] /= norms[~b0, None]
+    notes = []
+    if (np.abs(norms[~b0] - 1.0) > 1e-6).any():
+        deviation = float(np.max(np.abs(norms[~b0] - 1.0)))
+        notes.append(f"b-vectors normalised (largest norm deviation {deviation:.2g})")
+    if isinstance(dwi, str | os.PathLike):
+        source = os.fspath(dwi)
+    else:
+        source = dwi.get_filename() or "in-memory image"
+    return DWI(
+        img=img,
+        bvals=bvals_arr,
+        bvecs=unit,
+        b0_threshold=float(b0_threshold),
+        source=source,
+        notes=tuple(notes),
+    )
