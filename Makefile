@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m msimaging.demo $(DEMO_DIR)
+	$(BIN)/msimaging demo $(DEMO_DIR)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks examples

@@ -1,0 +1,1093 @@
+"""BIDS-derivative names, sidecars and atomic writes: the one module that knows them.
+
+Everything msimaging writes goes through here, so that file names follow one rule (BIDS entity
+order, ``desc`` last), every data file gets a JSON sidecar with provenance, and no reader ever
+sees a half-written file: data are written to a hidden temporary file in the destination folder,
+flushed to disk and renamed over the final path in one step (:func:`os.replace`).
+
+Diffusion maps follow the BEP016 draft (``..._model-tensor_param-fa_dwimap.nii.gz``) and
+connectivity matrices the BEP017 draft (``..._atlas-<a>_meas-<m>_relmat.tsv`` plus a node table).
+Both drafts may still change; keeping all naming here means a change touches one file.
+
+numpy, pandas and nibabel are imported inside the functions that need them, so that
+``import msimaging`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from msimaging._version import __version__
+from msimaging.errors import InputError, OutputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from nibabel.spatialimages import SpatialImage
+
+__all__ = [
+    "ENTITIES",
+    "DerivativesWriter",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "bids_name",
+    "read_relmat",
+    "read_table",
+    "sidecar_path",
+]
+
+#: BIDS entities msimaging writes, in the order they appear in a file name (``desc`` last).
+ENTITIES: tuple[str, ...] = (
+    "sub",
+    "ses",
+    "task",
+    "acq",
+    "ce",
+    "rec",
+    "dir",
+    "run",
+    "space",
+    "res",
+    "den",
+    "model",
+    "param",
+    "atlas",
+    "seg",
+    "roi",
+    "meas",
+    "label",
+    "desc",
+)
+
+BIDS_VERSION = "1.9.0"
+NA_REP = "n/a"
+
+_LABEL = re.compile(r"[A-Za-z0-9]+")
+_EXTENSION = re.compile(r"(\.[A-Za-z0-9]+)+")
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_IMAGE_EXTENSIONS = (".nii.gz", ".nii")
+
+# Units of the tensor maps when b-values are in s/mm² (the BIDS convention).
+_DWIMAP_UNITS = {
+    "fa": "unitless",
+    "ga": "unitless",
+    "mode": "unitless",
+    "md": "mm^2/s",
+    "ad": "mm^2/s",
+    "rd": "mm^2/s",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def _absolute(path: str | os.PathLike[str], argument: str = "path") -> Path:
+    if not isinstance(path, str | os.PathLike):
+        raise InputError(
+            f"{argument} must be a file path (str or pathlib.Path), got {type(path).__name__}."
+        )
+    # abspath, not resolve: a symlink at the final path is replaced, not followed.
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot create the folder {str(path.parent)!r} for {path.name!r}: {exc}. "
+            "Check that no file sits where a folder is expected and that you may write there."
+        ) from exc
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform, hence best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Give a temporary path to write to, then move it onto ``path`` in one step.
+
+    The temporary file is hidden and lives in the destination folder (so the final rename never
+    crosses file systems); its name ends with the real file name, so writers that infer the
+    format from the extension (``nibabel``, ``pandas``) still work. On success the file is
+    flushed to disk and renamed over ``path`` with :func:`os.replace`. On any exception the
+    temporary file is removed and the exception re-raised: ``path`` is then untouched, and a
+    file previously there stays intact.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Final destination. Missing parent folders are created.
+
+    Yields
+    ------
+    pathlib.Path
+        Absolute temporary path in the same folder, e.g.
+        ``.<random>.tmp.sub-01_model-tensor_param-fa_dwimap.nii.gz``. It does not exist yet;
+        the body of the ``with`` block must create it.
+
+    Raises
+    ------
+    OutputError
+        If the folder cannot be created, the body created no file, or the final rename fails.
+
+    Examples
+    --------
+    >>> with atomic_path("out/sub-01_dwimap.nii.gz") as tmp:  # doctest: +SKIP
+    ...     img.to_filename(tmp)
+    """
+    final = _absolute(path)
+    _make_parent(final)
+    tmp = final.with_name(f".{secrets.token_hex(8)}.tmp.{final.name}")
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise OutputError(
+                f"Nothing was written for {str(final)!r}: the writer did not create the "
+                f"temporary file {tmp.name!r}. Write to the path yielded by atomic_path()."
+            )
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise OutputError(
+                f"Cannot move the new file onto {str(final)!r}: {exc}. Check that the path is "
+                "not a folder and that you may write there; any previous file is unchanged."
+            ) from exc
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Destination file; missing parent folders are created.
+    data : bytes
+        Content to write.
+
+    Returns
+    -------
+    pathlib.Path
+        Absolute path of the written file.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InputError(
+            f"data must be bytes, got {type(data).__name__}; use atomic_write_text() for str."
+        )
+    final = _absolute(path)
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+    return final
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically, with ``\\n`` line endings on every platform.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Destination file; missing parent folders are created.
+    text : str
+        Content to write.
+    encoding : str, default="utf-8"
+        Text encoding.
+
+    Returns
+    -------
+    pathlib.Path
+        Absolute path of the written file.
+    """
+    if not isinstance(text, str):
+        raise InputError(
+            f"text must be str, got {type(text).__name__}; use atomic_write_bytes() for bytes."
+        )
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------
+
+
+def _clean_label(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", value)
+
+
+def _check_label(value: Any, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InputError(
+            f"{what} must be a str label of letters and digits, got {type(value).__name__} "
+            f"{value!r}."
+        )
+    if isinstance(value, int):
+        if value < 0:
+            raise InputError(f"{what} must not be negative, got {value}.")
+        value = str(value)
+    if not _LABEL.fullmatch(value):
+        cleaned = _clean_label(value)
+        hint = f"use {cleaned!r} instead" if cleaned else "use letters and digits only"
+        raise InputError(
+            f"{what} {value!r} is not a valid BIDS label: only letters and digits are allowed "
+            f"(no '_', '-', '.', spaces or other characters, which separate entities in file "
+            f"names); {hint}."
+        )
+    return value
+
+
+def _subject_label(participant: Any) -> str:
+    if isinstance(participant, str) and participant.startswith("sub-"):
+        participant = participant[4:]
+    if not isinstance(participant, str):
+        raise InputError(
+            f"participant must be a str label such as '01' or 'sub-01', got "
+            f"{type(participant).__name__} {participant!r} (an int would lose leading zeros)."
+        )
+    return _check_label(participant, "participant label")
+
+
+def _session_label(session: Any) -> str | None:
+    if session is None:
+        return None
+    if isinstance(session, str) and session.startswith("ses-"):
+        session = session[4:]
+    if not isinstance(session, str):
+        raise InputError(
+            f"session must be a str label such as 'M0' or 'ses-M0' (or None), got "
+            f"{type(session).__name__} {session!r}."
+        )
+    return _check_label(session, "session label")
+
+
+def _check_extension(extension: Any) -> str:
+    if not isinstance(extension, str):
+        raise InputError(f"extension must be a str such as '.nii.gz', got {extension!r}.")
+    ext = extension if extension.startswith(".") else f".{extension}"
+    if not _EXTENSION.fullmatch(ext):
+        raise InputError(
+            f"extension {extension!r} is not valid: use a dot followed by letters and digits, "
+            "e.g. '.nii.gz', '.tsv' or '.json'."
+        )
+    return ext
+
+
+def bids_name(
+    participant: str,
+    session: str | None,
+    suffix: str,
+    extension: str,
+    **entities: str | int | None,
+) -> str:
+    """Build a BIDS file name with the entities in BIDS order and ``desc`` last.
+
+    Parameters
+    ----------
+    participant : str
+        Participant label, with or without the ``sub-`` prefix (``"01"`` or ``"sub-01"``).
+    session : str or None
+        Session label, with or without the ``ses-`` prefix; None for single-session data.
+    suffix : str
+        BIDS suffix, e.g. ``"dwimap"``, ``"relmat"``, ``"mask"`` (letters and digits).
+    extension : str
+        File extension with its leading dot, e.g. ``".nii.gz"``.
+    **entities : str, int or None
+        Further entities by key (``space="MNI152NLin2009cAsym"``, ``desc="brain"``); None values
+        are left out. Allowed keys are those of :data:`ENTITIES` except ``sub`` and ``ses``.
+
+    Returns
+    -------
+    str
+        The file name, e.g. ``"sub-01_ses-M0_model-tensor_param-fa_dwimap.nii.gz"``.
+
+    Raises
+    ------
+    InputError
+        On an unknown entity, or a label/suffix that is not purely letters and digits.
+
+    Examples
+    --------
+    >>> bids_name("01", "M0", "mask", ".nii.gz", desc="brain", space="T1w")
+    'sub-01_ses-M0_space-T1w_desc-brain_mask.nii.gz'
+    """
+    for key in ("sub", "ses"):
+        if key in entities:
+            raise InputError(
+                f"Entity {key!r} was passed as a keyword; pass the "
+                f"{'participant' if key == 'sub' else 'session'} label as the "
+                f"{'first' if key == 'sub' else 'second'} argument instead."
+            )
+    unknown = sorted(set(entities) - set(ENTITIES))
+    if unknown:
+        raise InputError(
+            f"Unknown BIDS entit{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+            f"allowed entities are: {', '.join(e for e in ENTITIES if e not in ('sub', 'ses'))}."
+        )
+    parts = [f"sub-{_subject_label(participant)}"]
+    ses = _session_label(session)
+    if ses is not None:
+        parts.append(f"ses-{ses}")
+    for key in ENTITIES[2:]:
+        value = entities.get(key)
+        if value is not None:
+            parts.append(f"{key}-{_check_label(value, f'entity {key!r} value')}")
+    parts.append(_check_label(suffix, "suffix"))
+    return "_".join(parts) + _check_extension(extension)
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """Return the JSON sidecar path of a data file (the same name with ``.json``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Data file, e.g. ``.../sub-01_model-tensor_param-fa_dwimap.nii.gz``.
+
+    Returns
+    -------
+    pathlib.Path
+        Absolute path, e.g. ``.../sub-01_model-tensor_param-fa_dwimap.json``. A ``.json`` path
+        is returned unchanged.
+    """
+    final = _absolute(path)
+    stem = final.name.split(".", 1)[0]
+    if not stem:
+        raise InputError(f"path {str(final)!r} has no file name before its extension.")
+    return final.with_name(f"{stem}.json")
+
+
+# --------------------------------------------------------------------------------------------
+# JSON and TSV
+# --------------------------------------------------------------------------------------------
+
+
+def _jsonable(obj: Any, where: str) -> Any:
+    """Convert numpy scalars/arrays, Paths and tuples to JSON types; refuse NaN and objects."""
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise InputError(
+                f"Metadata {where} is {obj}, which JSON cannot store; use None for a missing "
+                "value or a string such as 'inf'."
+            )
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, Mapping):
+        out = {}
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise InputError(
+                    f"Metadata keys must be str; {where} has key {key!r} "
+                    f"({type(key).__name__}). Convert the key with str()."
+                )
+            out[key] = _jsonable(value, f"{where}[{key!r}]")
+        return out
+    if isinstance(obj, list | tuple | set | frozenset):
+        items = sorted(obj, key=str) if isinstance(obj, set | frozenset) else obj
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(items)]
+    if type(obj).__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(obj, np.ndarray):
+            return _jsonable(obj.tolist(), where)
+        if isinstance(obj, np.generic):
+            return _jsonable(obj.item(), where)
+    raise InputError(
+        f"Metadata {where} has type {type(obj).__name__}, which cannot be written to JSON; "
+        "use str, int, float, bool, None, lists, dicts, numpy numbers/arrays or paths."
+    )
+
+
+def _json_text(metadata: Mapping[str, Any], where: str) -> str:
+    return json.dumps(_jsonable(metadata, where), indent=2, ensure_ascii=False) + "\n"
+
+
+def _check_frame(df: Any, argument: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        raise InputError(
+            f"{argument} must be a pandas DataFrame, got {type(df).__name__}; build one with "
+            "pandas.DataFrame(...)."
+        )
+    columns = [str(c) for c in df.columns]
+    if len(df.columns) == 0:
+        raise InputError(f"{argument} has no columns; a TSV table needs at least one column.")
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise InputError(
+            f"{argument} has duplicated column names {duplicated}; rename them so each column "
+            "is unique."
+        )
+    bad = [c for c in columns if not c or re.search(r"[\t\r\n]", c)]
+    if bad:
+        raise InputError(
+            f"{argument} has column names {bad!r} that are empty or contain tabs/newlines; "
+            "rename them."
+        )
+    for column in df.columns:
+        series = df[column]
+        if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+            text = series.dropna().astype(str)
+            if text.str.contains(r"[\t\r\n]", regex=True).any():
+                raise InputError(
+                    f"{argument} column {str(column)!r} has values with tabs or newlines, which "
+                    "would break the TSV file; replace them (e.g. with spaces)."
+                )
+    return df
+
+
+def _table_text(df: pd.DataFrame) -> str:
+    return df.to_csv(sep="\t", na_rep=NA_REP, index=False, lineterminator="\n")
+
+
+def read_table(path: str | os.PathLike[str], *, dtype: Any = None) -> pd.DataFrame:
+    """Read a BIDS TSV table written by msimaging, with ``n/a`` read back as NaN.
+
+    Only ``n/a`` and empty cells count as missing: strings such as ``"NA"`` or ``"nan"`` stay
+    strings.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        TSV file with a header row.
+    dtype : type or dict, optional
+        Passed to :func:`pandas.read_csv`, e.g. ``{"session_id": str}`` to keep ``"01"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    import pandas as pd
+
+    file = _absolute(path)
+    if not file.is_file():
+        raise InputError(
+            f"Table {str(file)!r} does not exist; check the path (write it with "
+            "DerivativesWriter.write_table)."
+        )
+    try:
+        return pd.read_csv(
+            file, sep="\t", na_values=[NA_REP, ""], keep_default_na=False, dtype=dtype
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"Table {str(file)!r} cannot be read as a tab-separated table: {exc}."
+        ) from exc
+
+
+def read_relmat(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a headerless ``*_relmat.tsv`` matrix (``n/a`` read as NaN).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        File written by :meth:`DerivativesWriter.write_relmat`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Square float64 matrix.
+    """
+    import pandas as pd
+
+    file = _absolute(path)
+    if not file.is_file():
+        raise InputError(f"Matrix file {str(file)!r} does not exist; check the path.")
+    try:
+        frame = pd.read_csv(
+            file,
+            sep="\t",
+            header=None,
+            na_values=[NA_REP],
+            keep_default_na=False,
+            dtype="float64",
+        )
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(
+            f"Matrix file {str(file)!r} is not a tab-separated table of numbers: {exc}."
+        ) from exc
+    matrix = frame.to_numpy()
+    if matrix.shape[0] != matrix.shape[1]:
+        raise InputError(f"Matrix file {str(file)!r} is not square: shape {matrix.shape}.")
+    return matrix
+
+
+# --------------------------------------------------------------------------------------------
+# The writer
+# --------------------------------------------------------------------------------------------
+
+
+def _as_list_of_str(values: Any, argument: str) -> list[str]:
+    if isinstance(values, str | os.PathLike):
+        values = [values]
+    try:
+        items = list(values)
+    except TypeError:
+        raise InputError(
+            f"{argument} must be a sequence of str or paths, got {type(values).__name__}."
+        ) from None
+    out = []
+    for item in items:
+        if not isinstance(item, str | os.PathLike):
+            raise InputError(
+                f"{argument} must hold str or paths, got {type(item).__name__} {item!r}."
+            )
+        out.append(os.fspath(item))
+    return out
+
+
+def _check_parameters(parameters: Any) -> dict[str, Any]:
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise InputError(
+            f"parameters must be a dict of settings (e.g. {{'fit_method': 'WLS'}}), got "
+            f"{type(parameters).__name__}."
+        )
+    return dict(parameters)
+
+
+class DerivativesWriter:
+    """Write BIDS derivatives (images, tables, matrices, sidecars) under one output folder.
+
+    Creating the writer creates ``output_dir`` and writes its ``dataset_description.json``
+    (only when absent or different). Every write is atomic (see :func:`atomic_path`) and every
+    data file can carry a JSON sidecar with msimaging's version. Paths returned are absolute.
+
+    Parameters
+    ----------
+    output_dir : str or pathlib.Path
+        Root of the derivative dataset. Must not be inside (or equal to) any input dataset,
+        after resolving symlinks; use a sibling folder such as ``<input>/../<input>-derivatives``.
+    input_datasets : sequence of str or pathlib.Path, default=()
+        Datasets the derivatives are computed from; recorded as ``SourceDatasets`` and
+        protected from being written into. They need not exist.
+    pipeline_name : str, default="msimaging"
+        ``Name`` of the derivative dataset in ``dataset_description.json``.
+
+    Raises
+    ------
+    OutputError
+        If ``output_dir`` is inside an input dataset, is a file, or cannot be created.
+
+    Examples
+    --------
+    >>> writer = DerivativesWriter("study-derivatives", input_datasets=["study"])  # doctest: +SKIP
+    >>> writer.write_dwimap(fa_img, "01", "M0", "fa")  # doctest: +SKIP
+    PosixPath('.../sub-01/ses-M0/dwi/sub-01_ses-M0_model-tensor_param-fa_dwimap.nii.gz')
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str],
+        *,
+        input_datasets: Iterable[str | os.PathLike[str]] = (),
+        pipeline_name: str = "msimaging",
+    ) -> None:
+        if not isinstance(pipeline_name, str) or not pipeline_name.strip():
+            raise InputError(f"pipeline_name must be a non-empty str, got {pipeline_name!r}.")
+        root = _absolute(output_dir, "output_dir").resolve()
+        inputs = tuple(
+            _absolute(p, "input_datasets").resolve()
+            for p in _as_list_of_str(input_datasets, "input_datasets")
+        )
+        for source in inputs:
+            if root.is_relative_to(source):
+                where = "the same folder as" if root == source else "inside"
+                raise OutputError(
+                    f"output_dir {str(root)!r} is {where} the input dataset {str(source)!r}; "
+                    "writing there would mix derivatives into the input data. Choose a folder "
+                    f"outside it, e.g. {str(source.parent / (source.name + '-derivatives'))!r}."
+                )
+        if root.exists() and not root.is_dir():
+            raise OutputError(
+                f"output_dir {str(root)!r} exists and is not a folder; choose another path."
+            )
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"Cannot create output_dir {str(root)!r}: {exc}.") from exc
+        self._root = root
+        self._inputs = inputs
+        self._pipeline_name = pipeline_name
+        self._write_description()
+
+    def __repr__(self) -> str:
+        return (
+            f"DerivativesWriter({str(self._root)!r}, input_datasets="
+            f"{[str(p) for p in self._inputs]!r}, pipeline_name={self._pipeline_name!r})"
+        )
+
+    @property
+    def root(self) -> Path:
+        """Absolute, resolved root folder of the derivative dataset."""
+        return self._root
+
+    @property
+    def input_datasets(self) -> tuple[Path, ...]:
+        """Resolved input dataset folders."""
+        return self._inputs
+
+    @property
+    def pipeline_name(self) -> str:
+        """Name recorded in ``dataset_description.json``."""
+        return self._pipeline_name
+
+    # -- provenance ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _generated_by() -> list[dict[str, str]]:
+        return [{"Name": "msimaging", "Version": __version__}]
+
+    def dataset_description(self) -> dict[str, Any]:
+        """Return the content of ``dataset_description.json`` for this writer.
+
+        Returns
+        -------
+        dict
+            ``Name``, ``BIDSVersion``, ``DatasetType`` ("derivative"), ``GeneratedBy`` and,
+            when input datasets were given, ``SourceDatasets`` (``file://`` URLs).
+        """
+        description: dict[str, Any] = {
+            "Name": self._pipeline_name,
+            "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "derivative",
+            "GeneratedBy": self._generated_by(),
+        }
+        if self._inputs:
+            description["SourceDatasets"] = [{"URL": p.as_uri()} for p in self._inputs]
+        return description
+
+    def _write_description(self) -> None:
+        path = self._root / "dataset_description.json"
+        wanted = self.dataset_description()
+        if path.is_file():
+            try:
+                if json.loads(path.read_text(encoding="utf-8")) == wanted:
+                    return
+            except (OSError, ValueError):
+                pass  # unreadable or invalid: rewrite it
+        atomic_write_text(path, _json_text(wanted, "dataset_description"))
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def _target(self, path: str | os.PathLike[str]) -> Path:
+        """Absolute destination (relative paths are taken from the root), never in an input."""
+        if not isinstance(path, str | os.PathLike):
+            raise InputError(
+                f"path must be a file path (str or pathlib.Path), got {type(path).__name__}."
+            )
+        raw = Path(os.path.expanduser(os.fspath(path)))
+        final = _absolute(raw if raw.is_absolute() else self._root / raw)
+        real = final.resolve()
+        for source in self._inputs:
+            if real.is_relative_to(source):
+                raise OutputError(
+                    f"Refusing to write {str(final)!r}: it is inside the input dataset "
+                    f"{str(source)!r}. Write under the output folder {str(self._root)!r}."
+                )
+        return final
+
+    def path(
+        self,
+        participant: str,
+        session: str | None,
+        datatype: str,
+        suffix: str,
+        extension: str,
+        **entities: str | int | None,
+    ) -> Path:
+        """Return ``root/sub-<p>[/ses-<s>]/<datatype>/<bids_name>`` (nothing is written).
+
+        Parameters
+        ----------
+        participant, session, suffix, extension, **entities
+            As in :func:`bids_name`.
+        datatype : str
+            BIDS datatype folder, e.g. ``"anat"``, ``"dwi"``, ``"func"``.
+
+        Returns
+        -------
+        pathlib.Path
+            Absolute path of the file.
+        """
+        name = bids_name(participant, session, suffix, extension, **entities)
+        if not isinstance(datatype, str) or not _LABEL.fullmatch(datatype):
+            raise InputError(
+                f"datatype {datatype!r} is not valid: use a BIDS datatype folder name such as "
+                "'anat', 'dwi' or 'func'."
+            )
+        folder = self._root / f"sub-{_subject_label(participant)}"
+        ses = _session_label(session)
+        if ses is not None:
+            folder = folder / f"ses-{ses}"
+        return folder / datatype / name
+
+    # -- writers ------------------------------------------------------------------------------
+
+    def _sidecar_text(self, metadata: Mapping[str, Any] | None, where: str) -> str:
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InputError(f"{where} must be a dict of metadata, got {type(metadata).__name__}.")
+        content: dict[str, Any] = {
+            "GeneratedBy": self._generated_by(),
+            "SoftwareVersion": __version__,
+        }
+        content.update(metadata or {})
+        return _json_text(content, where)
+
+    def write_sidecar(
+        self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write the JSON sidecar ``<stem>.json`` next to a data file.
+
+        The sidecar holds ``GeneratedBy`` (msimaging and its version) and ``SoftwareVersion``,
+        then the given keys (which win on a clash). numpy numbers and arrays and paths are
+        converted; NaN and infinity are refused because JSON cannot hold them.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The data file (or the ``.json`` path itself); relative paths are from the root.
+        metadata : dict, optional
+            Keys to store.
+
+        Returns
+        -------
+        pathlib.Path
+            Absolute path of the sidecar.
+        """
+        target = sidecar_path(self._target(path))
+        return atomic_write_text(target, self._sidecar_text(metadata, "metadata"))
+
+    def write_image(
+        self,
+        img: SpatialImage,
+        path: str | os.PathLike[str],
+        *,
+        sidecar: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Save a nibabel image atomically, with a JSON sidecar when ``sidecar`` is given.
+
+        Parameters
+        ----------
+        img : nibabel.spatialimages.SpatialImage
+            Image to save, e.g. a :class:`nibabel.Nifti1Image`.
+        path : str or pathlib.Path
+            Destination ending in ``.nii.gz`` (or ``.nii``); relative paths are from the root.
+            Use :meth:`path` to build it.
+        sidecar : dict, optional
+            Metadata for the sidecar (see :meth:`write_sidecar`).
+
+        Returns
+        -------
+        pathlib.Path
+            Absolute path of the image.
+        """
+        from nibabel.spatialimages import SpatialImage
+
+        if not isinstance(img, SpatialImage):
+            raise InputError(
+                f"img must be a nibabel image, got {type(img).__name__}; wrap an array with "
+                "nibabel.Nifti1Image(data, affine)."
+            )
+        target = self._target(path)
+        if not target.name.endswith(_IMAGE_EXTENSIONS):
+            raise InputError(
+                f"Image path {str(target)!r} must end with '.nii.gz' (or '.nii'); build it with "
+                "DerivativesWriter.path(..., extension='.nii.gz')."
+            )
+        # Validate the sidecar before writing anything, so a bad key leaves no orphan image.
+        text = None if sidecar is None else self._sidecar_text(sidecar, "sidecar")
+        with atomic_path(target) as tmp:
+            img.to_filename(tmp)
+        if text is not None:
+            atomic_write_text(sidecar_path(target), text)
+        return target
+
+    def write_dwimap(
+        self,
+        img: SpatialImage,
+        participant: str,
+        session: str | None,
+        param: str,
+        *,
+        model: str = "tensor",
+        space: str | None = None,
+        units: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        sources: Iterable[str | os.PathLike[str]] = (),
+    ) -> Path:
+        """Write a diffusion parameter map with its BEP016 name and sidecar.
+
+        Name: ``sub-<p>[_ses-<s>][_space-<space>]_model-<model>_param-<param>_dwimap.nii.gz``
+        in ``dwi/``.
+
+        Parameters
+        ----------
+        img : nibabel.spatialimages.SpatialImage
+            The map.
+        participant, session : str, str or None
+            Labels, with or without ``sub-``/``ses-``.
+        param : str
+            Parameter label, e.g. ``"fa"``, ``"md"``, ``"ad"``, ``"rd"``.
+        model : str, default="tensor"
+            Model label; also the ``Model.Description`` in the sidecar.
+        space : str, optional
+            Space label, e.g. ``"MNI152NLin2009cAsym"``.
+        units : str, optional
+            Units of the values; defaults to ``"unitless"`` for fa/ga/mode and ``"mm^2/s"`` for
+            md/ad/rd (b-values in s/mm²). Required for other parameters.
+        parameters : dict, optional
+            Fit settings, stored as ``Model.Parameters``.
+        sources : sequence of str or pathlib.Path, default=()
+            Files the map was computed from, stored as ``Sources``.
+
+        Returns
+        -------
+        pathlib.Path
+            Absolute path of the image; the sidecar is next to it.
+        """
+        param_label = _check_label(param, "param")
+        if units is None:
+            units = _DWIMAP_UNITS.get(param_label.lower())
+            if units is None:
+                raise InputError(
+                    f"No default units for param {param_label!r}; pass units= (e.g. "
+                    f"'unitless' or 'mm^2/s'). Defaults exist for {sorted(_DWIMAP_UNITS)}."
+                )
+        elif not isinstance(units, str):
+            raise InputError(f"units must be a str such as 'mm^2/s', got {units!r}.")
+        if not isinstance(model, str):
+            raise InputError(f"model must be a str label such as 'tensor', got {model!r}.")
+        path = self.path(
+            participant,
+            session,
+            "dwi",
+            "dwimap",
+            ".nii.gz",
+            space=space,
+            model=model,
+            param=param_label,
+        )
+        metadata = {
+            "Model": {"Description": model, "Parameters": _check_parameters(parameters)},
+            "Units": units,
+            "Sources": _as_list_of_str(sources, "sources"),
+        }
+        return self.write_image(img, path, sidecar=metadata)
+
+    def write_relmat(
+        self,
+        matrix: Any,
+        nodes: pd.DataFrame | Iterable[str],
+        participant: str,
+        session: str | None,
+        *,
+        meas: str,
+        atlas: str,
+        task: str | None = None,
+        space: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        sources: Iterable[str | os.PathLike[str]] = (),
+    ) -> Path:
+        """Write a connectivity matrix, its node table and sidecar (BEP017 draft).
+
+        Files in ``func/``: ``..._atlas-<a>_meas-<m>_relmat.tsv`` (square, no header,
+        tab-separated, shortest repr that round-trips each float, ``n/a`` on a NaN diagonal),
+        ``..._atlas-<a>_nodes.tsv`` (with header) and ``..._relmat.json``.
+
+        Parameters
+        ----------
+        matrix : array-like of shape (n_nodes, n_nodes)
+            Finite values; the diagonal may be NaN (undefined self-connections).
+        nodes : pandas.DataFrame or sequence of str
+            One row per node, with at least an ``index`` or ``name`` column; a sequence of
+            names becomes ``index`` (1..n) and ``name`` columns.
+        participant, session : str, str or None
+            Labels, with or without ``sub-``/``ses-``.
+        meas : str
+            Measure label, e.g. ``"pearson"``, ``"partialcorr"``.
+        atlas : str
+            Atlas label, e.g. ``"Power2011"``.
+        task, space : str, optional
+            Further entities.
+        parameters : dict, optional
+            Settings of the estimate (e.g. confound strategy), stored as ``Parameters``.
+        sources : sequence of str or pathlib.Path, default=()
+            Files the matrix was computed from.
+
+        Returns
+        -------
+        pathlib.Path
+            Absolute path of the ``_relmat.tsv`` file.
+        """
+        import numpy as np
+        import pandas as pd
+
+        try:
+            values = np.asarray(matrix, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"matrix cannot be converted to numbers: {exc}.") from exc
+        if values.ndim != 2 or values.shape[0] != values.shape[1]:
+            raise InputError(
+                f"matrix must be a square 2-D array (n_nodes, n_nodes), got shape {values.shape}."
+            )
+        if not isinstance(nodes, pd.DataFrame):
+            if isinstance(nodes, str):
+                raise InputError("nodes must be a DataFrame or a sequence of names, not a str.")
+            names = _as_list_of_str(nodes, "nodes")
+            nodes = pd.DataFrame({"index": np.arange(1, len(names) + 1), "name": names})
+        nodes = _check_frame(nodes, "nodes")
+        if not {"index", "name"} & {str(c) for c in nodes.columns}:
+            raise InputError(
+                f"nodes needs an 'index' or 'name' column, got columns {list(nodes.columns)}."
+            )
+        if len(nodes) != values.shape[0]:
+            raise InputError(
+                f"matrix has {values.shape[0]} rows (shape {values.shape}) but nodes has "
+                f"{len(nodes)} rows; give one node row per matrix row."
+            )
+        off = ~np.eye(values.shape[0], dtype=bool)
+        if not np.isfinite(values[off]).all():
+            n_bad = int((~np.isfinite(values[off])).sum())
+            raise InputError(
+                f"matrix has {n_bad} non-finite off-diagonal values (shape {values.shape}); "
+                "only the diagonal may be NaN. Check the time series for constant signals."
+            )
+        diagonal = np.diagonal(values)
+        if np.isinf(diagonal).any():
+            raise InputError(
+                "matrix has infinite values on its diagonal; use NaN for undefined "
+                "self-connections."
+            )
+        entities = {"task": task, "space": space, "atlas": atlas}
+        relmat = self.path(participant, session, "func", "relmat", ".tsv", meas=meas, **entities)
+        node_file = self.path(participant, session, "func", "nodes", ".tsv", **entities)
+        relmat, node_file = self._target(relmat), self._target(node_file)
+        metadata = {
+            "RelationshipMeasure": meas,
+            "Atlas": atlas,
+            "Weighted": True,
+            "Directed": not bool(np.array_equal(values, values.T, equal_nan=True)),
+            "ValidDiagonal": bool(np.isfinite(diagonal).all()),
+            "StorageFormat": "Full",
+            "NodeFiles": [node_file.name],
+            "Parameters": _check_parameters(parameters),
+            "Sources": _as_list_of_str(sources, "sources"),
+        }
+        sidecar = self._sidecar_text(metadata, "relmat metadata")
+        # repr() is the shortest text that reads back as the same float64.
+        lines = [
+            "\t".join(NA_REP if math.isnan(v) else repr(v) for v in row) for row in values.tolist()
+        ]
+        atomic_write_text(node_file, _table_text(nodes))
+        atomic_write_text(relmat, "\n".join(lines) + "\n")
+        atomic_write_text(sidecar_path(relmat), sidecar)
+        return relmat
+
+    def write_table(
+        self,
+        df: pd.DataFrame,
+        participant: str,
+        session: str | None,
+        datatype: str,
+        suffix: str,
+        *,
+        sidecar: Mapping[str, Any] | None = None,
+        **entities: str | int | None,
+    ) -> Path:
+        """Write a per-session TSV table (``n/a`` for missing values, no index).
+
+        Parameters
+        ----------
+        df : pandas.DataFrame
+            The table; its index is not written.
+        participant, session, datatype, suffix, **entities
+            As in :meth:`path`.
+        sidecar : dict, optional
+            Metadata (e.g. column descriptions) for the JSON sidecar.
+
+        Returns
+        -------
+        pathlib.Path
+            Absolute path of the TSV file.
+        """
+        df = _check_frame(df, "df")
+        path = self.path(participant, session, datatype, suffix, ".tsv", **entities)
+        return self._write_tsv(df, path, sidecar)
+
+    def write_group_table(
+        self, df: pd.DataFrame, name: str, *, sidecar: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write a study-level TSV table to ``root/group/<name>.tsv``.
+
+        Parameters
+        ----------
+        df : pandas.DataFrame
+            The table; its index is not written.
+        name : str
+            File name without folder, e.g. ``"dti_roi_measures"`` (letters, digits, ``_`` and
+            ``-``; a trailing ``.tsv`` is accepted).
+        sidecar : dict, optional
+            Metadata for the JSON sidecar ``group/<name>.json``.
+
+        Returns
+        -------
+        pathlib.Path
+            Absolute path of the TSV file.
+        """
+        df = _check_frame(df, "df")
+        if not isinstance(name, str):
+            raise InputError(f"name must be a str such as 'dti_measures', got {name!r}.")
+        stem = name.removesuffix(".tsv")
+        if not _GROUP_NAME.fullmatch(stem):
+            cleaned = re.sub(r"[^A-Za-z0-9_-]", "", stem).lstrip("_-")
+            hint = f"e.g. {cleaned!r}" if cleaned else "e.g. 'dti_measures'"
+            raise InputError(
+                f"Group table name {name!r} is not valid: use letters, digits, '_' and '-' "
+                f"only, starting with a letter or digit ({hint})."
+            )
+        return self._write_tsv(df, self._root / "group" / f"{stem}.tsv", sidecar)
+
+    def _write_tsv(self, df: pd.DataFrame, path: Path, sidecar: Mapping[str, Any] | None) -> Path:
+        target = self._target(path)
+        text = None if sidecar is None else self._sidecar_text(sidecar, "sidecar")
+        atomic_write_text(target, _table_text(df))
+        if text is not None:
+            atomic_write_text(sidecar_path(target), text)
+        return target
