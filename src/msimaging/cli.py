@@ -70,8 +70,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "deliberately missing) and exercises what exists today: BIDS discovery, validated "
         "loading and the derivatives writer."
     )
-    make_example_layout(bids_dir, n_subjects=2, missing=[("02", "M3", "bold_preproc")])
-    print(f"\n[1/3] wrote example BIDS dataset: {bids_dir}")
+    if (bids_dir / "dataset_description.json").exists():
+        print(f"\n[1/3] reusing the example BIDS dataset from a previous run: {bids_dir}")
+    else:
+        make_example_layout(bids_dir, n_subjects=2, missing=[("02", "M3", "bold_preproc")])
+        print(f"\n[1/3] wrote example BIDS dataset: {bids_dir}")
 
     study, present = _inventory(bids_dir)
     print(f"[2/3] discovered {study!r}")
@@ -127,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="generate the built-in example study and run on it")
     demo.add_argument(
-        "output_dir", nargs="?", default="demo_output", help="where to write (default: %(default)s)"
+        "output_dir",
+        nargs="?",
+        default="demo_output",
+        help="where to write (default: %(default)s)",
     )
     demo.set_defaults(func=_cmd_demo)
     inv = sub.add_parser(
