@@ -61,3 +61,14 @@ def test_inventory_of_missing_folder_is_a_clear_error(tmp_path, capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == EXIT_USAGE
     assert "demo" in capsys.readouterr().out
+
+
+def test_example_script_runs():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "discover_study.py"
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("DWI(") == 6
