@@ -143,9 +143,10 @@ def rasterise_lesions(
 def classify_lesion(component: np.ndarray, labels: np.ndarray) -> str:
     """Location class of one lesion mask under the infratentorial > periventricular >
     juxtacortical > deep-WM rule (contact = 26-neighbourhood)."""
-    if np.isin(labels[component], _INFRATENTORIAL).any():
-        return "infratentorial"
     ring = ndimage.binary_dilation(component, _STRUCTURE_26) & ~component
+    # Lesion voxels may carry a lesion label in a segmentation: test the ring too.
+    if np.isin(labels[component | ring], _INFRATENTORIAL).any():
+        return "infratentorial"
     if (labels[ring] == VENTRICLES).any():
         return "periventricular"
     if (labels[ring] == CORTICAL_GM).any():

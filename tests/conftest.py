@@ -1,0 +1,29 @@
+"""Session-scoped fixtures: the synthetic studies every module is tested against."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """The tiny preset, 5 subjects x M0/M3/M6, default effects (seed 0)."""
+    from msimaging.datasets import make_synthetic_study
+
+    root = make_synthetic_study(tmp_path_factory.mktemp("tiny") / "study", preset="tiny")
+    truth = json.loads((root / "sourcedata" / "ground_truth" / "ground_truth.json").read_text())
+    return root, truth
+
+
+@pytest.fixture(scope="session")
+def noise_free_study(tmp_path_factory):
+    """One subject, three visits, noise-free DWI signals: fits must reproduce the truth."""
+    from msimaging.datasets import make_synthetic_study
+
+    root = make_synthetic_study(
+        tmp_path_factory.mktemp("noisefree") / "study", n_subjects=1, preset="tiny", snr=None
+    )
+    truth = json.loads((root / "sourcedata" / "ground_truth" / "ground_truth.json").read_text())
+    return root, truth
