@@ -96,10 +96,15 @@ class TemplateAnatomy:
         return xyz.T.reshape(*self.shape, 3)
 
 
-def _load_template(kind: str) -> nib.Nifti1Image:
-    name = f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
-    path = resources.files("nilearn.datasets") / "data" / name
-    return nib.load(str(path))
+@functools.lru_cache(maxsize=1)
+def _templates_1mm() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """nilearn's ICBM152 2009a T1 and GM/WM maps at 1 mm (read once per process)."""
+    maps = {}
+    for kind in ("t1", "gm", "wm"):
+        name = f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
+        img = nib.load(str(resources.files("nilearn.datasets") / "data" / name))
+        maps[kind] = np.asarray(img.dataobj, np.float32)
+    return maps, img.affine
 
 
 def _downsample(data: np.ndarray, factor: int) -> np.ndarray:
@@ -126,13 +131,10 @@ def template_anatomy(template_mm: int = 2) -> TemplateAnatomy:
     factor = int(template_mm)
     if factor < 1 or factor != template_mm:
         raise ValueError(f"template_mm must be a positive integer, got {template_mm!r}")
-    t1_img = _load_template("t1")
-    maps = {
-        kind: _downsample(np.asarray(_load_template(kind).dataobj, np.float32) / 255.0, factor)
-        for kind in ("gm", "wm")
-    }
-    t1 = _downsample(np.asarray(t1_img.dataobj, np.float32), factor)
-    affine = t1_img.affine.copy()
+    raw, affine_1mm = _templates_1mm()
+    maps = {kind: _downsample(raw[kind] / 255.0, factor) for kind in ("gm", "wm")}
+    t1 = _downsample(raw["t1"], factor)
+    affine = affine_1mm.copy()
     affine[:3, :3] *= factor
     affine[:3, 3] += (factor - 1) / 2.0  # block centres
 

@@ -154,14 +154,16 @@ def classify_lesion(component: np.ndarray, labels: np.ndarray) -> str:
     return "deep_wm"
 
 
-def _check(
-    ids: np.ndarray, lesion: Lesion, labels: np.ndarray, present: bool
-) -> bool:
+def _check(ids: np.ndarray, lesion: Lesion, labels: np.ndarray, present: bool) -> bool:
     mask = ids == lesion.lesion_id
     if not present:
         return not mask.any()
     if not mask.any():
         return False
+    # Work in the lesion's bounding box (+2 voxels): contact tests need only its neighbourhood.
+    where = np.nonzero(mask)
+    box = tuple(slice(max(int(w.min()) - 2, 0), int(w.max()) + 3) for w in where)
+    mask, ids, labels = mask[box], ids[box], labels[box]
     _, n_components = ndimage.label(mask, _STRUCTURE_26)
     if n_components != 1:
         return False

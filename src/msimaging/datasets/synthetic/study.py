@@ -139,9 +139,9 @@ PRESETS: dict[str, Preset] = {
         anat_voxel_mm=4.0,
         dwi_voxel_mm=5.0,
         func_template_mm=8,
-        n_b0=6,
-        n_directions=30,
-        n_bold_volumes=60,
+        n_b0=2,
+        n_directions=12,
+        n_bold_volumes=40,
         tr_s=2.0,
         lesions_per_class=3,
         lesion_radius_mm=(3.2, 12.0),
@@ -209,6 +209,12 @@ def _jsonable(obj: Any) -> Any:
 def _tsv(path: Path, frame: pd.DataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
+
+
+def _matrix_tsv(path: Path, matrix: np.ndarray) -> None:
+    """A square matrix as headerless TSV, written atomically."""
+    text = "\n".join("\t".join(map("{:.8f}".format, row)) for row in matrix.tolist())
+    atomic_write_text(path, text + "\n")
 
 
 def _image(data: np.ndarray, affine: np.ndarray, *, xyz_units: str = "mm") -> nib.Nifti1Image:
@@ -314,7 +320,8 @@ def make_synthetic_study(
         Random seed: the same seed gives identical files.
     preset : {"default", "tiny"}
         ``default``: 2 mm anatomy, 2.5 mm DWI (6 b0 + 30 directions), 4 mm MNI BOLD with 150
-        volumes. ``tiny``: 4 mm / 5 mm / 8 mm and 60 volumes, for unit tests.
+        volumes. ``tiny``: 4 mm / 5 mm (2 b0 + 12 directions) / 8 mm and 40 volumes,
+        for unit tests.
     progress : callable, optional
         Called with a short message as each subject and visit is written.
     **effects
@@ -413,7 +420,12 @@ def make_synthetic_study(
             pd.DataFrame({"session_id": [f"ses-{s}" for s in sessions], "months": months}),
         )
         anat_shape, anat_affine = base.grid(anatomy, cfg.anat_voxel_mm)
-        anat_sampled = [sp.sample(anatomy, anat_shape, anat_affine) for sp in spaces]
+        # Without head motion every visit shares one space: sample each grid once.
+        cache: dict[tuple, Any] = {}
+        anat_sampled = [
+            _cached(cache, ("anat", id(sp)), sp.sample, anatomy, anat_shape, anat_affine)
+            for sp in spaces
+        ]
         lesions, ids_by_visit = plant_lesions(
             anatomy,
             spaces,
@@ -449,7 +461,7 @@ def make_synthetic_study(
             )
             session_truth["months"] = month
             session_truth["dwi"] = _write_dwi(
-                root, truth_dir, participant, ses, space, anatomy, lesions, v,
+                root, truth_dir, participant, ses, space, anatomy, lesions, v, cache,
                 dwi_shape, dwi_affine, bvals, bvecs,
                 1.0 + eff.left_nawm_rd_change * eff.fraction(month), eff.snr, rng,
             )
@@ -559,28 +571,43 @@ def _write_anat(
     return {"tissue_volumes_ml": _tissue_volumes_ml(dseg, voxel_ml), "lesions": summary}
 
 
-def _write_dwi(
-    root, truth_dir, participant, ses, space: SubjectSpace, anatomy, lesions, visit,
-    shape, affine, bvals, bvecs, rd_scale, snr, rng,
-) -> dict[str, Any]:
-    from msimaging.datasets.synthetic.lesions import rasterise_lesions
+def _cached(cache: dict, key: tuple, func: Callable, *args: Any) -> Any:
+    if key not in cache:
+        cache[key] = func(*args)
+    return cache[key]
 
-    sub = f"sub-{participant}"
+
+def _dwi_geometry(space: SubjectSpace, anatomy, shape, affine) -> dict[str, np.ndarray]:
+    """Tissue, MNI coordinates and fibre field of every voxel of a DWI grid."""
     sampled = space.sample(anatomy, shape, affine)
-    labels = sampled["labels"]
-    lesion = rasterise_lesions(lesions, visit, space, labels, affine) > 0
+    tissue = sampled["labels"].ravel()
     mni = sampled["mni_mm"].reshape(-1, 3)
-    tissue = labels.ravel()
-    lesion_flat = lesion.ravel()
-    left = mni[:, 0] < 0
     # Fibre directions matter only where tissue is anisotropic (cerebral WM and brainstem).
     wm_like = np.isin(tissue, (CEREBRAL_WM, BRAINSTEM))
     bundle = np.zeros(tissue.shape, np.int8)
     direction = np.zeros((tissue.size, 3))
     direction[:, 0] = 1.0
     bundle[wm_like], direction[wm_like] = diffusion.bundle_field(mni[wm_like])
+    return {
+        "labels": sampled["labels"], "tissue": tissue, "mni": mni,
+        "bundle": bundle, "direction": direction,
+    }
+
+
+def _write_dwi(
+    root, truth_dir, participant, ses, space: SubjectSpace, anatomy, lesions, visit, cache,
+    shape, affine, bvals, bvecs, rd_scale, snr, rng,
+) -> dict[str, Any]:
+    from msimaging.datasets.synthetic.lesions import rasterise_lesions
+
+    sub = f"sub-{participant}"
+    geometry = _cached(cache, ("dwi", id(space)), _dwi_geometry, space, anatomy, shape, affine)
+    tissue, mni, bundle = geometry["tissue"], geometry["mni"], geometry["bundle"]
+    lesion = rasterise_lesions(lesions, visit, space, geometry["labels"], affine) > 0
+    lesion_flat = lesion.ravel()
+    left = mni[:, 0] < 0
     evals, evecs = diffusion.tissue_tensors(
-        tissue, bundle, direction, lesion_flat, left,
+        tissue, bundle, geometry["direction"], lesion_flat, left,
         left_nawm_rd_scale=rd_scale, rotation=space.rotation,
     )
     s0 = diffusion.default_s0(tissue, lesion_flat)
@@ -590,6 +617,10 @@ def _write_dwi(
     )
     dwi_dir = root / sub / f"ses-{ses}" / "dwi"
     stem = bids_name(participant, ses, "dwi", ".nii.gz").removesuffix(".nii.gz")
+    if snr is not None:
+        # Like scanners, store noisy magnitudes as int16 (rounding error 0.3 ≪ noise SD);
+        # noise-free signals stay float32 so that fits reproduce the truth to 1e-6.
+        signal = np.clip(np.rint(signal), 0, 32767).astype(np.int16)
     _save(_image(signal.reshape(*shape, -1), affine), dwi_dir / f"{stem}.nii.gz")
     (dwi_dir / f"{stem}.bval").write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
     (dwi_dir / f"{stem}.bvec").write_text(
@@ -681,8 +712,10 @@ def _write_func(
     flat = bold.reshape(-1, bold.shape[3])
     raw[inside] = flat[np.ravel_multi_index(src[inside].T, anatomy.shape)]
     func_dir = root / sub / f"ses-{ses}" / "func"
+    # Scanners write integers: int16 (values ~1000 with noise SD ~10, so rounding is harmless).
+    raw_int = np.clip(np.rint(raw), -32768, 32767).astype(np.int16)
     _save(
-        _image(raw.reshape(*shape, -1), affine),
+        _image(raw_int.reshape(*shape, -1), affine),
         func_dir / bids_name(participant, ses, "bold", ".nii.gz", task=_TASK),
     )
     _json(
@@ -694,8 +727,7 @@ def _write_func(
         truth_dir / sub / f"ses-{ses}" / "func"
         / bids_name(participant, ses, "relmat", ".tsv", atlas="seitzman2018", meas="realised")
     )
-    realised_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savetxt(realised_path, realised, fmt="%.8f", delimiter="\t")
+    _matrix_tsv(realised_path, realised)
     iu = np.triu_indices(len(atlas), 1)
     is_planted = np.isin(iu[0], planted) & np.isin(iu[1], planted)
     values = realised[iu]
@@ -712,6 +744,6 @@ def _func_truth(truth_dir: Path, atlas, planted, cov_by_session, sessions) -> di
     out["population_relmat"] = {}
     for ses in sessions:
         path = truth_dir / f"population_ses-{ses}_relmat.tsv"
-        np.savetxt(path, cov_by_session[ses], fmt="%.8f", delimiter="\t")
+        _matrix_tsv(path, cov_by_session[ses])
         out["population_relmat"][f"ses-{ses}"] = path.name
     return out
