@@ -38,6 +38,7 @@ __all__ = [
     "CLASSES",
     "Lesion",
     "classify_lesion",
+    "observed_category",
     "plant_lesions",
     "rasterise_lesions",
 ]
@@ -171,6 +172,31 @@ def _check(ids: np.ndarray, lesion: Lesion, labels: np.ndarray, present: bool) -
     if np.any((ids[ring] != 0) & (ids[ring] != lesion.lesion_id)):
         return False  # touches another lesion: counts would merge
     return classify_lesion(mask, labels) == lesion.location
+
+
+def observed_category(n_voxels: list[int] | tuple[int, ...]) -> str:
+    """Evolution of a lesion from its voxel counts per visit (first vs last visit).
+
+    new: absent at the first visit; disappearing: absent at the last; enlarging: at least
+    +30% volume; shrinking: at least −25%; stable otherwise.
+    """
+    first, last = n_voxels[0], n_voxels[-1]
+    if first == 0:
+        return "new"
+    if last == 0:
+        return "disappearing"
+    if last >= 1.3 * first:
+        return "enlarging"
+    if last <= 0.75 * first:
+        return "shrinking"
+    return "stable"
+
+
+def _evolves_as_planned(trial: list[np.ndarray], lesion: Lesion) -> bool:
+    if len(trial) == 1:
+        return True
+    counts = [int(np.count_nonzero(ids == lesion.lesion_id)) for ids in trial]
+    return observed_category(counts) == lesion.category
 
 
 def _scales(category: str, n_visits: int, rng: np.random.Generator) -> tuple[float, ...]:
@@ -316,7 +342,7 @@ def plant_lesions(
                 if np.any((mine > 0) & (ids_by_visit[v] > 0)):
                     break  # overlaps an earlier lesion
                 trial.append(np.where(mine > 0, mine, ids_by_visit[v]))
-            if len(trial) == n_visits and all(
+            if len(trial) == n_visits and _evolves_as_planned(trial, lesion) and all(
                 _check(trial[v], lesion, labels_by_visit[v], lesion.scale_by_visit[v] > 0)
                 for v in range(n_visits)
             ):
