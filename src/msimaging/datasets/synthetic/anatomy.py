@@ -32,6 +32,7 @@ __all__ = [
     "SubjectSpace",
     "TemplateAnatomy",
     "random_subject_space",
+    "release_templates",
     "template_anatomy",
 ]
 
@@ -103,19 +104,23 @@ def _templates_1mm() -> tuple[dict[str, np.ndarray], np.ndarray]:
     for kind in ("t1", "gm", "wm"):
         name = f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
         img = nib.load(str(resources.files("nilearn.datasets") / "data" / name))
-        maps[kind] = np.asarray(img.dataobj, np.float32)
+        maps[kind] = np.asanyarray(img.dataobj.get_unscaled())  # uint8: 9 MB per map
     return maps, img.affine
+
+
+def release_templates() -> None:
+    """Free the cached 1 mm template maps (derived templates stay cached)."""
+    _templates_1mm.cache_clear()
 
 
 def _downsample(data: np.ndarray, factor: int) -> np.ndarray:
     """Block mean by an integer factor (partial-volume averaging), cropping the remainder."""
     if factor == 1:
-        return data
+        return data.astype(np.float32)
     shape = [s // factor for s in data.shape]
     cropped = data[: shape[0] * factor, : shape[1] * factor, : shape[2] * factor]
-    return cropped.reshape(shape[0], factor, shape[1], factor, shape[2], factor).mean(
-        axis=(1, 3, 5)
-    )
+    blocks = cropped.reshape(shape[0], factor, shape[1], factor, shape[2], factor)
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=4)
@@ -132,7 +137,7 @@ def template_anatomy(template_mm: int = 2) -> TemplateAnatomy:
     if factor < 1 or factor != template_mm:
         raise ValueError(f"template_mm must be a positive integer, got {template_mm!r}")
     raw, affine_1mm = _templates_1mm()
-    maps = {kind: _downsample(raw[kind] / 255.0, factor) for kind in ("gm", "wm")}
+    maps = {kind: _downsample(raw[kind], factor) / np.float32(255.0) for kind in ("gm", "wm")}
     t1 = _downsample(raw["t1"], factor)
     affine = affine_1mm.copy()
     affine[:3, :3] *= factor

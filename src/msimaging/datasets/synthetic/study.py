@@ -73,10 +73,11 @@ from msimaging.datasets.synthetic.anatomy import (
     VENTRICLES,
     SubjectSpace,
     random_subject_space,
+    release_templates,
     template_anatomy,
 )
 from msimaging.datasets.synthetic.lesions import CATEGORIES, CLASSES, plant_lesions
-from msimaging.derivatives import atomic_write_text, bids_name
+from msimaging.derivatives import atomic_path, atomic_write_text, bids_name
 from msimaging.errors import InputError
 
 __all__ = ["PRESETS", "Effects", "Preset", "make_synthetic_study"]
@@ -85,6 +86,7 @@ SCHEMA_VERSION = 1
 _MNI_SPACE = "MNI152NLin2009cAsym"
 _TASK = "rest"
 _STRUCTURE_26 = np.ones((3, 3, 3), bool)
+_DWI_CHUNK = 50_000  # voxels per chunk when simulating DWI and resampling BOLD
 
 
 @dataclass(frozen=True)
@@ -177,17 +179,9 @@ def _months(label: str, index: int) -> float:
 
 
 def _save(img: nib.Nifti1Image, path: Path) -> Path:
-    """Write a NIfTI atomically (gzip level 1: fast, still small)."""
-    import gzip
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    # mtime=0: the same seed gives byte-identical files.
-    with open(tmp, "wb") as raw, gzip.GzipFile(
-        filename="", mode="wb", compresslevel=1, fileobj=raw, mtime=0
-    ) as fh:
-        fh.write(img.to_bytes())
-    tmp.replace(path)
+    """Write a NIfTI atomically; nibabel streams gzip (level 1, mtime 0: same seed, same bytes)."""
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
     return path
 
 
@@ -368,6 +362,7 @@ def make_synthetic_study(
     participants = [f"{i + 1:02d}" for i in range(n_subjects)]
     anatomy = template_anatomy(cfg.template_mm)
     func_anatomy = template_anatomy(cfg.func_template_mm)
+    release_templates()  # the 1 mm maps (100 MB) are not needed any more
 
     # Shared across subjects: the gradient scheme, the atlas and planted subnetwork.
     shells = (1000.0, 2000.0) if eff.second_shell else (1000.0,)
@@ -606,21 +601,29 @@ def _write_dwi(
     lesion = rasterise_lesions(lesions, visit, space, geometry["labels"], affine) > 0
     lesion_flat = lesion.ravel()
     left = mni[:, 0] < 0
-    evals, evecs = diffusion.tissue_tensors(
-        tissue, bundle, geometry["direction"], lesion_flat, left,
-        left_nawm_rd_scale=rd_scale, rotation=space.rotation,
-    )
     s0 = diffusion.default_s0(tissue, lesion_flat)
     reference = float(np.median(s0[tissue == CEREBRAL_WM]))
-    signal = diffusion.simulate_signal(
-        evals, evecs, bvals, bvecs, s0, snr=snr, noise_reference=reference, rng=rng
-    )
+    # Voxel chunks bound the memory of the tensors and signals (~60 MB per chunk).
+    signal = np.empty((tissue.size, bvals.size), np.int16 if snr is not None else np.float32)
+    evals = np.empty((tissue.size, 3))
+    for start in range(0, tissue.size, _DWI_CHUNK):
+        part = slice(start, start + _DWI_CHUNK)
+        evals[part], evecs = diffusion.tissue_tensors(
+            tissue[part], bundle[part], geometry["direction"][part], lesion_flat[part],
+            left[part], left_nawm_rd_scale=rd_scale, rotation=space.rotation,
+        )
+        chunk = diffusion.simulate_signal(
+            evals[part], evecs, bvals, bvecs, s0[part], snr=snr, noise_reference=reference,
+            rng=rng,
+        )
+        if snr is not None:
+            # Like scanners, store noisy magnitudes as int16 (rounding error 0.3 ≪ noise SD);
+            # noise-free signals stay float32 so that fits reproduce the truth to 1e-6.
+            np.rint(chunk, out=chunk)
+            np.clip(chunk, 0, 32767, out=chunk)
+        signal[part] = chunk
     dwi_dir = root / sub / f"ses-{ses}" / "dwi"
     stem = bids_name(participant, ses, "dwi", ".nii.gz").removesuffix(".nii.gz")
-    if snr is not None:
-        # Like scanners, store noisy magnitudes as int16 (rounding error 0.3 ≪ noise SD);
-        # noise-free signals stay float32 so that fits reproduce the truth to 1e-6.
-        signal = np.clip(np.rint(signal), 0, 32767).astype(np.int16)
     _save(_image(signal.reshape(*shape, -1), affine), dwi_dir / f"{stem}.nii.gz")
     (dwi_dir / f"{stem}.bval").write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
     (dwi_dir / f"{stem}.bvec").write_text(
@@ -707,13 +710,23 @@ def _write_func(
     mni = space.native_to_mni((affine[:3, :3] @ ijk + affine[:3, 3:4]).T)
     inv = np.linalg.inv(anatomy.affine)
     src = np.rint(mni @ inv[:3, :3].T + inv[:3, 3]).astype(int)
-    inside = np.all((src >= 0) & (src < np.array(anatomy.shape)), axis=1)
-    raw = np.zeros((int(np.prod(shape)), bold.shape[3]), np.float32)
+    inside = np.flatnonzero(np.all((src >= 0) & (src < np.array(anatomy.shape)), axis=1))
+    source = np.ravel_multi_index(src[inside].T, anatomy.shape)
     flat = bold.reshape(-1, bold.shape[3])
-    raw[inside] = flat[np.ravel_multi_index(src[inside].T, anatomy.shape)]
-    func_dir = root / sub / f"ses-{ses}" / "func"
     # Scanners write integers: int16 (values ~1000 with noise SD ~10, so rounding is harmless).
-    raw_int = np.clip(np.rint(raw), -32768, 32767).astype(np.int16)
+    raw_int = np.zeros((int(np.prod(shape)), bold.shape[3]), np.int16)
+    for start in range(0, inside.size, _DWI_CHUNK):
+        part = slice(start, start + _DWI_CHUNK)
+        raw_int[inside[part]] = np.clip(np.rint(flat[source[part]]), -32768, 32767)
+    func_dir = root / sub / f"ses-{ses}" / "func"
+    inside = np.flatnonzero(np.all((src >= 0) & (src < np.array(anatomy.shape)), axis=1))
+    source = np.ravel_multi_index(src[inside].T, anatomy.shape)
+    flat = bold.reshape(-1, bold.shape[3])
+    # Scanners write integers: int16 (values ~1000 with noise SD ~10, so rounding is harmless).
+    raw_int = np.zeros((int(np.prod(shape)), bold.shape[3]), np.int16)
+    for start in range(0, inside.size, _DWI_CHUNK):
+        part = slice(start, start + _DWI_CHUNK)
+        raw_int[inside[part]] = np.clip(np.rint(flat[source[part]]), -32768, 32767)
     _save(
         _image(raw_int.reshape(*shape, -1), affine),
         func_dir / bids_name(participant, ses, "bold", ".nii.gz", task=_TASK),
