@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,7 +17,7 @@ from msimaging.datasets import make_example_layout
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     proc = subprocess.run(
-        [sys.executable, "-m", "msimaging", "demo", str(out)],
+        [sys.executable, "-m", "msimaging", "demo", str(out), "--preset", "tiny"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -27,17 +28,25 @@ def demo_run(tmp_path_factory):
 def test_demo_runs_and_writes_derivatives(demo_run):
     out, proc = demo_run
     assert proc.returncode == 0, proc.stderr
-    assert "not built yet" in proc.stdout  # says honestly what is missing
+    assert "Not yet available" in proc.stdout  # says honestly what is missing
     deriv = out / "derivatives" / "msimaging"
     assert (deriv / "dataset_description.json").exists()
     sessions = pd.read_csv(deriv / "group" / "sessions.tsv", sep="\t")
-    assert sessions["months"].tolist() == [0.0, 3.0, 6.0, 0.0, 3.0, 6.0]
+    assert sessions["months"].tolist() == [0.0, 3.0, 6.0] * 5
     missing = pd.read_csv(deriv / "group" / "missing.tsv", sep="\t")
-    assert missing[["participant_id", "session_id", "kind"]].values.tolist() == [
-        ["sub-02", "ses-M3", "bold_preproc"]
-    ]
+    assert missing.empty
     dwi = pd.read_csv(deriv / "group" / "dwi_validation.tsv", sep="\t")
-    assert len(dwi) == 6 and (dwi["n_b0"] == 1).all()
+    assert len(dwi) == 15 and (dwi["n_b0"] == 2).all()
+    truth = pd.read_csv(deriv / "group" / "ground_truth_summary.tsv", sep="\t")
+    m0, m6 = truth[truth.months == 0], truth[truth.months == 6]
+    ratio = m6["RD_NAWM_left_um2_ms"].to_numpy() / m0["RD_NAWM_left_um2_ms"].to_numpy()
+    assert np.allclose(ratio, 0.92, atol=0.01)  # lesions change the NAWM a little
+
+
+def test_synth_command(tmp_path):
+    assert main(["synth", str(tmp_path / "s"), "--preset", "tiny", "--n-subjects", "1",
+                 "--sessions", "M0"]) == 0
+    assert (tmp_path / "s" / "sourcedata" / "ground_truth" / "ground_truth.json").exists()
 
 
 def test_demo_is_rerunnable(demo_run):

@@ -1,4 +1,4 @@
-"""Command line: ``msimaging demo`` and ``msimaging inventory``.
+"""Command line: ``msimaging demo``, ``msimaging synth`` and ``msimaging inventory``.
 
 The BIDS-App levels (``msimaging BIDS_DIR OUTPUT_DIR participant|group``) arrive with the
 pipeline (issue 10); until then the commands below run what exists and say so.
@@ -56,33 +56,82 @@ def _cmd_inventory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _truth_table(root: Path):
+    """One row per subject and visit: the planted truth a user can check results against."""
+    import json
+
+    import pandas as pd
+
+    truth = json.loads((root / "sourcedata" / "ground_truth" / "ground_truth.json").read_text())
+    rows = []
+    for sub, subject in truth["subjects"].items():
+        for ses, visit in subject["sessions"].items():
+            regions = visit["dwi"]["regions"]
+            rows.append(
+                {
+                    "participant_id": sub,
+                    "session_id": ses,
+                    "months": visit["months"],
+                    "lesions": visit["lesions"]["count"],
+                    "lesion_volume_ml": round(visit["lesions"]["volume_mm3"] / 1000, 2),
+                    "NAWM_ml": round(visit["tissue_volumes_ml"]["NAWM"], 1),
+                    "RD_NAWM_left_um2_ms": round(regions["NAWM_left"]["rd"] * 1e3, 4),
+                    "RD_NAWM_right_um2_ms": round(regions["NAWM_right"]["rd"] * 1e3, 4),
+                    "planted_delta_r": round(visit["func"]["planted_delta_r"], 3),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from msimaging.datasets import make_synthetic_study
+
+    root = make_synthetic_study(
+        args.output_dir,
+        n_subjects=args.n_subjects,
+        sessions=args.sessions,
+        seed=args.seed,
+        preset=args.preset,
+        progress=lambda message: print(f"  {message}", flush=True),
+    )
+    print(f"synthetic study written: {root}")
+    print(f"ground truth: {root / 'sourcedata' / 'ground_truth' / 'ground_truth.json'}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from msimaging.datasets import make_example_layout
+    import time
+
+    import pandas as pd
+
+    from msimaging.datasets import make_synthetic_study
     from msimaging.derivatives import DerivativesWriter
     from msimaging.io import load_dwi
 
     out = Path(args.output_dir).resolve()
-    bids_dir = out / "bids"
+    bids_dir = out / "study"
     print(f"msimaging {__version__} demo -> {out}")
-    print(
-        "The synthetic MS study with planted effects (issue 3) is not built yet: this demo "
-        "runs on the example BIDS layout (2 subjects x 3 visits, tiny images, one piece "
-        "deliberately missing) and exercises what exists today: BIDS discovery, validated "
-        "loading and the derivatives writer."
-    )
+    started = time.perf_counter()
     if (bids_dir / "dataset_description.json").exists():
-        print(f"\n[1/3] reusing the example BIDS dataset from a previous run: {bids_dir}")
+        print(f"\n[1/4] reusing the synthetic study from a previous run: {bids_dir}")
     else:
-        make_example_layout(bids_dir, n_subjects=2, missing=[("02", "M3", "bold_preproc")])
-        print(f"\n[1/3] wrote example BIDS dataset: {bids_dir}")
+        print(
+            f"\n[1/4] generating the synthetic MS study ({args.preset} preset: 5 patients x "
+            "visits M0/M3/M6, planted lesions, RD fall in left NAWM, rising subnetwork)"
+        )
+        make_synthetic_study(
+            bids_dir,
+            preset=args.preset,
+            progress=lambda message: print(f"      {message}", flush=True),
+        )
 
     study, present = _inventory(bids_dir)
-    print(f"[2/3] discovered {study!r}")
+    print(f"\n[2/4] discovered {study!r}")
     _print_table("Sessions (visit time in months; files found):", present)
     missing = study.missing()
     _print_table("Missing pieces (present elsewhere in the study):", missing)
 
-    print("\n[3/3] validating every diffusion series (load_dwi)")
+    print("\n[3/4] validating every diffusion series (load_dwi)")
     rows = []
     for session in study:
         for path in session.files.get("dwi", ()):
@@ -97,24 +146,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     "n_b0": int(dwi.b0_mask.sum()),
                 }
             )
-            print(f"  ok  {dwi!r}")
+            print(f"      ok  {dwi!r}")
 
-    import pandas as pd
+    truth = _truth_table(bids_dir)
+    _print_table("[4/4] planted ground truth (what the analyses must recover):", truth)
 
     writer = DerivativesWriter(out / "derivatives" / "msimaging", input_datasets=[bids_dir])
-    inventory_path = writer.write_group_table(
-        present, "sessions", sidecar={"Description": "Sessions found by msimaging.bids.Study"}
-    )
-    missing_path = writer.write_group_table(
-        missing, "missing", sidecar={"Description": "Pieces missing per session"}
-    )
-    dwi_path = writer.write_group_table(
-        pd.DataFrame(rows), "dwi_validation", sidecar={"Description": "Validated DWI series"}
-    )
+    written = [
+        writer.write_group_table(
+            present, "sessions", sidecar={"Description": "Sessions found by msimaging.bids.Study"}
+        ),
+        writer.write_group_table(
+            missing, "missing", sidecar={"Description": "Pieces missing per session"}
+        ),
+        writer.write_group_table(
+            pd.DataFrame(rows), "dwi_validation", sidecar={"Description": "Validated DWI series"}
+        ),
+        writer.write_group_table(
+            truth, "ground_truth_summary",
+            sidecar={"Description": "Planted truth per visit (from ground_truth.json)"},
+        ),
+    ]
     print("\nDerivatives written (atomically):")
-    for path in (writer.root / "dataset_description.json", inventory_path, missing_path, dwi_path):
+    for path in (writer.root / "dataset_description.json", *written):
         print(f"  {path}")
-    print(f"\nNot yet available (later issues): {NOT_YET}.")
+    print(f"\nDone in {time.perf_counter() - started:.0f} s.")
+    print(f"Not yet available (later issues): {NOT_YET}.")
     return 0
 
 
@@ -122,20 +179,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msimaging",
         description=(
-            "Longitudinal imaging analysis in multiple sclerosis. Today: 'demo' runs the "
-            "built-in example, 'inventory' lists what a BIDS dataset holds per visit."
+            "Longitudinal imaging analysis in multiple sclerosis. Today: 'demo' generates "
+            "the synthetic MS study and runs what exists on it, 'synth' only generates it, "
+            "'inventory' lists what a BIDS dataset holds per visit."
         ),
     )
     parser.add_argument("--version", action="version", version=f"msimaging {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="generate the built-in example study and run on it")
+    demo = sub.add_parser("demo", help="generate the synthetic MS study and run on it")
     demo.add_argument(
         "output_dir",
         nargs="?",
         default="demo_output",
         help="where to write (default: %(default)s)",
     )
+    demo.add_argument(
+        "--preset",
+        choices=("default", "tiny"),
+        default="default",
+        help="size of the synthetic study (default: %(default)s; tiny takes seconds)",
+    )
     demo.set_defaults(func=_cmd_demo)
+    synth = sub.add_parser(
+        "synth", help="only generate a synthetic longitudinal MS study with ground truth"
+    )
+    synth.add_argument("output_dir", help="new folder for the BIDS dataset")
+    synth.add_argument("--preset", choices=("default", "tiny"), default="default")
+    synth.add_argument("--n-subjects", type=int, default=5)
+    synth.add_argument(
+        "--sessions", nargs="+", default=["M0", "M3", "M6"], help="session labels (months)"
+    )
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_synth)
     inv = sub.add_parser(
         "inventory", help="list subjects x visits (months) and the files found in a BIDS dataset"
     )
