@@ -292,6 +292,41 @@ def test_planted_connectivity_change_in_population_matrices(tiny_study):
         np.testing.assert_allclose(diff[~is_planted], 0.0, atol=1e-6)
 
 
+def _node_connectivity(root: Path, sub: str, ses: str, coords: np.ndarray) -> np.ndarray:
+    """Correlation of confound-cleaned BOLD at the in-mask voxel nearest to each node."""
+    prep = root / "derivatives" / "fmriprep" / sub / ses / "func"
+    stem = f"{sub}_{ses}_task-rest"
+    img = nib.load(prep / f"{stem}_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    bold = np.asanyarray(img.dataobj)
+    mask = _data(prep / f"{stem}_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz") > 0
+    confounds = pd.read_csv(prep / f"{stem}_desc-confounds_timeseries.tsv", sep="\t")
+    ijk = np.argwhere(mask)
+    xyz = ijk @ img.affine[:3, :3].T + img.affine[:3, 3]
+    nearest = np.linalg.norm(xyz[:, None, :] - coords[None], axis=2).argmin(0)
+    series = bold[tuple(ijk[nearest].T)].T.astype(float)
+    columns = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf", "white_matter"]
+    design = np.column_stack([np.ones(len(confounds)), confounds[columns].to_numpy()])
+    cleaned = series - design @ np.linalg.lstsq(design, series, rcond=None)[0]
+    return np.corrcoef(cleaned.T)
+
+
+def test_planted_subnetwork_is_recoverable_from_the_written_bold(tiny_study):
+    root, truth = tiny_study
+    nodes = pd.DataFrame(truth["func"]["nodes"])
+    coords = nodes[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+    planted = np.array(truth["func"]["planted_nodes"])
+    is_planted = np.zeros((len(coords),) * 2, bool)
+    is_planted[np.ix_(planted, planted)] = True
+    other = ~is_planted & ~np.eye(len(coords), dtype=bool)
+    np.fill_diagonal(is_planted, False)
+    for sub in truth["subjects"]:
+        before = _node_connectivity(root, sub, "ses-M0", coords)
+        after = _node_connectivity(root, sub, "ses-M6", coords)
+        # Population change 0.3; sampling noise and voxel noise attenuate it on the tiny grid.
+        assert after[is_planted].mean() - before[is_planted].mean() > 0.05, sub
+        assert abs(after[other].mean() - before[other].mean()) < 0.03, sub
+
+
 def test_fmriprep_outputs_are_consistent(tiny_study):
     root, _ = tiny_study
     prep = root / "derivatives" / "fmriprep" / "sub-01" / "ses-M0" / "func"
@@ -344,3 +379,23 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     with pytest.raises(InputError, match="not empty"):
         make_synthetic_study(tmp_path / "full", preset="tiny")
     assert (tmp_path / "full" / "keep.txt").read_text() == "user data"
+
+
+def test_head_motion_and_second_shell_options(tmp_path):
+    from msimaging.datasets import make_synthetic_study
+
+    root = make_synthetic_study(
+        tmp_path / "moving", n_subjects=1, sessions=("M0", "M6"), preset="tiny",
+        head_motion=True, second_shell=True,
+    )
+    truth = json.loads((root / "sourcedata" / "ground_truth" / "ground_truth.json").read_text())
+    placement = truth["subjects"]["sub-01"]["mni_to_native"]
+    moved = np.array(placement["ses-M6"]) - np.array(placement["ses-M0"])
+    assert np.abs(moved).max() > 0.01  # the head moved between visits
+    bvals = np.loadtxt(root / "sub-01" / "ses-M0" / "dwi" / "sub-01_ses-M0_dwi.bval")
+    assert set(np.unique(bvals)) == {0.0, 1000.0, 2000.0}
+    # Lesion truth still equals the masks when the head moves.
+    for ses in ("ses-M0", "ses-M6"):
+        mask = _data(_seg(root, "sub-01", ses, "label-lesion_mask.nii.gz")) > 0
+        _, n = ndimage.label(mask, CUBE)
+        assert n == truth["subjects"]["sub-01"]["sessions"][ses]["lesions"]["count"]
