@@ -27,3 +27,16 @@ def noise_free_study(tmp_path_factory):
     )
     truth = json.loads((root / "sourcedata" / "ground_truth" / "ground_truth.json").read_text())
     return root, truth
+
+
+@pytest.fixture(scope="session")
+def snr20_study(tmp_path_factory):
+    """Two subjects, M0/M3/M6, DWI at SNR 20 (the DTI acceptance condition), tiny grids."""
+    from msimaging.datasets import make_synthetic_study
+
+    root = make_synthetic_study(
+        tmp_path_factory.mktemp("snr20") / "study", n_subjects=2, preset="tiny", snr=20.0,
+        seed=1,
+    )
+    truth = json.loads((root / "sourcedata" / "ground_truth" / "ground_truth.json").read_text())
+    return root, truth

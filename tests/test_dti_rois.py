@@ -48,10 +48,9 @@ def test_midsagittal_plane_comes_from_the_mni_transform(masks):
 
 
 def test_perilesional_margin_in_mm(masks):
-    wm, lesion = masks
+    wm, _ = masks
     single = np.zeros(SHAPE, np.uint8)
     single[10, 10, 10] = 1
-    _, _, _ = nawm_rois(_img(wm), _img(lesion), to_mni=np.eye(4))
     whole, _, _ = nawm_rois(_img(wm), _img(single), margin_mm=2.0, to_mni=np.eye(4))
     # 2 mm = one voxel: the lesion and its 6 face neighbours go.
     assert whole.n_voxels == 18**3 - 7

@@ -202,7 +202,10 @@ def fit_tensor(
             f"sigma={sigma!r} is only used by method='restore' (got method={method!r}); "
             "drop it or choose method='restore'."
         )
-    dwi_what = describe(dwi.img, "dwi") if isinstance(dwi, DWI) else describe(dwi, "dwi")
+    if isinstance(dwi, DWI):
+        dwi_what = f"dwi '{dwi.source}'" if dwi.source != "in-memory image" else "dwi"
+    else:
+        dwi_what = describe(dwi, "dwi")
     series = _as_dwi(dwi, bvals, bvecs, b0_threshold)
     img = series.img
     data = np.asanyarray(img.dataobj)

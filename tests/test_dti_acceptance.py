@@ -1,0 +1,62 @@
+"""DTI acceptance on the DEFAULT synthetic preset (2.5 mm DWI, 6 b0 + 30 directions, SNR 20):
+NAWM FA within ±0.01 and MD within ±1% of truth, the planted left-NAWM RD change (−4% at M3,
+−8% at M6) recovered within ±1 point, and no change beyond ±1 point on the right.
+
+Two subjects x three visits with the full per-visit stage (fit, T1w->DWI and MNI
+registration): about 1.5 minutes on 2 cores, hence ``slow`` (still part of ``make test``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from msimaging.bids import Study
+
+pytestmark = pytest.mark.slow
+
+PLANTED = {"ses-M3": -4.0, "ses-M6": -8.0}
+
+
+@pytest.fixture(scope="module")
+def default_results(tmp_path_factory):
+    from msimaging.datasets import make_synthetic_study
+    from msimaging.dti import dti_session
+
+    root = make_synthetic_study(
+        tmp_path_factory.mktemp("default") / "study", n_subjects=2, snr=20.0, seed=2
+    )
+    truth = json.loads((root / "sourcedata" / "ground_truth" / "ground_truth.json").read_text())
+    out = {}
+    for visit in Study(root):
+        dseg = nib.load(visit.get("dseg"))
+        wm = nib.Nifti1Image((np.asanyarray(dseg.dataobj) == 3).astype(np.uint8), dseg.affine)
+        result = dti_session(
+            visit.get("dwi"), visit.get("t1w"), wm, visit.get("lesion_mask"),
+            participant_id=visit.participant_id, session_id=visit.session_id,
+        )
+        out[(visit.participant_id, visit.session_id)] = result.table.set_index(["roi", "metric"])
+    return truth, out
+
+
+def test_nawm_fa_md_within_targets(default_results):
+    truth, out = default_results
+    for (sub, ses), table in out.items():
+        expected = truth["subjects"][sub]["sessions"][ses]["dwi"]["regions"]
+        for roi in ("NAWM_left", "NAWM_right"):
+            assert table.loc[(roi, "fa"), "mean"] == pytest.approx(expected[roi]["fa"], abs=0.01)
+            assert table.loc[(roi, "md"), "mean"] == pytest.approx(expected[roi]["md"], rel=0.01)
+
+
+def test_planted_rd_change_within_one_point(default_results):
+    truth, out = default_results
+    for sub in truth["subjects"]:
+        base = out[(sub, "ses-M0")]
+        for ses, planted in PLANTED.items():
+            later = out[(sub, ses)]
+            for roi, target in (("NAWM_left", planted), ("NAWM_right", 0.0)):
+                change = 100 * (later.loc[(roi, "rd"), "mean"] / base.loc[(roi, "rd"), "mean"] - 1)
+                assert change == pytest.approx(target, abs=1.0), (sub, ses, roi, change)
