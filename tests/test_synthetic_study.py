@@ -399,3 +399,16 @@ def test_head_motion_and_second_shell_options(tmp_path):
         mask = _data(_seg(root, "sub-01", ses, "label-lesion_mask.nii.gz")) > 0
         _, n = ndimage.label(mask, CUBE)
         assert n == truth["subjects"]["sub-01"]["sessions"][ses]["lesions"]["count"]
+
+
+def test_true_profiles_have_the_planted_along_tract_shape(noise_free_study):
+    """FA dips where RD peaks (35% of the length) and recovers towards the ends."""
+    _, truth = noise_free_study
+    profiles = truth["subjects"]["sub-01"]["sessions"]["ses-M0"]["dwi"]["profiles_fa"]
+    assert set(profiles) == {"CC", "CST_L", "CST_R", "OR_L", "OR_R"}
+    for name, values in profiles.items():
+        values = np.asarray(values)
+        assert values.size == 100, name
+        lowest = int(np.argmin(values[5:95])) + 5
+        assert 20 <= lowest <= 60, (name, lowest)
+        assert values[lowest] < values[0] - 0.05 and values[lowest] < values[-1] - 0.05, name

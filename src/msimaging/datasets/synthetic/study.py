@@ -34,8 +34,11 @@ never mistake it for data.
     ``brain`` = parenchyma incl. lesions, ``ICV``),
     ``lesions`` {``count``, ``volume_mm3``, ``by_class`` class -> {``count``, ``volume_mm3``}},
     ``dwi`` {``left_nawm_rd_scale``, ``regions``: name -> {fa, md, ad, rd, n_voxels}} for
-    NAWM, NAWM_left, NAWM_right, the bundles CC (+ genu/body/splenium), CST_L/R, OR_L/R,
-    and ``func`` {``planted_delta_r``, ``realised_mean_r_planted``, ``realised_mean_r_other``}}.
+    NAWM, NAWM_left, NAWM_right, the bundles CC (+ genu/body/splenium), CST_L/R, OR_L/R
+    (bundles include their lesioned voxels), ``profiles_fa``: bundle -> 100 FA values from
+    the bundle's start to its end (CST brainstem -> cortex, OR LGN -> calcarine, CC left ->
+    right), and ``func`` {``planted_delta_r``, ``realised_mean_r_planted``,
+    ``realised_mean_r_other``}}.
 - ``func``: atlas name, node table, ``planted_nodes``, ``planted_edges`` (i < j),
   ``population_r_planted`` per session, and the file names of the true population
   correlation matrices.
@@ -582,11 +585,33 @@ def _dwi_geometry(space: SubjectSpace, anatomy, shape, affine) -> dict[str, np.n
     bundle = np.zeros(tissue.shape, np.int8)
     direction = np.zeros((tissue.size, 3))
     direction[:, 0] = 1.0
-    bundle[wm_like], direction[wm_like] = diffusion.bundle_field(mni[wm_like])
+    position = np.zeros(tissue.size)
+    bundle[wm_like], direction[wm_like], position[wm_like] = diffusion.bundle_field(
+        mni[wm_like], with_position=True
+    )
     return {
         "labels": sampled["labels"], "tissue": tissue, "mni": mni,
-        "bundle": bundle, "direction": direction,
+        "bundle": bundle, "direction": direction, "position": position,
     }
+
+
+def _profiles(
+    fa: np.ndarray, bundle: np.ndarray, position: np.ndarray, n_nodes: int = 100
+) -> dict[str, list[float]]:
+    """True along-bundle FA: Gaussian-kernel (SD 0.03 of the length) means of voxel FA at
+    ``n_nodes`` equally spaced positions from the bundle's start to its end."""
+    nodes = (np.arange(n_nodes) + 0.5) / n_nodes
+    out = {}
+    for name, code in diffusion.BUNDLE_CODES.items():
+        inside = bundle == code
+        if not inside.any():
+            out[name] = []
+            continue
+        weights = np.exp(-0.5 * ((position[inside][:, None] - nodes[None]) / 0.03) ** 2)
+        out[name] = np.round(
+            (weights * fa[inside][:, None]).sum(0) / np.maximum(weights.sum(0), 1e-12), 6
+        ).tolist()
+    return out
 
 
 def _write_dwi(
@@ -611,6 +636,7 @@ def _write_dwi(
         evals[part], evecs = diffusion.tissue_tensors(
             tissue[part], bundle[part], geometry["direction"][part], lesion_flat[part],
             left[part], left_nawm_rd_scale=rd_scale, rotation=space.rotation,
+            bundle_position=geometry["position"][part],
         )
         chunk = diffusion.simulate_signal(
             evals[part], evecs, bvals, bvecs, s0[part], snr=snr, noise_reference=reference,
@@ -662,10 +688,12 @@ def _write_dwi(
         truth_dir / sub / f"ses-{ses}" / "dwi"
         / bids_name(participant, ses, "mask", ".nii.gz", label="lesion"),
     )
+    fa = diffusion.tensor_metrics(evals)["fa"]
     return {
         "left_nawm_rd_scale": rd_scale,
         "snr": snr,
         "regions": diffusion.dwi_truth(evals, regions),
+        "profiles_fa": _profiles(fa, bundle, geometry["position"]),
     }
 
 
