@@ -98,7 +98,9 @@ def _block_mean(data: np.ndarray, factor: int) -> np.ndarray:
     return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=3)
 def _read_template_1mm(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    # uint8 arrays (9 MB each), read once per process: several resolutions derive from them.
     path = resources.files("nilearn.datasets") / "data" / _TEMPLATE_FILE.format(kind)
     img = nib.load(str(path))
     return np.asanyarray(img.dataobj.get_unscaled()), np.asarray(img.affine, float)

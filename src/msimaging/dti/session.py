@@ -58,7 +58,9 @@ class DTISession:
     mni_to_anat : AffineTransform
         MNI template -> T1w registration (``matrix`` maps T1w world mm to MNI mm).
     dwi_to_mni : ndarray (4, 4)
-        DWI world mm -> MNI mm (used for the hemisphere split).
+        DWI world mm -> MNI mm (used for the hemisphere split and to place tract ROIs).
+    lesion_mask : nibabel image or None
+        The lesion mask on the DWI grid (voxels > ``lesion_fraction`` lesion).
     seconds : dict
         Wall time of each step.
     outputs : dict
@@ -73,6 +75,7 @@ class DTISession:
     anat_to_dwi: Any
     mni_to_anat: Any
     dwi_to_mni: np.ndarray
+    lesion_mask: nib.Nifti1Image | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -249,6 +252,7 @@ def dti_session(
         anat_to_dwi=transform,
         mni_to_anat=to_mni,
         dwi_to_mni=dwi_to_mni,
+        lesion_mask=lesion_dwi,
         seconds=seconds,
         outputs=outputs,
     )

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from importlib import resources
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from msimaging.registration import mni_template
 
 __all__ = [
     "DSEG_LABELS",
@@ -32,7 +32,6 @@ __all__ = [
     "SubjectSpace",
     "TemplateAnatomy",
     "random_subject_space",
-    "release_templates",
     "template_anatomy",
 ]
 
@@ -97,32 +96,6 @@ class TemplateAnatomy:
         return xyz.T.reshape(*self.shape, 3)
 
 
-@functools.lru_cache(maxsize=1)
-def _templates_1mm() -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """nilearn's ICBM152 2009a T1 and GM/WM maps at 1 mm (read once per process)."""
-    maps = {}
-    for kind in ("t1", "gm", "wm"):
-        name = f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
-        img = nib.load(str(resources.files("nilearn.datasets") / "data" / name))
-        maps[kind] = np.asanyarray(img.dataobj.get_unscaled())  # uint8: 9 MB per map
-    return maps, img.affine
-
-
-def release_templates() -> None:
-    """Free the cached 1 mm template maps (derived templates stay cached)."""
-    _templates_1mm.cache_clear()
-
-
-def _downsample(data: np.ndarray, factor: int) -> np.ndarray:
-    """Block mean by an integer factor (partial-volume averaging), cropping the remainder."""
-    if factor == 1:
-        return data.astype(np.float32)
-    shape = [s // factor for s in data.shape]
-    cropped = data[: shape[0] * factor, : shape[1] * factor, : shape[2] * factor]
-    blocks = cropped.reshape(shape[0], factor, shape[1], factor, shape[2], factor)
-    return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
-
-
 @functools.lru_cache(maxsize=4)
 def template_anatomy(template_mm: int = 2) -> TemplateAnatomy:
     """Derive the labelled template anatomy on a ``template_mm`` MNI grid (cached).
@@ -136,12 +109,11 @@ def template_anatomy(template_mm: int = 2) -> TemplateAnatomy:
     factor = int(template_mm)
     if factor < 1 or factor != template_mm:
         raise ValueError(f"template_mm must be a positive integer, got {template_mm!r}")
-    raw, affine_1mm = _templates_1mm()
-    maps = {kind: _downsample(raw[kind], factor) / np.float32(255.0) for kind in ("gm", "wm")}
-    t1 = _downsample(raw["t1"], factor)
-    affine = affine_1mm.copy()
-    affine[:3, :3] *= factor
-    affine[:3, 3] += (factor - 1) / 2.0  # block centres
+    # nilearn's 1 mm maps, block-averaged (GM/WM as probabilities 0-1).
+    maps = {kind: np.asarray(mni_template(kind, factor).dataobj) for kind in ("gm", "wm")}
+    t1_img = mni_template("t1", factor)
+    t1 = np.asarray(t1_img.dataobj)
+    affine = t1_img.affine.copy()
 
     gm, wm = maps["gm"], maps["wm"]
     parenchyma = gm + wm

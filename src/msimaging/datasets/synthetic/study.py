@@ -76,7 +76,6 @@ from msimaging.datasets.synthetic.anatomy import (
     VENTRICLES,
     SubjectSpace,
     random_subject_space,
-    release_templates,
     template_anatomy,
 )
 from msimaging.datasets.synthetic.lesions import CATEGORIES, CLASSES, plant_lesions
@@ -365,7 +364,6 @@ def make_synthetic_study(
     participants = [f"{i + 1:02d}" for i in range(n_subjects)]
     anatomy = template_anatomy(cfg.template_mm)
     func_anatomy = template_anatomy(cfg.func_template_mm)
-    release_templates()  # the 1 mm maps (100 MB) are not needed any more
 
     # Shared across subjects: the gradient scheme, the atlas and planted subnetwork.
     shells = (1000.0, 2000.0) if eff.second_shell else (1000.0,)
