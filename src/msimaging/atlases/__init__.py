@@ -1,7 +1,25 @@
-"""msimaging.atlases — not implemented yet (planned in issue(s) 5,6).
+"""Offline atlases (nothing is downloaded at run time).
 
-The package exists so the layered architecture is visible and enforced from the start;
-it exports nothing until its issue lands.
+- :mod:`msimaging.atlases.coordinates`: node coordinate sets shipped inside nilearn's package
+  data — Seitzman 2018 (300 nodes, 13 networks), Power 2011 (264), Dosenbach 2010 (160).
+- :mod:`msimaging.atlases.tracts`: tract definitions in MNI space (CST, optic radiations,
+  corpus callosum and its genu/body/splenium) as waypoint, seed and exclusion regions built
+  from published anatomy.
 """
 
-__all__: list[str] = []
+from msimaging.atlases.coordinates import (
+    load_dosenbach_2010,
+    load_power_2011,
+    load_seitzman_2018,
+)
+from msimaging.atlases.tracts import TRACT_NAMES, TRACTS, TractDefinition, tract_definitions
+
+__all__ = [
+    "TRACTS",
+    "TRACT_NAMES",
+    "TractDefinition",
+    "load_dosenbach_2010",
+    "load_power_2011",
+    "load_seitzman_2018",
+    "tract_definitions",
+]
