@@ -1,0 +1,1341 @@
+"""Tractography of named bundles from a tensor fit, tract tables and tract profiles.
+
+The chain is ``track -> select -> bundle -> tract_metrics / tract_profiles``:
+
+* :func:`track` runs dipy's local tracking (``dipy.tracking.tracker``) on the principal
+  eigenvector of a :class:`~msimaging.dti.tensor.TensorFit` (deterministic EuDX peak
+  following, or probabilistic sampling of the tensor ODF), stops where FA falls below a
+  threshold and keeps streamlines within a length range. Streamlines are in world mm (RAS+ of
+  the DWI affine).
+* :func:`select` keeps the streamlines that cross every waypoint region and no exclusion
+  region, and orients them from the first waypoint to the last one.
+* :func:`bundle` does both for a tract definition (``msimaging.atlases.tracts``: anything with
+  a ``name`` and ``masks(shape, affine, to_mni)``) and returns a :class:`TractBundle`.
+* :func:`tract_metrics` gives whole-bundle means (whole / normal-appearing / lesioned parts),
+  :func:`tract_profiles` AFQ-style 100-node profiles (Yeatman et al. 2012, as in pyAFQ) and
+  :func:`tracts_from_atlas` the same table from a user tract atlas instead of tractography.
+* :func:`plot_tract_overlay` and :func:`plot_profiles` draw QC and result figures.
+
+Empty results are never errors: a tract definition that no streamline satisfies gives an
+:class:`~msimaging.errors.MSImagingWarning` naming the tract and the likely causes, an empty
+bundle, and table rows with ``n_streamlines = 0``, ``n_voxels = 0`` and NaN values, so that a
+session with a missing tract still produces a complete table and the count says why a value
+is missing.
+
+dipy is imported inside the functions that use it and matplotlib inside the plotting functions
+(which draw on a :class:`matplotlib.figure.Figure`, without pyplot, so they work with the Agg
+backend and in worker processes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from msimaging.derivatives import atomic_path
+from msimaging.dti.rois import UNITS
+from msimaging.errors import DependencyError, InputError, MSImagingWarning
+from msimaging.io import ImageLike, check_same_grid, describe, load_image, load_mask
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "TRACKING_METHODS",
+    "TractBundle",
+    "bundle",
+    "plot_profiles",
+    "plot_tract_overlay",
+    "select",
+    "track",
+    "tract_metrics",
+    "tract_profiles",
+    "tracts_from_atlas",
+]
+
+#: Accepted ``method`` values of :func:`track`.
+TRACKING_METHODS = ("deterministic", "probabilistic")
+
+#: Roles of the masks returned by a tract definition's ``masks()``.
+MASK_ROLES = ("seeds", "waypoints", "exclusions", "endpoints")
+
+#: Default :meth:`TractBundle.mask` threshold: voxels crossed by at least 5% of the largest
+#: streamline count of the bundle (and by at least one streamline).
+DEFAULT_MASK_THRESHOLD = 0.05
+
+_METRIC_COLUMNS = [
+    "participant_id",
+    "session_id",
+    "tract",
+    "part",
+    "metric",
+    "mean",
+    "median",
+    "sd",
+    "n_voxels",
+    "volume_mm3",
+    "n_streamlines",
+    "unit",
+    "source",
+]
+_PROFILE_COLUMNS = [
+    "participant_id",
+    "session_id",
+    "tract",
+    "node",
+    "metric",
+    "value",
+    "unit",
+    "n_streamlines",
+]
+# Voxels of the pmf array of the probabilistic tracker computed at once.
+_PMF_CHUNK_VOXELS = 20_000
+
+
+# --------------------------------------------------------------------------------------------
+# Result object
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class TractBundle:
+    """The streamlines of one tract on a DWI grid.
+
+    Attributes
+    ----------
+    name : str
+        Tract name (from the definition).
+    streamlines : dipy.tracking.streamline.Streamlines
+        Streamlines in world mm (RAS+ of ``affine``), each oriented from the tract's first
+        waypoint to its last one (see :func:`select`).
+    n_streamlines : int
+        ``len(streamlines)``; 0 for a tract that tractography did not find.
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine of the DWI grid.
+    shape : tuple of int
+        Spatial shape of the DWI grid.
+    parameters : dict
+        Tracking parameters and counts (method, thresholds, seeds, streamlines tracked).
+    waypoint_span : ndarray of int, shape (n_streamlines, 2), optional
+        For each streamline, the index of its first point in the first waypoint and of its
+        last point in the last waypoint (-1, -1 when undefined); ``None`` for definitions with
+        fewer than two waypoints. Used by :meth:`between_waypoints`.
+    """
+
+    name: str
+    streamlines: Any
+    n_streamlines: int
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    waypoint_span: np.ndarray | None = None
+
+    def between_waypoints(self) -> Any:
+        """The streamlines cut to the stretch from the first waypoint to the last one.
+
+        This is the part of the tract that the definition pins down (as pyAFQ's
+        ``clip_edges``): beyond the waypoints streamlines fan out to their various endpoints
+        and end in partial-volume voxels. Streamlines without a valid span, and all
+        streamlines of definitions with fewer than two waypoints, are returned whole.
+
+        Returns
+        -------
+        dipy.tracking.streamline.Streamlines
+        """
+        from dipy.tracking.streamline import Streamlines
+
+        if self.waypoint_span is None:
+            return self.streamlines
+        out = []
+        for line, (start, stop) in zip(self.streamlines, self.waypoint_span, strict=True):
+            out.append(line[start : stop + 1] if 0 <= start < stop else line)
+        return Streamlines(out)
+
+    def density(self) -> nib.Nifti1Image:
+        """Streamline count per voxel (dipy ``density_map``) as an int32 image on the grid."""
+        counts = np.zeros(self.shape, np.int32)
+        if self.n_streamlines:
+            from dipy.tracking.utils import density_map
+
+            inside = _clip_to_grid(self.streamlines, self.affine, self.shape)
+            counts = density_map(inside, self.affine, self.shape).astype(np.int32)
+        return nib.Nifti1Image(counts, self.affine)
+
+    def mask(self, threshold: float = DEFAULT_MASK_THRESHOLD) -> nib.Nifti1Image:
+        """Voxels of the bundle as a uint8 0/1 image.
+
+        Parameters
+        ----------
+        threshold : float in (0, 1) or int >= 1
+            A float is a fraction of the largest count: voxels with
+            ``density >= max(1, threshold * max(density))``. The default 0.05 adapts to the
+            number of streamlines (seeding density, method): it drops voxels touched by a few
+            stray streamlines of a large bundle and keeps every visited voxel of a small one.
+            On a synthetic tube (6 mm radius, 2 mm voxels) it gave Dice 0.92-0.96
+            (deterministic) and 0.83-0.93 (probabilistic) with the true tube, at or above
+            every fixed count tried. An int is a plain streamline count (voxels crossed by
+            at least that many streamlines).
+
+        Returns
+        -------
+        nibabel.Nifti1Image
+            All zero for an empty bundle.
+        """
+        counts = np.asanyarray(self.density().dataobj)
+        minimum = _count_threshold(threshold, counts)
+        return nib.Nifti1Image((counts >= minimum).astype(np.uint8), self.affine)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the streamlines as TrackVis ``.trk`` (atomically), with the grid as reference.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            Destination ending in ``.trk``.
+
+        Returns
+        -------
+        pathlib.Path
+            The written path. Read it back with
+            ``dipy.io.streamline.load_tractogram(path, "same")``.
+        """
+        final = Path(path)
+        if final.suffix != ".trk":
+            raise InputError(
+                f"path '{final}' must end in .trk (TrackVis format, which stores the grid); "
+                "pass e.g. 'sub-01_ses-M0_tract-CST_L_tractography.trk'."
+            )
+        from dipy.io.stateful_tractogram import Space, StatefulTractogram
+        from dipy.io.streamline import save_tractogram
+
+        reference = nib.Nifti1Image(np.zeros(self.shape, np.uint8), self.affine)
+        tractogram = StatefulTractogram(self.streamlines, reference, Space.RASMM)
+        with atomic_path(final) as tmp:
+            save_tractogram(tractogram, str(tmp), bbox_valid_check=False)
+        return final
+
+    def to_frame(self) -> pd.DataFrame:
+        """One-row summary: tract, n_streamlines, mean length (mm), n_voxels, volume_mm3."""
+        from dipy.tracking.streamline import length
+
+        mask = np.asanyarray(self.mask().dataobj).astype(bool)
+        lengths = np.asarray(length(self.streamlines)) if self.n_streamlines else np.array([])
+        return pd.DataFrame(
+            [
+                {
+                    "tract": self.name,
+                    "n_streamlines": self.n_streamlines,
+                    "mean_length_mm": float(lengths.mean()) if lengths.size else np.nan,
+                    "n_voxels": int(mask.sum()),
+                    "volume_mm3": float(mask.sum()) * _voxel_mm3(self.affine),
+                }
+            ]
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"TractBundle({self.name!r}, n_streamlines={self.n_streamlines}, "
+            f"shape={self.shape})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Tracking
+# --------------------------------------------------------------------------------------------
+def track(
+    fit: Any,
+    seeds_mask: ImageLike | np.ndarray,
+    *,
+    stopping_mask: ImageLike | np.ndarray | None = None,
+    lesion_mask: ImageLike | np.ndarray | None = None,
+    method: str = "deterministic",
+    seeds_per_voxel: int = 2,
+    step_size_mm: float = 1.0,
+    fa_threshold: float = 0.2,
+    max_angle_deg: float = 45.0,
+    min_length_mm: float = 30.0,
+    max_length_mm: float = 250.0,
+    pmf_power: float = 1.0,
+    seed: int = 0,
+    n_jobs: int = 1,
+) -> Any:
+    """Track streamlines along the principal diffusion direction of a tensor fit.
+
+    Parameters
+    ----------
+    fit : msimaging.dti.TensorFit
+        Tensor fit (uses ``fa``, ``v1``, ``mask``, and ``ad``/``rd`` for the probabilistic
+        method).
+    seeds_mask : nibabel image, path or bool ndarray
+        Seed region on the fit's grid.
+    stopping_mask : nibabel image, path or bool ndarray, optional
+        Tracking region (e.g. a white-matter mask); streamlines stop when they leave it.
+        Always intersected with the fit's mask.
+    lesion_mask : nibabel image, path or bool ndarray, optional
+        Lesions on the fit's grid: inside them the FA threshold is not applied (the lesion is
+        crossed along its own principal direction), so tracts are not cut at lesions whose FA
+        has dropped. Without it, streamlines stop in lesions with FA below ``fa_threshold``.
+    method : {"deterministic", "probabilistic"}
+        ``"deterministic"``: dipy's EuDX (``dipy.tracking.tracker.eudx_tracking`` on a
+        :class:`dipy.direction.peaks.PeaksAndMetrics` holding each voxel's ``v1``), following
+        the principal direction trilinearly interpolated between voxels, weighted by FA
+        (voxels at or below ``fa_threshold`` do not vote). The "sphere" of directions is the
+        set of the voxels' own ``v1``, so directions are not quantised to a sphere (memory: a
+        few floats per voxel).
+        ``"probabilistic"``: ``dipy.tracking.tracker.probabilistic_tracking`` sampling the
+        tensor ODF (axially symmetric tensor from AD, RD and v1), min-max normalised per voxel
+        and raised to ``pmf_power``, on dipy's 362-direction ``default_sphere``, with dipy's
+        pmf threshold 0.1. Cost: the pmf is held as a float64 array of 362 values per voxel
+        of the bounding box of the tracking region (about 2.9 kB per voxel: 0.75 GB for
+        258,000 voxels); it is computed in chunks of 20,000 voxels. Tracking time grows with
+        the number of seeds; on a 2 mm brain it is small next to building the pmf.
+    seeds_per_voxel : int
+        Seeds placed at random positions in each seed voxel
+        (``dipy.tracking.utils.random_seeds_from_mask``, reproducible with ``seed``).
+    step_size_mm : float
+        Tracking step (mm). Keep it at most half the voxel size so that :func:`select` sees
+        every voxel a streamline crosses.
+    fa_threshold : float
+        Streamlines stop where FA (trilinearly interpolated) falls to this value or below.
+    max_angle_deg : float
+        Largest turn between two steps (degrees).
+    min_length_mm, max_length_mm : float
+        Streamlines outside this length range (mm) are dropped.
+    pmf_power : float
+        Probabilistic method only: exponent applied to the normalised tensor ODF (1 = the
+        ODF itself; larger values sharpen it, i.e. less dispersion).
+    seed : int
+        Seed of the random seed placement and of the probabilistic direction sampling
+        (dipy's tracker receives ``seed + 1``: its 0 means "not reproducible"). The result
+        does not depend on ``n_jobs``.
+    n_jobs : int
+        Tracking threads (dipy's ``nbr_threads``); -1 uses every core.
+
+    Returns
+    -------
+    dipy.tracking.streamline.Streamlines
+        Streamlines in world mm. May be empty (e.g. no seed voxel where FA > threshold).
+
+    Raises
+    ------
+    InputError
+        Invalid parameters, masks on another grid, an empty ``seeds_mask``.
+    """
+    from dipy.tracking.stopping_criterion import ThresholdStoppingCriterion
+    from dipy.tracking.streamline import Streamlines
+    from dipy.tracking.tracker import eudx_tracking, probabilistic_tracking
+    from dipy.tracking.utils import random_seeds_from_mask
+
+    method = _check_choice(method, "method", TRACKING_METHODS)
+    seeds_per_voxel = _check_int(seeds_per_voxel, "seeds_per_voxel", minimum=1)
+    step_size_mm = _check_positive(step_size_mm, "step_size_mm")
+    fa_threshold = _check_float(fa_threshold, "fa_threshold", 0.0, 1.0)
+    max_angle_deg = _check_float(max_angle_deg, "max_angle_deg", 1.0, 90.0)
+    min_length_mm = _check_float(min_length_mm, "min_length_mm", 0.0, math.inf)
+    max_length_mm = _check_positive(max_length_mm, "max_length_mm")
+    pmf_power = _check_float(pmf_power, "pmf_power", 0.1, 100.0)
+    if max_length_mm <= min_length_mm:
+        raise InputError(
+            f"max_length_mm={max_length_mm:g} must be larger than min_length_mm="
+            f"{min_length_mm:g}."
+        )
+    seed = _check_int(seed, "seed", minimum=0)
+    n_jobs = _check_int(n_jobs, "n_jobs", minimum=-1)
+    if n_jobs == 0:
+        raise InputError("n_jobs must be a positive number of threads or -1 (all cores), got 0.")
+    fa, v1, brain, affine = _fit_arrays(fit)
+    shape = fa.shape
+    seeds = _as_bool(seeds_mask, "seeds_mask", shape, affine)
+    if not seeds.any():
+        raise InputError("seeds_mask is empty: it has no voxel; give at least one seed voxel.")
+    allowed = brain.copy()
+    if stopping_mask is not None:
+        allowed &= _as_bool(stopping_mask, "stopping_mask", shape, affine)
+    lesion = (
+        _as_bool(lesion_mask, "lesion_mask", shape, affine) & allowed
+        if lesion_mask is not None
+        else np.zeros(shape, bool)
+    )
+    seeds &= allowed
+    if not seeds.any():
+        warnings.warn(
+            "track: no seed voxel lies inside the tracking region (fit mask"
+            f"{' and stopping_mask' if stopping_mask is not None else ''}); no streamline "
+            "was tracked. Check that the seed ROI is on the DWI grid and inside the brain.",
+            MSImagingWarning,
+            stacklevel=2,
+        )
+        return Streamlines()
+
+    # Work in the bounding box of the tracking region (plus one voxel) to bound memory.
+    box = _bounding_box(allowed, pad=1)
+    crop_affine = affine.copy()
+    crop_affine[:3, 3] = affine[:3, :3] @ [s.start for s in box] + affine[:3, 3]
+    weight = np.where(allowed, fa, 0.0)[box]
+    # Lesions are made trackable: above the threshold, with the weight of the threshold.
+    weight[lesion[box]] = np.maximum(weight[lesion[box]], min(1.0, fa_threshold + 1e-3))
+    stopping = ThresholdStoppingCriterion(np.ascontiguousarray(weight), fa_threshold)
+    seed_points = random_seeds_from_mask(
+        seeds, affine, seeds_count=seeds_per_voxel, seed_count_per_voxel=True, random_seed=seed
+    )
+    common = {
+        "step_size": step_size_mm,
+        "max_angle": max_angle_deg,
+        "min_len": 0,
+        # Longer streamlines are cut a little above the limit and then dropped by length.
+        "max_len": max_length_mm + 2 * step_size_mm,
+        "nbr_threads": 0 if n_jobs == -1 else n_jobs,
+        "random_seed": seed + 1,
+        "return_all": True,
+    }
+    if method == "deterministic":
+        peaks = _peaks(v1[box], allowed[box], weight)
+        generator = eudx_tracking(
+            seed_points, stopping, crop_affine, pam=peaks, sphere=peaks.sphere,
+            pmf_threshold=max(fa_threshold, 1e-6), **common,
+        )
+    else:
+        from dipy.data import default_sphere
+
+        ad, rd = (np.asarray(getattr(fit, name).dataobj, np.float64) for name in ("ad", "rd"))
+        pmf = _tensor_pmf(v1[box], ad[box], rd[box], allowed[box], pmf_power, default_sphere)
+        generator = probabilistic_tracking(
+            seed_points, stopping, crop_affine, sf=pmf, sphere=default_sphere,
+            pmf_threshold=0.1, **common,
+        )
+    return _filter_length(Streamlines(generator), min_length_mm, max_length_mm)
+
+
+def _peaks(v1: np.ndarray, allowed: np.ndarray, weight: np.ndarray) -> Any:
+    from dipy.core.sphere import Sphere
+    from dipy.direction.peaks import PeaksAndMetrics
+
+    voxels = np.nonzero(allowed)
+    directions = np.asarray(v1[voxels], np.float64)
+    norm = np.linalg.norm(directions, axis=1)
+    good = norm > 0.5
+    directions[good] /= norm[good, None]
+    directions[~good] = (1.0, 0.0, 0.0)
+    indices = np.full((*allowed.shape, 1), -1.0)
+    indices[(*voxels, 0)] = np.arange(directions.shape[0])
+    values = np.zeros((*allowed.shape, 1))
+    values[(*voxels, 0)] = np.where(good, weight[voxels], 0.0)
+    peaks = PeaksAndMetrics()
+    peaks.sphere = Sphere(xyz=directions)
+    peaks.peak_indices = indices
+    peaks.peak_values = values
+    peaks.peak_dirs = np.zeros((*allowed.shape, 1, 3))
+    peaks.peak_dirs[(*voxels, 0)] = directions
+    return peaks
+
+
+def _tensor_pmf(
+    v1: np.ndarray,
+    ad: np.ndarray,
+    rd: np.ndarray,
+    allowed: np.ndarray,
+    power: float,
+    sphere: Any,
+) -> np.ndarray:
+    vertices = sphere.vertices
+    pmf = np.zeros((*allowed.shape, vertices.shape[0]))
+    voxels = np.flatnonzero(allowed)
+    flat = pmf.reshape(-1, vertices.shape[0])
+    v1 = v1.reshape(-1, 3)
+    floor = 1e-9  # mm²/s: dipy's eigenvalue floor at b=1000
+    ad, rd = np.maximum(ad.ravel(), floor), np.maximum(rd.ravel(), floor)
+    for first in range(0, voxels.size, _PMF_CHUNK_VOXELS):
+        chunk = voxels[first : first + _PMF_CHUNK_VOXELS]
+        cos2 = (v1[chunk] @ vertices.T) ** 2
+        # Tensor ODF ∝ (uᵀD⁻¹u)^(-3/2) for D = rd I + (ad - rd) v1 v1ᵀ.
+        quad = 1.0 / rd[chunk, None] + (1.0 / ad[chunk] - 1.0 / rd[chunk])[:, None] * cos2
+        odf = quad**-1.5
+        low, high = odf.min(axis=1, keepdims=True), odf.max(axis=1, keepdims=True)
+        span = high - low
+        odf = np.divide(odf - low, span, out=np.ones_like(odf), where=span > 0)
+        flat[chunk] = odf**power
+    return pmf
+
+
+def _filter_length(streamlines: Any, min_mm: float, max_mm: float) -> Any:
+    from dipy.tracking.streamline import Streamlines, length
+
+    if len(streamlines) == 0:
+        return Streamlines()
+    lengths = np.asarray(length(streamlines))
+    keep = np.flatnonzero((lengths >= min_mm) & (lengths <= max_mm))
+    return Streamlines([streamlines[i] for i in keep])
+
+
+# --------------------------------------------------------------------------------------------
+# Selection
+# --------------------------------------------------------------------------------------------
+def select(
+    streamlines: Any, definition_masks: Mapping[str, Sequence[np.ndarray]], affine: np.ndarray
+) -> Any:
+    """Keep the streamlines through every waypoint and no exclusion; orient them.
+
+    Parameters
+    ----------
+    streamlines : sequence of (N, 3) arrays
+        Streamlines in world mm.
+    definition_masks : mapping role -> list of bool ndarray
+        As returned by a tract definition's ``masks()``: ``"waypoints"`` (ordered start ->
+        end) and ``"exclusions"`` are used; other roles are ignored.
+    affine : ndarray, shape (4, 4)
+        Voxel-to-world affine of the masks' grid.
+
+    Returns
+    -------
+    dipy.tracking.streamline.Streamlines
+        The kept streamlines. Each is oriented so that it reaches the first waypoint before
+        the last one (reversed otherwise); node 0 of a profile is then at the first waypoint.
+        With fewer than two waypoints, streamlines are oriented like the longest kept one
+        (``dipy.tracking.streamline.orient_by_streamline``).
+
+    Notes
+    -----
+    A point is "in" a mask when the voxel containing it is (nearest voxel centre); points
+    outside the grid are in no mask. This is exact when the step between points is at most
+    the voxel size, as with the default tracking step.
+    """
+    keep, flip, _, _ = _selection(streamlines, definition_masks, affine)
+    return _kept(streamlines, keep, flip, len(definition_masks.get("waypoints", ())))
+
+
+def _kept(streamlines: Any, keep: np.ndarray, flip: np.ndarray, n_waypoints: int) -> Any:
+    from dipy.tracking.streamline import Streamlines, length, orient_by_streamline
+
+    kept = Streamlines(
+        [np.asarray(streamlines[i])[::-1] if flip[i] else streamlines[i] for i in keep]
+    )
+    if n_waypoints < 2 and len(kept) > 1:
+        standard = kept[int(np.argmax(length(kept)))]
+        kept = Streamlines(orient_by_streamline(kept, standard))
+    return kept
+
+
+def _selection(
+    streamlines: Any, masks: Mapping[str, Sequence[np.ndarray]], affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, list[int]]]:
+    """Indices to keep, flip flags, oriented waypoint spans (-1: none) and mask hit counts."""
+    if not isinstance(masks, Mapping):
+        raise InputError(
+            "definition_masks must be a mapping role -> list of masks, as returned by a tract "
+            f"definition's masks(), got a {type(masks).__name__}."
+        )
+    waypoints = [np.asarray(m, bool) for m in masks.get("waypoints", ())]
+    exclusions = [np.asarray(m, bool) for m in masks.get("exclusions", ())]
+    all_masks = waypoints + exclusions
+    shapes = {m.shape for m in all_masks}
+    if len(shapes) > 1 or any(len(s) != 3 for s in shapes):
+        raise InputError(
+            f"definition_masks: waypoint and exclusion masks must be 3-D on one grid, got "
+            f"shapes {sorted(shapes)}."
+        )
+    n = len(streamlines)
+    counts: dict[str, list[int]] = {"waypoints": [], "exclusions": []}
+    if n == 0:
+        counts = {"waypoints": [0] * len(waypoints), "exclusions": [0] * len(exclusions)}
+        return np.zeros(0, int), np.zeros(0, bool), np.zeros((0, 2), np.intp), counts
+    lengths = np.fromiter((len(s) for s in streamlines), int, count=n)
+    if np.any(lengths == 0):
+        raise InputError("streamlines: every streamline needs at least one point.")
+    points = np.concatenate([np.asarray(s, np.float64) for s in streamlines])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    if all_masks:
+        shape = all_masks[0].shape
+        ijk = np.rint(nib.affines.apply_affine(np.linalg.inv(affine), points)).astype(np.intp)
+        inside = np.all((ijk >= 0) & (ijk < shape), axis=1)
+        ijk_in = tuple(ijk[inside].T)
+    local = np.arange(points.shape[0]) - np.repeat(starts, lengths)
+
+    def hits(mask: np.ndarray) -> np.ndarray:
+        point_hit = np.zeros(points.shape[0], bool)
+        point_hit[inside] = mask[ijk_in]
+        return point_hit
+
+    keep = np.ones(n, bool)
+    point_hits = []
+    for mask in waypoints:
+        point_hit = hits(mask)
+        point_hits.append(point_hit)
+        reached = np.logical_or.reduceat(point_hit, starts)
+        counts["waypoints"].append(int(reached.sum()))
+        keep &= reached
+    for mask in exclusions:
+        touched = np.logical_or.reduceat(hits(mask), starts)
+        counts["exclusions"].append(int(touched.sum()))
+        keep &= ~touched
+    flip = np.zeros(n, bool)
+    span = np.full((n, 2), -1, np.intp)
+    if len(point_hits) >= 2:
+        big, small = np.iinfo(np.intp).max, -1
+        first0 = np.minimum.reduceat(np.where(point_hits[0], local, big), starts)
+        last0 = np.maximum.reduceat(np.where(point_hits[0], local, small), starts)
+        first1 = np.minimum.reduceat(np.where(point_hits[-1], local, big), starts)
+        last1 = np.maximum.reduceat(np.where(point_hits[-1], local, small), starts)
+        flip = first1 < first0
+        # Oriented: from the first point in the first waypoint to the last point in the last.
+        end = lengths - 1
+        span[:, 0] = np.where(flip, end - last0, first0)
+        span[:, 1] = np.where(flip, end - first1, last1)
+        span[~keep | (span[:, 1] <= span[:, 0])] = -1
+    return np.flatnonzero(keep), flip, span, counts
+
+
+# --------------------------------------------------------------------------------------------
+# Bundles from tract definitions
+# --------------------------------------------------------------------------------------------
+def bundle(
+    fit: Any,
+    definition: Any,
+    *,
+    to_mni: Any = None,
+    lesion_mask: ImageLike | np.ndarray | None = None,
+    stopping_mask: ImageLike | np.ndarray | None = None,
+    method: str = "deterministic",
+    seeds_per_voxel: int = 2,
+    step_size_mm: float = 1.0,
+    fa_threshold: float = 0.2,
+    max_angle_deg: float = 45.0,
+    min_length_mm: float = 30.0,
+    max_length_mm: float = 250.0,
+    pmf_power: float = 1.0,
+    seed: int = 0,
+    n_jobs: int = 1,
+) -> TractBundle:
+    """Reconstruct one tract: seed, track, select and orient.
+
+    Parameters
+    ----------
+    fit : msimaging.dti.TensorFit
+        Tensor fit of the session.
+    definition : tract definition
+        Any object with a ``name`` and ``masks(shape, affine, to_mni=None)`` returning
+        ``{"seeds": [...], "waypoints": [...], "exclusions": [...], "endpoints": [...]}``
+        lists of bool arrays on the grid (``msimaging.atlases.tracts.TractDefinition``).
+        Waypoints are ordered from the start of the tract to its end.
+    to_mni : 4x4 array or transform, optional
+        Passed to ``definition.masks`` (maps world mm of the DWI grid to MNI mm).
+    lesion_mask : nibabel image, path or bool ndarray, optional
+        Lesions on the DWI grid: tracking continues through them (see :func:`track`).
+    stopping_mask : nibabel image, path or bool ndarray, optional
+        Tracking region (see :func:`track`).
+    method, seeds_per_voxel, step_size_mm, fa_threshold, max_angle_deg, min_length_mm, \
+max_length_mm, pmf_power, seed, n_jobs
+        Tracking parameters (see :func:`track`).
+
+    Returns
+    -------
+    TractBundle
+        Empty (``n_streamlines == 0``) when no streamline satisfies the definition, with an
+        :class:`~msimaging.errors.MSImagingWarning`.
+    """
+    name = str(getattr(definition, "name", definition))
+    if not callable(getattr(definition, "masks", None)):
+        raise InputError(
+            f"definition {name!r} has no masks(shape, affine, to_mni) method; pass a "
+            "TractDefinition from msimaging.atlases.tracts (or an object with the same API)."
+        )
+    _, _, _, affine = _fit_arrays(fit)
+    shape = tuple(int(s) for s in fit.fa.shape[:3])
+    masks = _definition_masks(definition.masks(shape, affine, to_mni), name, shape)
+    parameters = {
+        "method": method,
+        "seeds_per_voxel": seeds_per_voxel,
+        "step_size_mm": step_size_mm,
+        "fa_threshold": fa_threshold,
+        "max_angle_deg": max_angle_deg,
+        "min_length_mm": min_length_mm,
+        "max_length_mm": max_length_mm,
+        "pmf_power": pmf_power,
+        "seed": seed,
+        "lesion_mask": lesion_mask is not None,
+    }
+    seeds = np.zeros(shape, bool)
+    for mask in masks["seeds"]:
+        seeds |= mask
+
+    def empty(reason: str, n_tracked: int = 0) -> TractBundle:
+        from dipy.tracking.streamline import Streamlines
+
+        warnings.warn(
+            f"tract {name!r}: no streamline found ({reason}). Likely causes: fa_threshold="
+            f"{fa_threshold:g} too high for this tract (low FA, lesions: pass lesion_mask), "
+            "seed/waypoint/exclusion ROIs placed off the tract, or a wrong registration to "
+            "MNI (to_mni). The tract gets an empty bundle and rows with n_streamlines = 0.",
+            MSImagingWarning,
+            stacklevel=3,
+        )
+        return TractBundle(
+            name, Streamlines(), 0, affine, shape,
+            {**parameters, "n_seed_voxels": int(seeds.sum()), "n_tracked": n_tracked},
+        )
+
+    if not seeds.any():
+        return empty("the seed ROIs have no voxel on this grid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MSImagingWarning)
+        tracked = track(
+            fit, seeds, stopping_mask=stopping_mask, lesion_mask=lesion_mask, method=method,
+            seeds_per_voxel=seeds_per_voxel, step_size_mm=step_size_mm,
+            fa_threshold=fa_threshold, max_angle_deg=max_angle_deg,
+            min_length_mm=min_length_mm, max_length_mm=max_length_mm, pmf_power=pmf_power,
+            seed=seed, n_jobs=n_jobs,
+        )
+    if len(tracked) == 0:
+        return empty(
+            f"none of the streamlines from {int(seeds.sum())} seed voxels was kept: FA at the "
+            "seeds below the threshold or all shorter than min_length_mm"
+        )
+    keep, flip, span, counts = _selection(tracked, masks, affine)
+    if keep.size == 0:
+        reached = ", ".join(str(c) for c in counts["waypoints"]) or "-"
+        excluded = ", ".join(str(c) for c in counts["exclusions"]) or "-"
+        return empty(
+            f"0 of {len(tracked)} tracked streamlines kept; streamlines reaching each waypoint "
+            f"in order: {reached}; touching each exclusion: {excluded}",
+            len(tracked),
+        )
+    kept = _kept(tracked, keep, flip, len(masks["waypoints"]))
+    return TractBundle(
+        name, kept, len(kept), affine, shape,
+        {**parameters, "n_seed_voxels": int(seeds.sum()), "n_tracked": len(tracked)},
+        waypoint_span=span[keep] if len(masks["waypoints"]) >= 2 else None,
+    )
+
+
+def _definition_masks(
+    masks: Any, name: str, shape: tuple[int, ...]
+) -> dict[str, list[np.ndarray]]:
+    if not isinstance(masks, Mapping):
+        raise InputError(
+            f"definition {name!r}: masks() must return a mapping role -> list of bool arrays, "
+            f"got a {type(masks).__name__}."
+        )
+    out = {}
+    for role in MASK_ROLES:
+        arrays = [np.asarray(m, dtype=bool) for m in masks.get(role, ())]
+        for k, arr in enumerate(arrays):
+            if arr.shape != shape:
+                raise InputError(
+                    f"definition {name!r}: {role}[{k}] has shape {arr.shape}, not the DWI grid "
+                    f"{shape}; masks() must rasterise on the shape and affine it is given."
+                )
+        out[role] = arrays
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def tract_metrics(
+    maps: Mapping[str, ImageLike] | Any,
+    bundles: TractBundle | Sequence[TractBundle] | Mapping[str, TractBundle],
+    *,
+    lesion_mask: ImageLike | np.ndarray | None = None,
+    participant_id: str | None = None,
+    session_id: str | None = None,
+    mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+) -> pd.DataFrame:
+    """Whole-bundle summary of each map in each tract: a tidy table.
+
+    Parameters
+    ----------
+    maps : mapping metric -> image, or an object with ``.maps`` (e.g. a TensorFit)
+        Scalar maps on the bundles' grid.
+    bundles : TractBundle, sequence of TractBundle or mapping name -> TractBundle
+        The tracts (a mapping renames them).
+    lesion_mask : nibabel image, path or bool ndarray, optional
+        Lesions on the grid: adds the parts ``"normal_appearing"`` (tract voxels outside
+        lesions) and ``"lesioned"`` (inside).
+    participant_id, session_id : str, optional
+        Copied into every row.
+    mask_threshold : int or float
+        Which voxels belong to a tract (see :meth:`TractBundle.mask`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns participant_id, session_id, tract, part, metric, mean, median, sd (ddof=1),
+        n_voxels, volume_mm3, n_streamlines, unit, source (``"tractography"``). Values are
+        voxel statistics over the tract mask. A tract with no streamline (or a part with no
+        voxel, e.g. ``lesioned`` in a lesion-free tract) gets rows with ``n_voxels = 0`` and
+        NaN mean/median/sd; ``n_streamlines = 0`` says the tract was not found. Never raises
+        for an empty tract.
+    """
+    named = _as_bundles(bundles)
+    loaded, reference = _load_maps(maps)
+    lesion = None
+    if lesion_mask is not None:
+        lesion = _as_bool(lesion_mask, "lesion_mask", reference.shape[:3], reference.affine)
+    rows = []
+    for name, tract in named.items():
+        _check_bundle_grid(tract, reference, name)
+        mask = np.asanyarray(tract.mask(mask_threshold).dataobj).astype(bool)
+        rows += _region_rows(
+            name, mask, lesion, loaded, reference.affine, tract.n_streamlines, "tractography"
+        )
+    return _frame(rows, _METRIC_COLUMNS, participant_id, session_id)
+
+
+def tract_profiles(
+    maps: Mapping[str, ImageLike] | Any,
+    bundles: TractBundle | Sequence[TractBundle] | Mapping[str, TractBundle],
+    *,
+    n_nodes: int = 100,
+    clip_to_waypoints: bool = True,
+    participant_id: str | None = None,
+    session_id: str | None = None,
+) -> pd.DataFrame:
+    """AFQ tract profiles: each map sampled at ``n_nodes`` points along each tract.
+
+    Each streamline is resampled to ``n_nodes`` equidistant points
+    (``dipy.tracking.streamline.set_number_of_points``); map values are interpolated
+    trilinearly at the points and averaged across streamlines node by node with weights that
+    fall with the Mahalanobis distance of each streamline's node from the bundle core
+    (``dipy.stats.analysis.gaussian_weights`` and ``afq_profile``, as in pyAFQ; Yeatman et al.
+    2012). Streamlines from :func:`bundle` are oriented and, by default, cut to the stretch
+    between the first and the last waypoint (:meth:`TractBundle.between_waypoints`), so node 0
+    lies at the tract's first waypoint and node ``n_nodes - 1`` at its last.
+
+    Parameters
+    ----------
+    maps : mapping metric -> image, or an object with ``.maps`` (e.g. a TensorFit)
+        Scalar maps on the bundles' grid.
+    bundles : TractBundle, sequence of TractBundle or mapping name -> TractBundle
+        The tracts.
+    n_nodes : int
+        Number of nodes (at least 2).
+    clip_to_waypoints : bool
+        Profile the stretch between the first and last waypoints (default, as pyAFQ's
+        ``clip_edges``), or the whole streamlines (``False``: their ends fan out and reach
+        partial-volume voxels, which bends the first and last nodes).
+    participant_id, session_id : str, optional
+        Copied into every row.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns participant_id, session_id, tract, node (0..n_nodes-1), metric, value, unit,
+        n_streamlines. Tracts with no streamline get NaN values and ``n_streamlines = 0``.
+        With a single streamline the profile is that streamline's values; when the node
+        coordinates of the streamlines are degenerate (all streamlines in a plane) the
+        weights cannot be computed and the streamlines are averaged with equal weights (with
+        a warning).
+    """
+    from dipy.stats.analysis import afq_profile, gaussian_weights
+
+    n_nodes = _check_int(n_nodes, "n_nodes", minimum=2)
+    named = _as_bundles(bundles)
+    loaded, reference = _load_maps(maps)
+    nodes = np.arange(n_nodes)
+    rows = []
+    for name, tract in named.items():
+        _check_bundle_grid(tract, reference, name)
+        n = tract.n_streamlines
+        lines = tract.between_waypoints() if clip_to_waypoints else tract.streamlines
+        weights = None
+        if n >= 2:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                try:
+                    weights = np.asarray(gaussian_weights(lines, n_points=n_nodes))
+                except np.linalg.LinAlgError:
+                    weights = None
+            if weights is None or not np.all(np.isfinite(weights)):
+                warnings.warn(
+                    f"tract {name!r}: Mahalanobis weights are undefined (degenerate node "
+                    "coordinates); the profile averages the streamlines with equal weights.",
+                    MSImagingWarning,
+                    stacklevel=2,
+                )
+                weights = np.full((n, n_nodes), 1.0 / n)
+        for metric, data in loaded.items():
+            if n == 0:
+                values = np.full(n_nodes, np.nan)
+            else:
+                values = afq_profile(
+                    data, lines, reference.affine, n_points=n_nodes,
+                    weights=weights,
+                )
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "tract": name,
+                        "node": nodes,
+                        "metric": metric,
+                        "value": np.asarray(values, np.float64),
+                        "unit": UNITS.get(metric, "n/a"),
+                        "n_streamlines": n,
+                    }
+                )
+            )
+    if not rows:
+        return pd.DataFrame(columns=_PROFILE_COLUMNS)
+    out = pd.concat(rows, ignore_index=True)
+    out.insert(0, "session_id", session_id)
+    out.insert(0, "participant_id", participant_id)
+    return out[_PROFILE_COLUMNS]
+
+
+def tracts_from_atlas(
+    maps: Mapping[str, ImageLike] | Any,
+    atlas: ImageLike,
+    labels: Mapping[int, str] | Sequence[str],
+    *,
+    to_subject: Any = None,
+    threshold: float = 0.5,
+    lesion_mask: ImageLike | np.ndarray | None = None,
+    participant_id: str | None = None,
+    session_id: str | None = None,
+) -> pd.DataFrame:
+    """Tract table from a tract atlas instead of tractography.
+
+    Parameters
+    ----------
+    maps : mapping metric -> image, or an object with ``.maps`` (e.g. a TensorFit)
+        Scalar maps (subject space).
+    atlas : nibabel image or path
+        A 3-D label image (one integer value per tract) or a 4-D probability image (one
+        volume per tract), in MNI space with ``to_subject``, or already on the maps' grid.
+    labels : mapping int -> str (label image) or sequence of str (4-D image)
+        Tract name of each label value, or of each volume in order.
+    to_subject : transform, optional
+        Anything with ``.apply(img, interpolation=...)`` bringing MNI images onto the maps'
+        grid (e.g. the inverse of an msimaging.registration subject-to-MNI transform). Label
+        images are resampled with ``"nearest"``, probability images with ``"linear"``.
+    threshold : float
+        4-D images: a voxel belongs to a tract when its probability is strictly above this.
+    lesion_mask : nibabel image, path or bool ndarray, optional
+        Adds the ``normal_appearing`` / ``lesioned`` parts, as in :func:`tract_metrics`.
+    participant_id, session_id : str, optional
+        Copied into every row.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The columns of :func:`tract_metrics`, with ``source = "atlas"`` and
+        ``n_streamlines = 0`` (no tractography was run: filter or group on ``source`` rather
+        than reading ``n_streamlines`` as "tract not found"). A tract with no voxel gets NaN
+        values, ``n_voxels = 0`` and a warning.
+    """
+    loaded, reference = _load_maps(maps)
+    atlas_img = load_image(atlas, name="atlas", ndim=(3, 4))
+    is_labels = atlas_img.ndim == 3
+    if to_subject is not None:
+        if not callable(getattr(to_subject, "apply", None)):
+            raise InputError(
+                "to_subject must have an .apply(img, interpolation=...) method (e.g. an "
+                f"msimaging.registration transform), got a {type(to_subject).__name__}."
+            )
+        atlas_img = to_subject.apply(atlas_img, interpolation="nearest" if is_labels else "linear")
+    what = describe(atlas, "atlas") + (" (after to_subject)" if to_subject is not None else "")
+    check_same_grid(reference, atlas_img, names=("maps", "atlas"), _described=(None, what))
+    data = np.asanyarray(atlas_img.dataobj)
+    if is_labels:
+        if not isinstance(labels, Mapping) or not labels:
+            raise InputError(
+                "labels: a 3-D label atlas needs a non-empty mapping label value -> tract name, "
+                "e.g. {1: 'CST_L', 2: 'CST_R'}."
+            )
+        masks = {str(name): data == value for value, name in labels.items()}
+    else:
+        if isinstance(labels, Mapping | str) or len(labels) != data.shape[3]:
+            raise InputError(
+                f"labels: a 4-D probability atlas with {data.shape[3]} volumes needs a list of "
+                f"{data.shape[3]} tract names, one per volume, got {labels!r}."
+            )
+        threshold = _check_float(threshold, "threshold", -math.inf, math.inf)
+        masks = {str(name): data[..., k] > threshold for k, name in enumerate(labels)}
+    if len(masks) != len(labels):
+        raise InputError("labels: tract names must be unique.")
+    lesion = None
+    if lesion_mask is not None:
+        lesion = _as_bool(lesion_mask, "lesion_mask", reference.shape[:3], reference.affine)
+    rows = []
+    for name, mask in masks.items():
+        if not mask.any():
+            warnings.warn(
+                f"tracts_from_atlas: tract {name!r} has no voxel on the maps' grid (check the "
+                "label value / volume order, threshold, and to_subject); its rows are NaN "
+                "with n_voxels = 0.",
+                MSImagingWarning,
+                stacklevel=2,
+            )
+        rows += _region_rows(name, mask, lesion, loaded, reference.affine, 0, "atlas")
+    return _frame(rows, _METRIC_COLUMNS, participant_id, session_id)
+
+
+def _region_rows(
+    name: str,
+    mask: np.ndarray,
+    lesion: np.ndarray | None,
+    maps: Mapping[str, np.ndarray],
+    affine: np.ndarray,
+    n_streamlines: int,
+    source: str,
+) -> list[dict[str, Any]]:
+    parts = {"whole": mask}
+    if lesion is not None:
+        parts["normal_appearing"] = mask & ~lesion
+        parts["lesioned"] = mask & lesion
+    voxel_mm3 = _voxel_mm3(affine)
+    rows = []
+    for part, region in parts.items():
+        n = int(region.sum())
+        for metric, data in maps.items():
+            values = data[region].astype(np.float64)
+            rows.append(
+                {
+                    "tract": name,
+                    "part": part,
+                    "metric": metric,
+                    "mean": float(values.mean()) if n else np.nan,
+                    "median": float(np.median(values)) if n else np.nan,
+                    "sd": float(values.std(ddof=1)) if n > 1 else np.nan,
+                    "n_voxels": n,
+                    "volume_mm3": n * voxel_mm3,
+                    "n_streamlines": int(n_streamlines),
+                    "unit": UNITS.get(metric, "n/a"),
+                    "source": source,
+                }
+            )
+    return rows
+
+
+def _frame(
+    rows: list[dict[str, Any]], columns: list[str], participant_id: Any, session_id: Any
+) -> pd.DataFrame:
+    for row in rows:
+        row["participant_id"] = participant_id
+        row["session_id"] = session_id
+    return pd.DataFrame(rows, columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+def plot_tract_overlay(
+    fa_img: ImageLike,
+    bundles_or_masks: Any,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+) -> Figure:
+    """Tract masks in colour over FA: sagittal, coronal and axial slices through the tracts.
+
+    Parameters
+    ----------
+    fa_img : nibabel image or path
+        FA map (the background, grey 0-1).
+    bundles_or_masks : TractBundle, mask image, or a sequence / mapping name -> either
+        The tracts to draw; bundles are turned into masks with ``mask_threshold``.
+    path : str or pathlib.Path, optional
+        Save the figure there as PNG (atomically).
+    mask_threshold : int or float
+        See :meth:`TractBundle.mask`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Slices cross at the centroid of the union of the tract masks (the centre of the grid
+        when every tract is empty).
+    """
+    fa = load_image(fa_img, name="fa_img", ndim=3)
+    background = np.asanyarray(fa.dataobj).astype(np.float64)
+    masks = _overlay_masks(bundles_or_masks, fa, mask_threshold)
+    union = np.zeros(background.shape, bool)
+    for mask in masks.values():
+        union |= mask
+    centre = (
+        np.rint(np.argwhere(union).mean(axis=0)).astype(int)
+        if union.any()
+        else np.array(background.shape) // 2
+    )
+    zooms = np.sqrt((fa.affine[:3, :3] ** 2).sum(axis=0))
+    figure_cls, patch_cls, colormaps = _matplotlib()
+    fig = figure_cls(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    colours = colormaps["tab10"](np.arange(max(len(masks), 1)) % 10)
+    views = (("sagittal", 0), ("coronal", 1), ("axial", 2))
+    for ax, (title, axis) in zip(axes, views, strict=True):
+        index = [slice(None)] * 3
+        index[axis] = int(centre[axis])
+        plane = [a for a in range(3) if a != axis]
+        aspect = zooms[plane[1]] / zooms[plane[0]]
+        ax.imshow(
+            background[tuple(index)].T, cmap="gray", vmin=0, vmax=1, origin="lower",
+            aspect=aspect, interpolation="nearest",
+        )
+        for colour, mask in zip(colours, masks.values(), strict=False):
+            layer = np.zeros((*mask[tuple(index)].T.shape, 4))
+            layer[mask[tuple(index)].T] = (*colour[:3], 0.6)
+            ax.imshow(layer, origin="lower", aspect=aspect, interpolation="nearest")
+        ax.set_title(f"{title} (voxel {int(centre[axis])})")
+        ax.set_axis_off()
+    if masks:
+        handles = [
+            patch_cls(color=colour[:3], label=name)
+            for colour, name in zip(colours, masks, strict=False)
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(masks), 6))
+    _save_png(fig, path)
+    return fig
+
+
+def plot_profiles(
+    profile_table: pd.DataFrame, metric: str = "fa", path: str | os.PathLike[str] | None = None
+) -> Figure:
+    """Tract profiles of one metric: one panel per tract, one line per session.
+
+    Parameters
+    ----------
+    profile_table : pandas.DataFrame
+        Output of :func:`tract_profiles` (possibly concatenated over sessions and
+        participants: lines are labelled ``participant_id session_id``).
+    metric : str
+        The metric to plot.
+    path : str or pathlib.Path, optional
+        Save the figure there as PNG (atomically).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    needed = {"tract", "node", "metric", "value"}
+    if not isinstance(profile_table, pd.DataFrame) or not needed <= set(profile_table.columns):
+        raise InputError(
+            f"profile_table must be a DataFrame from tract_profiles with columns "
+            f"{sorted(needed)}."
+        )
+    table = profile_table[profile_table["metric"] == metric]
+    if table.empty:
+        raise InputError(
+            f"metric={metric!r} is not in profile_table; available: "
+            f"{sorted(profile_table['metric'].unique())}."
+        )
+    tracts = list(dict.fromkeys(table["tract"]))
+    figure_cls, _, _ = _matplotlib()
+    n_cols = min(len(tracts), 3)
+    n_rows = math.ceil(len(tracts) / n_cols)
+    fig = figure_cls(figsize=(4.2 * n_cols, 3.2 * n_rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
+    keys = [c for c in ("participant_id", "session_id") if c in table.columns]
+    unit = str(table["unit"].iloc[0]) if "unit" in table.columns else ""
+    for ax, tract in zip(axes, tracts, strict=False):
+        rows = table[table["tract"] == tract]
+        groups = rows.groupby(keys, dropna=False, sort=True) if keys else [((), rows)]
+        for key, group in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            label = " ".join(str(k) for k in key if k is not None and k == k) or None
+            ordered = group.sort_values("node")
+            ax.plot(ordered["node"], ordered["value"], label=label)
+        ax.set_title(str(tract))
+        ax.set_xlabel("node (first -> last waypoint)")
+        ax.set_ylabel(f"{metric} ({unit})" if unit and unit != "unitless" else metric)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize="small")
+    for ax in axes[len(tracts) :]:
+        ax.set_axis_off()
+    _save_png(fig, path)
+    return fig
+
+
+def _overlay_masks(items: Any, fa: nib.Nifti1Image, threshold: float) -> dict[str, np.ndarray]:
+    if isinstance(items, TractBundle | nib.spatialimages.SpatialImage | str | os.PathLike):
+        items = [items]
+    pairs = (
+        list(items.items())
+        if isinstance(items, Mapping)
+        else [(getattr(item, "name", f"tract {k + 1}"), item) for k, item in enumerate(items)]
+    )
+    out = {}
+    for name, item in pairs:
+        if isinstance(item, TractBundle):
+            _check_bundle_grid(item, fa, str(name))
+            out[str(name)] = np.asanyarray(item.mask(threshold).dataobj).astype(bool)
+        else:
+            out[str(name)] = _as_bool(item, f"mask {name!r}", fa.shape[:3], fa.affine)
+    return out
+
+
+def _matplotlib() -> tuple[Any, Any, Any]:
+    try:
+        from matplotlib import colormaps
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency of the report
+        raise DependencyError(
+            "Plotting needs matplotlib: pip install 'msimaging[report]' (or pip install "
+            "matplotlib)."
+        ) from exc
+    return Figure, Patch, colormaps
+
+
+def _save_png(fig: Any, path: str | os.PathLike[str] | None) -> None:
+    if path is None:
+        return
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def _fit_arrays(fit: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        fa_img, v1_img, mask_img = fit.fa, fit.v1, fit.mask
+    except AttributeError as exc:
+        raise InputError(
+            f"fit must be a TensorFit (from msimaging.dti.fit_tensor) with fa, v1 and mask "
+            f"images, got a {type(fit).__name__}."
+        ) from exc
+    fa = np.asarray(fa_img.dataobj, np.float64)
+    v1 = np.asarray(v1_img.dataobj, np.float64)
+    if fa.ndim != 3 or v1.shape != (*fa.shape, 3):
+        raise InputError(
+            f"fit: fa must be 3-D and v1 4-D with 3 components on the same grid, got shapes "
+            f"{fa.shape} and {v1.shape}."
+        )
+    brain = np.asarray(mask_img.dataobj).astype(bool)
+    return fa, v1, brain & np.isfinite(fa), np.asarray(fa_img.affine, np.float64)
+
+
+def _as_bool(
+    mask: Any, name: str, shape: tuple[int, ...], affine: np.ndarray
+) -> np.ndarray:
+    if isinstance(mask, np.ndarray):
+        if mask.shape != tuple(shape):
+            raise InputError(
+                f"{name} has shape {mask.shape} but the grid is {tuple(shape)}; pass a mask on "
+                "the DWI grid (resample it with nearest-neighbour interpolation)."
+            )
+        return mask.astype(bool)
+    img = load_mask(mask, name=name, allow_empty=True)
+    reference = nib.Nifti1Image(np.zeros(shape, np.uint8), affine)
+    what = describe(mask, name)
+    check_same_grid(reference, img, names=("DWI grid", name), _described=(None, what))
+    return np.asanyarray(img.dataobj).astype(bool)
+
+
+def _load_maps(maps: Any) -> tuple[dict[str, np.ndarray], nib.Nifti1Image]:
+    maps = getattr(maps, "maps", maps)
+    if not isinstance(maps, Mapping) or not maps:
+        raise InputError("maps must be a non-empty mapping metric -> image (or a TensorFit).")
+    loaded, reference = {}, None
+    for metric, img in maps.items():
+        image = load_image(img, name=f"maps[{metric!r}]", ndim=3)
+        if reference is None:
+            reference = image
+        else:
+            check_same_grid(reference, image, names=("first map", f"map {metric!r}"))
+        loaded[str(metric)] = np.asanyarray(image.dataobj).astype(np.float64)
+    return loaded, reference
+
+
+def _as_bundles(bundles: Any) -> dict[str, TractBundle]:
+    if isinstance(bundles, TractBundle):
+        pairs = [(bundles.name, bundles)]
+    elif isinstance(bundles, Mapping):
+        pairs = [(str(k), v) for k, v in bundles.items()]
+    else:
+        pairs = [(getattr(b, "name", None), b) for b in bundles]
+    if not pairs or not all(isinstance(b, TractBundle) for _, b in pairs):
+        raise InputError(
+            "bundles must be a TractBundle (from bundle()), a non-empty sequence of them or a "
+            "mapping name -> TractBundle."
+        )
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise InputError(
+            f"bundles: tract names must be unique, got {names}; pass a mapping to rename them."
+        )
+    return dict(pairs)
+
+
+def _check_bundle_grid(tract: TractBundle, reference: nib.Nifti1Image, name: str) -> None:
+    grid = nib.Nifti1Image(np.zeros(tract.shape, np.uint8), tract.affine)
+    check_same_grid(reference, grid, names=("maps", f"bundle {name!r}"))
+
+
+def _count_threshold(threshold: Any, counts: np.ndarray) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.number):
+        raise InputError(f"threshold must be a number, got {threshold!r}.")
+    if isinstance(threshold, int | np.integer):
+        if threshold < 1:
+            raise InputError(
+                f"threshold={threshold} as a streamline count must be >= 1 (or pass a fraction "
+                "of the maximum count as a float in (0, 1))."
+            )
+        return float(threshold)
+    if not 0 < threshold < 1:
+        raise InputError(
+            f"threshold={threshold!r}: a float is a fraction of the largest streamline count "
+            "and must lie in (0, 1); pass an int (e.g. 2) for a streamline count."
+        )
+    top = counts.max() if counts.size else 0
+    return max(threshold * float(top), 1.0)
+
+
+def _clip_to_grid(streamlines: Any, affine: np.ndarray, shape: tuple[int, ...]) -> Any:
+    """Drop points whose voxel lies outside the grid (density_map raises on them)."""
+    from dipy.tracking.streamline import Streamlines
+
+    inverse = np.linalg.inv(affine)
+    out = []
+    for line in streamlines:
+        ijk = np.rint(nib.affines.apply_affine(inverse, np.asarray(line)))
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(shape)), axis=1)
+        out.append(np.asarray(line)[inside] if not inside.all() else line)
+    return Streamlines([line for line in out if len(line)])
+
+
+def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
+    where = np.argwhere(mask)
+    low = np.maximum(where.min(axis=0) - pad, 0)
+    high = np.minimum(where.max(axis=0) + pad + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+
+
+def _voxel_mm3(affine: np.ndarray) -> float:
+    return float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
+
+
+def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    key = value.lower() if isinstance(value, str) else value
+    if key not in choices:
+        raise InputError(
+            f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, choices))}."
+        )
+    return key
+
+
+def _check_int(value: Any, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_float(value: Any, name: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a number, got {value!r}.") from exc
+    if not (np.isfinite(number) or math.isinf(high)) or not low <= number <= high:
+        raise InputError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}.")
+    return number
+
+
+def _check_positive(value: Any, name: str) -> float:
+    number = _check_float(value, name, 0.0, math.inf)
+    if not (number > 0 and np.isfinite(number)):
+        raise InputError(f"{name} must be a positive finite number (mm), got {value!r}.")
+    return number

@@ -1,0 +1,421 @@
+"""Tractography, tract tables and profiles on a synthetic tube phantom with known truth.
+
+The phantom: a 40x40x40 grid at 2 mm (world -40..38 mm) with isotropic background
+(0.8e-3 mm²/s) and a 6 mm-radius tube of single-fibre tensors along a gentle arc in the
+x-y plane, from y = -32 mm to y = +32 mm. Its axial diffusivity is constant and its radial
+diffusivity rises towards the middle, so the true FA falls from about 0.77 at the ends to
+about 0.5 in the middle. Signals are simulated at SNR 30 and fitted with ``fit_tensor``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial import cKDTree
+
+from msimaging.datasets.synthetic.diffusion import gradient_scheme, simulate_signal
+from msimaging.dti.tensor import fit_tensor
+from msimaging.dti.tracts import (
+    TractBundle,
+    bundle,
+    plot_profiles,
+    plot_tract_overlay,
+    select,
+    track,
+    tract_metrics,
+    tract_profiles,
+    tracts_from_atlas,
+)
+from msimaging.errors import InputError, MSImagingWarning
+
+N = 40
+VOXEL_MM = 2.0
+AFFINE = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
+AFFINE[:3, 3] = -40.0
+RADIUS_MM = 6.0
+AD = 1.7e-3
+ISO = 0.8e-3
+ROLES = ("seeds", "waypoints", "exclusions", "endpoints")
+
+
+def centreline(t: np.ndarray) -> np.ndarray:
+    """World mm of the tube axis at t in [0, 1] (start at y = -32 mm)."""
+    t = np.asarray(t, float)
+    return np.stack([6.0 * np.sin(np.pi * t), -32.0 + 64.0 * t, np.zeros_like(t)], axis=-1)
+
+
+def true_rd(t: np.ndarray) -> np.ndarray:
+    return 0.3e-3 + 0.35e-3 * np.sin(np.pi * np.asarray(t))
+
+
+def true_fa(t: np.ndarray) -> np.ndarray:
+    rd = true_rd(t)
+    md = (AD + 2 * rd) / 3
+    return np.sqrt(1.5 * ((AD - md) ** 2 + 2 * (rd - md) ** 2) / (AD**2 + 2 * rd**2))
+
+
+@dataclass(frozen=True)
+class Phantom:
+    fit: object
+    tube: np.ndarray
+    t_of_voxel: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Phantom:
+    return make_phantom()
+
+
+def make_phantom() -> Phantom:
+    t = np.linspace(0.0, 1.0, 2001)
+    line = centreline(t)
+    tangent = np.gradient(line, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+    ijk = np.indices((N, N, N)).reshape(3, -1).T
+    world = ijk * VOXEL_MM + AFFINE[:3, 3]
+    distance, nearest = cKDTree(line).query(world)
+    tube = (distance <= RADIUS_MM) & (nearest > 0) & (nearest < t.size - 1)
+    evals = np.full((ijk.shape[0], 3), ISO)
+    evecs = np.tile(np.eye(3), (ijk.shape[0], 1, 1))
+    tt = t[nearest[tube]]
+    evals[tube] = np.stack([np.full(tt.shape, AD), true_rd(tt), true_rd(tt)], axis=1)
+    e1 = tangent[nearest[tube]]
+    e2 = np.cross(e1, [0.0, 0.0, 1.0])
+    e2 /= np.linalg.norm(e2, axis=1, keepdims=True)
+    evecs[tube] = np.stack([e1, e2, np.cross(e1, e2)], axis=2)
+    bvals, bvecs = gradient_scheme(n_b0=2, n_directions=30)
+    s0 = np.full(ijk.shape[0], 1000.0)
+    signal = simulate_signal(evals, evecs, bvals, bvecs, s0, snr=30.0, rng=0)
+    dwi = nib.Nifti1Image(signal.reshape(N, N, N, -1), AFFINE)
+    brain = np.zeros((N, N, N), np.uint8)
+    brain[1:-1, 1:-1, 1:-1] = 1
+    fit = fit_tensor(dwi, bvals, bvecs, nib.Nifti1Image(brain, AFFINE))
+    return Phantom(fit, tube.reshape(N, N, N), t[nearest].reshape(N, N, N))
+
+
+def box(lo_mm, hi_mm):
+    """A region: voxels whose centre lies in the world-mm box [lo, hi]."""
+
+    def rasterise(shape, affine):
+        ijk = np.indices(shape).reshape(3, -1).T
+        world = ijk @ affine[:3, :3].T + affine[:3, 3]
+        inside = np.all((world >= lo_mm) & (world <= hi_mm), axis=1)
+        return inside.reshape(shape)
+
+    return rasterise
+
+
+@dataclass(frozen=True)
+class StandInTract:
+    """Same interface as msimaging.atlases.tracts.TractDefinition, for these tests."""
+
+    name: str
+    seeds: tuple = ()
+    waypoints: tuple = ()
+    exclusions: tuple = ()
+    endpoints: tuple = ()
+
+    def masks(self, shape, affine, to_mni=None):
+        return {role: [region(shape, affine) for region in getattr(self, role)] for role in ROLES}
+
+
+SEED = box((-12, -30, -12), (12, -26, 12))
+FIRST = box((-40, -24, -40), (40, -22, 40))
+LAST = box((-40, 22, -40), (40, 24, 40))
+TUBE = StandInTract("tube", seeds=(SEED,), waypoints=(FIRST, LAST))
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+@pytest.fixture(scope="module")
+def tube_bundle(phantom) -> TractBundle:
+    return bundle(phantom.fit, TUBE)
+
+
+# --------------------------------------------------------------------------------------------
+# Tracking and selection
+# --------------------------------------------------------------------------------------------
+def test_deterministic_tracking_recovers_the_tube(phantom, tube_bundle):
+    assert tube_bundle.n_streamlines == len(tube_bundle.streamlines) > 50
+    mask = np.asanyarray(tube_bundle.mask().dataobj)
+    assert mask.dtype == np.uint8
+    score = dice(mask, phantom.tube)
+    print(f"deterministic Dice = {score:.3f}")
+    assert score >= 0.7
+    density = np.asanyarray(tube_bundle.density().dataobj)
+    assert density.dtype == np.int32 and density.max() <= tube_bundle.n_streamlines
+    assert tube_bundle.parameters["method"] == "deterministic"
+    assert tube_bundle.to_frame().loc[0, "n_streamlines"] == tube_bundle.n_streamlines
+    # A streamline count works too; an invalid threshold is refused.
+    assert dice(tube_bundle.mask(2).dataobj, phantom.tube) >= 0.7
+    with pytest.raises(InputError, match="fraction"):
+        tube_bundle.mask(1.5)
+
+
+def test_streamlines_run_from_first_to_last_waypoint(tube_bundle):
+    first_y = np.array([s[0, 1] for s in tube_bundle.streamlines])
+    last_y = np.array([s[-1, 1] for s in tube_bundle.streamlines])
+    assert np.all(first_y < -22) and np.all(last_y > 22)
+    # Cut to the waypoints: from the first point in the first slab to the last in the last.
+    clipped = tube_bundle.between_waypoints()
+    assert len(clipped) == tube_bundle.n_streamlines
+    assert all(-25 <= s[0, 1] <= -22 and 22 <= s[-1, 1] <= 25 for s in clipped)
+    # select() flips reversed input back; a definition with the waypoints swapped flips all.
+    reversed_lines = [np.asarray(s)[::-1] for s in tube_bundle.streamlines]
+    masks = TUBE.masks((N, N, N), AFFINE)
+    again = select(reversed_lines, masks, AFFINE)
+    assert len(again) == tube_bundle.n_streamlines
+    assert all(np.allclose(a, b) for a, b in zip(again, tube_bundle.streamlines, strict=True))
+    swapped = {**masks, "waypoints": masks["waypoints"][::-1]}
+    assert all(s[0, 1] > s[-1, 1] for s in select(tube_bundle.streamlines, swapped, AFFINE))
+
+
+def test_track_returns_world_mm_streamlines_in_length_range(phantom):
+    seeds = SEED((N, N, N), AFFINE)
+    lines = track(phantom.fit, seeds, min_length_mm=40.0, max_length_mm=100.0)
+    lengths = np.array([np.linalg.norm(np.diff(s, axis=0), axis=1).sum() for s in lines])
+    assert len(lines) > 50 and lengths.min() >= 40.0 and lengths.max() <= 100.0
+    points = np.concatenate(list(lines))
+    assert points[:, 1].min() < -28 and points[:, 1].max() > 28  # world mm, whole tube
+    # Same seed, same streamlines.
+    again = track(phantom.fit, seeds, min_length_mm=40.0, max_length_mm=100.0)
+    assert all(np.array_equal(a, b) for a, b in zip(lines, again, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("definition", "cause"),
+    [
+        (
+            StandInTract(
+                "wrong_waypoint",
+                seeds=(SEED,),
+                waypoints=(FIRST, box((20, -2, -40), (38, 2, 40))),
+            ),
+            "reaching each waypoint in order: [0-9]+, 0",
+        ),
+        (
+            StandInTract(
+                "excluded",
+                seeds=(SEED,),
+                waypoints=(FIRST, LAST),
+                exclusions=(box((-40, -1, -40), (40, 1, 40)),),
+            ),
+            "touching each exclusion",
+        ),
+        (StandInTract("no_seed", seeds=(box((100, 100, 100), (101, 101, 101)),)), "seed"),
+    ],
+)
+def test_unmet_definition_warns_and_gives_empty_rows(phantom, definition, cause):
+    with pytest.warns(MSImagingWarning, match=f"tract '{definition.name}'.*{cause}"):
+        empty = bundle(phantom.fit, definition)
+    assert empty.n_streamlines == 0 and len(empty.streamlines) == 0
+    assert not np.asanyarray(empty.mask().dataobj).any()
+    table = tract_metrics(phantom.fit, empty)
+    assert set(table["part"]) == {"whole"}
+    assert (table["n_streamlines"] == 0).all() and (table["n_voxels"] == 0).all()
+    assert table["mean"].isna().all()
+    profile = tract_profiles(phantom.fit, empty, n_nodes=10)
+    assert len(profile) == 40 and profile["value"].isna().all()
+    assert (profile["n_streamlines"] == 0).all()
+
+
+def test_probabilistic_tracking_recovers_the_tube(phantom):
+    # Probabilistic tracking disperses: seed more densely, as one would in practice.
+    prob = bundle(phantom.fit, TUBE, method="probabilistic", seeds_per_voxel=5)
+    score = dice(prob.mask().dataobj, phantom.tube)
+    print(f"probabilistic Dice = {score:.3f} ({prob.n_streamlines} streamlines)")
+    assert prob.n_streamlines > 20
+    assert score >= 0.7
+    # A probabilistic streamline may turn back beyond a waypoint; between them it is oriented.
+    assert all(s[0, 1] < s[-1, 1] for s in prob.between_waypoints())
+
+
+def test_lesion_mask_lets_tracking_cross_a_low_fa_lesion(phantom):
+    # Knock FA down in a slab across the tube: tracking stops there unless told it is a lesion.
+    fa = np.asanyarray(phantom.fit.fa.dataobj).copy()
+    slab = box((-40, -2, -40), (40, 2, 40))((N, N, N), AFFINE)
+    fa[slab] = 0.05
+
+    class LowFA:
+        pass
+
+    fit = LowFA()
+    for name in ("v1", "mask", "ad", "rd"):
+        setattr(fit, name, getattr(phantom.fit, name))
+    fit.fa = nib.Nifti1Image(fa, AFFINE)
+    with pytest.warns(MSImagingWarning, match="tract 'tube'"):
+        assert bundle(fit, TUBE).n_streamlines == 0
+    crossed = bundle(fit, TUBE, lesion_mask=slab.astype(np.uint8))
+    assert crossed.n_streamlines > 50
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def test_tract_metrics_split_matches_hand_counts(phantom, tube_bundle):
+    lesion = box((-40, -6, -40), (40, 6, 40))((N, N, N), AFFINE)
+    table = tract_metrics(
+        phantom.fit, tube_bundle, lesion_mask=nib.Nifti1Image(lesion.astype(np.uint8), AFFINE),
+        participant_id="sub-01", session_id="ses-M0",
+    )
+    assert list(table.columns) == [
+        "participant_id", "session_id", "tract", "part", "metric", "mean", "median", "sd",
+        "n_voxels", "volume_mm3", "n_streamlines", "unit", "source",
+    ]
+    assert len(table) == 3 * 4
+    mask = np.asanyarray(tube_bundle.mask().dataobj).astype(bool)
+    fa = np.asanyarray(phantom.fit.fa.dataobj).astype(np.float64)
+    for part, region in [
+        ("whole", mask), ("lesioned", mask & lesion), ("normal_appearing", mask & ~lesion)
+    ]:
+        row = table[(table["part"] == part) & (table["metric"] == "fa")].iloc[0]
+        assert row["n_voxels"] == region.sum() > 0
+        assert row["volume_mm3"] == pytest.approx(region.sum() * 8.0)
+        assert row["mean"] == pytest.approx(fa[region].mean())
+        assert row["median"] == pytest.approx(np.median(fa[region]))
+        assert row["n_streamlines"] == tube_bundle.n_streamlines
+    whole = table[table["part"] == "whole"].set_index("metric")["n_voxels"]
+    parts = table[table["part"] != "whole"].groupby("metric")["n_voxels"].sum()
+    assert whole.sort_index().equals(parts.sort_index())
+    assert set(table["unit"]) == {"unitless", "mm^2/s"}
+    assert (table["source"] == "tractography").all()
+    assert (table["participant_id"] == "sub-01").all()
+    # The lesion-centred part has the lower FA of the tube's middle.
+    fa_rows = table[table["metric"] == "fa"].set_index("part")["mean"]
+    assert fa_rows["lesioned"] < fa_rows["normal_appearing"]
+
+
+def test_fa_profile_follows_the_true_fa_along_the_tube(phantom, tube_bundle):
+    from dipy.tracking.streamline import set_number_of_points
+
+    profile = tract_profiles(
+        phantom.fit, {"tube": tube_bundle}, participant_id="sub-01", session_id="ses-M0"
+    )
+    assert list(profile.columns) == [
+        "participant_id", "session_id", "tract", "node", "metric", "value", "unit",
+        "n_streamlines",
+    ]
+    fa = profile[profile["metric"] == "fa"].sort_values("node")
+    assert fa["node"].tolist() == list(range(100))
+    clipped = tube_bundle.between_waypoints()
+    core = np.mean(np.stack(list(set_number_of_points(clipped, 100))), axis=0)
+    t = np.linspace(0, 1, 2001)
+    _, nearest = cKDTree(centreline(t)).query(core)
+    truth = true_fa(t[nearest])
+    r = np.corrcoef(fa["value"], truth)[0, 1]
+    print(f"FA profile correlation with truth r = {r:.3f}")
+    assert r >= 0.9
+    # Node 0 is at the first waypoint (start of the tube).
+    assert core[0, 1] < core[-1, 1]
+
+
+def test_tracts_from_atlas_counts_label_voxels(phantom):
+    labels_img = np.zeros((N, N, N), np.int16)
+    labels_img[phantom.tube] = 1
+    labels_img[2:6, 2:6, 2:6] = 2
+    atlas = nib.Nifti1Image(labels_img, AFFINE)
+    lesion = np.zeros((N, N, N), bool)
+    lesion[:, 18:22] = True
+    table = tracts_from_atlas(
+        phantom.fit, atlas, {1: "tube", 2: "corner"}, lesion_mask=lesion, session_id="ses-M0"
+    )
+    whole = table[(table["part"] == "whole") & (table["metric"] == "fa")].set_index("tract")
+    assert whole.loc["tube", "n_voxels"] == phantom.tube.sum()
+    assert whole.loc["corner", "n_voxels"] == 64
+    lesioned = table[(table["part"] == "lesioned") & (table["metric"] == "md")]
+    assert lesioned.set_index("tract").loc["tube", "n_voxels"] == (phantom.tube & lesion).sum()
+    assert (table["source"] == "atlas").all() and (table["n_streamlines"] == 0).all()
+
+    # The same tracts as a 4-D probability atlas in "MNI", brought over by a transform.
+    class Identity:
+        def __init__(self):
+            self.calls = []
+
+        def apply(self, img, *, interpolation="linear"):
+            self.calls.append(interpolation)
+            return img
+
+    prob = np.stack([(labels_img == 1) * 0.9, (labels_img == 2) * 0.4], axis=-1)
+    identity = Identity()
+    table4 = tracts_from_atlas(
+        phantom.fit, nib.Nifti1Image(prob.astype(np.float32), AFFINE), ["tube", "corner"],
+        to_subject=identity, threshold=0.3,
+    )
+    assert identity.calls == ["linear"]
+    counts = table4[table4["metric"] == "fa"].set_index("tract")["n_voxels"]
+    assert counts["tube"] == phantom.tube.sum() and counts["corner"] == 64
+    with pytest.warns(MSImagingWarning, match="'missing' has no voxel"):
+        missing = tracts_from_atlas(phantom.fit, atlas, {7: "missing"})
+    assert missing["mean"].isna().all() and (missing["n_voxels"] == 0).all()
+    with pytest.raises(InputError, match="2 tract names"):
+        tracts_from_atlas(phantom.fit, nib.Nifti1Image(prob, AFFINE), ["tube"])
+
+
+# --------------------------------------------------------------------------------------------
+# Files and figures
+# --------------------------------------------------------------------------------------------
+def test_trk_round_trip_keeps_streamlines(tube_bundle, tmp_path):
+    from dipy.io.streamline import load_tractogram
+
+    path = tube_bundle.save(tmp_path / "sub-01_tract-tube.trk")
+    assert path.is_file() and not list(tmp_path.glob(".*tmp*"))
+    loaded = load_tractogram(str(path), "same")
+    loaded.to_rasmm()
+    assert len(loaded.streamlines) == tube_bundle.n_streamlines
+    for a, b in zip(loaded.streamlines, tube_bundle.streamlines, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+    np.testing.assert_allclose(loaded.affine, AFFINE)
+    with pytest.raises(InputError, match=r"\.trk"):
+        tube_bundle.save(tmp_path / "tube.tck")
+
+
+def test_figures_render_to_png(phantom, tube_bundle, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    overlay = tmp_path / "overlay.png"
+    lesion = nib.Nifti1Image(
+        box((-40, -6, -40), (40, 6, 40))((N, N, N), AFFINE).astype(np.uint8), AFFINE
+    )
+    fig = plot_tract_overlay(phantom.fit.fa, {"tube": tube_bundle, "lesion": lesion}, overlay)
+    assert len(fig.axes) == 3
+    assert overlay.is_file() and overlay.stat().st_size > 10_000
+    visits = pd.concat(
+        [
+            tract_profiles(phantom.fit, tube_bundle, participant_id="sub-01", session_id=s)
+            for s in ("ses-M0", "ses-M6")
+        ]
+    )
+    profiles_png = tmp_path / "profiles.png"
+    fig = plot_profiles(visits, "fa", profiles_png)
+    assert len(fig.axes[0].get_lines()) == 2
+    assert profiles_png.is_file() and profiles_png.stat().st_size > 10_000
+    with pytest.raises(InputError, match="not in profile_table"):
+        plot_profiles(visits, "qa")
+
+
+def test_invalid_arguments_are_named(phantom, tube_bundle):
+    seeds = SEED((N, N, N), AFFINE)
+    with pytest.raises(InputError, match="method='tensor'"):
+        track(phantom.fit, seeds, method="tensor")
+    with pytest.raises(InputError, match="seeds_mask has shape"):
+        track(phantom.fit, seeds[:-1])
+    with pytest.raises(InputError, match="seeds_mask is empty"):
+        track(phantom.fit, np.zeros_like(seeds))
+    with pytest.raises(InputError, match="max_length_mm"):
+        track(phantom.fit, seeds, min_length_mm=50.0, max_length_mm=40.0)
+    with pytest.raises(InputError, match="masks"):
+        bundle(phantom.fit, object())
+    with pytest.raises(InputError, match="unique"):
+        tract_metrics(phantom.fit, [tube_bundle, tube_bundle])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(tract_metrics(phantom.fit.maps, {"a": tube_bundle, "b": tube_bundle})) == 8
