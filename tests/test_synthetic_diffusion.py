@@ -131,8 +131,8 @@ def test_bundle_directions_follow_anatomy():
         code, direction = bundle_field(capsule)
         np.testing.assert_array_equal(code, BUNDLE_CODES[f"CST_{side}"])
         assert np.all(np.abs(direction[:, 2]) > 0.9)
-        # Optic radiations along the lateral ventricle: anterior-posterior.
-        trigone = np.array([[sign * 31.0, -50.0, 0.5], [sign * 29.0, -60.0, 3.0]])
+        # Optic radiations lateral to the trigone: anterior-posterior.
+        trigone = np.array([[sign * 37.5, -50.0, 2.0], [sign * 35.0, -62.0, 2.0]])
         code, direction = bundle_field(trigone)
         np.testing.assert_array_equal(code, BUNDLE_CODES[f"OR_{side}"])
         assert np.all(np.abs(direction[:, 1]) > 0.9)

@@ -30,10 +30,18 @@ import pandas as pd
 from msimaging import registration
 from msimaging.dti.rois import ROI, nawm_rois, roi_stats
 from msimaging.dti.tensor import TensorFit, fit_tensor
+from msimaging.dti.tracts import (
+    TractBundle,
+    bundle,
+    plot_profiles,
+    plot_tract_overlay,
+    tract_metrics,
+    tract_profiles,
+)
 from msimaging.errors import InputError
 from msimaging.io import DWI, ImageLike, load_dwi, load_image
 
-__all__ = ["DTISession", "dti_session"]
+__all__ = ["DTISession", "TractStage", "dti_session", "tract_session"]
 
 _ANAT_TO_DWI = ("rigid", "affine", "identity")
 _MNI_REGISTRATION = ("affine", "rigid")
@@ -298,3 +306,124 @@ def _write(
     )
     return out
 
+
+
+@dataclass(frozen=True)
+class TractStage:
+    """One visit's tract stage.
+
+    Attributes
+    ----------
+    bundles : dict
+        Tract name -> :class:`~msimaging.dti.tracts.TractBundle`.
+    metrics : pandas.DataFrame
+        Whole-tract (and lesioned / normal-appearing) FA/MD/AD/RD rows, with n_streamlines.
+    profiles : pandas.DataFrame
+        100-node along-tract profiles.
+    seconds : dict
+        Wall time of tracking (all tracts) and of the metrics.
+    outputs : dict
+        Paths written, by kind (empty without a writer).
+    """
+
+    bundles: dict[str, TractBundle]
+    metrics: pd.DataFrame
+    profiles: pd.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        counts = {name: b.n_streamlines for name, b in self.bundles.items()}
+        return f"TractStage(streamlines={counts}, seconds={sum(self.seconds.values()):.1f})"
+
+
+def tract_session(
+    dti: DTISession,
+    *,
+    tracts: Any = None,
+    method: str = "deterministic",
+    writer: Any = None,
+    figures: bool = False,
+    progress: Callable[[str], None] | None = None,
+    **tracking: Any,
+) -> TractStage:
+    """Track the offline tract definitions in one visit and measure them.
+
+    The definitions (:mod:`msimaging.atlases.tracts`, MNI space) are placed on the DWI grid
+    through the visit's DWI->MNI affine from :func:`dti_session` (no image warping), tracked
+    from the tensor (:func:`msimaging.dti.tracts.bundle`), and measured whole and split into
+    lesioned / normal-appearing parts with the visit's lesion mask.
+
+    Parameters
+    ----------
+    dti : DTISession
+        The visit's DTI stage (fit, DWI->MNI affine, lesion mask).
+    tracts : str or sequence of str, optional
+        Tract names (default: CST_L, CST_R, OR_L, OR_R, CC, CC_genu, CC_body, CC_splenium).
+    method : {"deterministic", "probabilistic"}
+    writer : DerivativesWriter, optional
+        Writes streamlines (.trk), tract masks, the metrics and profile tables (and figures
+        with ``figures=True``).
+    **tracking
+        Passed to :func:`msimaging.dti.tracts.bundle` (seeds_per_voxel, step_size_mm,
+        fa_threshold, max_angle_deg, min_length_mm, max_length_mm, seed, n_jobs).
+    """
+    from msimaging.atlases.tracts import tract_definitions
+
+    say = progress or (lambda message: None)
+    definitions = tract_definitions(tracts)
+    start = time.perf_counter()
+    bundles = {}
+    for definition in definitions:
+        say(f"tracking {definition.name}")
+        bundles[definition.name] = bundle(
+            dti.fit, definition, to_mni=dti.dwi_to_mni, lesion_mask=dti.lesion_mask,
+            method=method, **tracking,
+        )
+    tracked = time.perf_counter()
+    ids = {"participant_id": dti.participant_id, "session_id": dti.session_id}
+    metrics = tract_metrics(dti.fit, bundles, lesion_mask=dti.lesion_mask, **ids)
+    profiles = tract_profiles(dti.fit, bundles, **ids)
+    seconds = {"tracking": tracked - start, "metrics": time.perf_counter() - tracked}
+    outputs: dict[str, Path] = {}
+    if writer is not None:
+        outputs = _write_tracts(writer, dti, bundles, metrics, profiles, method, figures)
+    return TractStage(
+        bundles=bundles, metrics=metrics, profiles=profiles, seconds=seconds, outputs=outputs
+    )
+
+
+def _write_tracts(writer, dti, bundles, metrics, profiles, method, figures) -> dict[str, Path]:
+    participant, session = dti.participant_id, dti.session_id
+    if participant is None:
+        raise InputError("participant_id is required to write derivatives (writer=...).")
+    out: dict[str, Path] = {}
+    for name, tract in bundles.items():
+        label = name.replace("_", "")
+        if tract.n_streamlines:
+            path = writer.path(participant, session, "dwi", "tractography", ".trk", desc=label)
+            out[f"trk_{name}"] = tract.save(path)
+            writer.write_sidecar(path, {"Tract": name, "Method": method,
+                                        "Parameters": tract.parameters})
+        out[f"mask_{name}"] = writer.write_image(
+            tract.mask(),
+            writer.path(participant, session, "dwi", "mask", ".nii.gz", desc=f"tract{label}"),
+            sidecar={"Tract": name, "NStreamlines": tract.n_streamlines},
+        )
+    out["metrics"] = writer.write_table(
+        metrics, participant, session, "dwi", "stats", model="tensor", desc="tracts",
+        sidecar={"Description": "Tract metrics (whole, lesioned, normal-appearing)",
+                 "Method": method},
+    )
+    out["profiles"] = writer.write_table(
+        profiles, participant, session, "dwi", "stats", model="tensor", desc="profiles",
+        sidecar={"Description": "100-node along-tract profiles (AFQ-style weighting)"},
+    )
+    if figures:
+        figure_dir = writer.root / "figures"
+        stem = f"{participant}_{session}" if session else participant
+        out["figure_overlay"] = figure_dir / f"{stem}_desc-tracts_overlay.png"
+        plot_tract_overlay(dti.fit.fa, list(bundles.values()), out["figure_overlay"])
+        out["figure_profiles"] = figure_dir / f"{stem}_desc-profiles_plot.png"
+        plot_profiles(profiles, "fa", out["figure_profiles"])
+    return out

@@ -127,6 +127,11 @@ class TractBundle:
         For each streamline, the index of its first point in the first waypoint and of its
         last point in the last waypoint (-1, -1 when undefined); ``None`` for definitions with
         fewer than two waypoints. Used by :meth:`between_waypoints`.
+    tracked_region : ndarray of bool, optional
+        Voxels where the tracker could go on (FA at or above ``fa_threshold`` within the
+        brain mask, or lesion). :meth:`mask` keeps only these: the voxel where a streamline
+        stops (FA below the threshold) lies outside the tracked white matter, and counting it
+        biased whole-tract FA by −0.03 to −0.07 on the synthetic study.
     """
 
     name: str
@@ -136,6 +141,7 @@ class TractBundle:
     shape: tuple[int, int, int]
     parameters: dict[str, Any] = field(default_factory=dict)
     waypoint_span: np.ndarray | None = None
+    tracked_region: np.ndarray | None = None
 
     def between_waypoints(self) -> Any:
         """The streamlines cut to the stretch from the first waypoint to the last one.
@@ -190,7 +196,10 @@ class TractBundle:
         """
         counts = np.asanyarray(self.density().dataobj)
         minimum = _count_threshold(threshold, counts)
-        return nib.Nifti1Image((counts >= minimum).astype(np.uint8), self.affine)
+        inside = counts >= minimum
+        if self.tracked_region is not None:
+            inside &= self.tracked_region
+        return nib.Nifti1Image(inside.astype(np.uint8), self.affine)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the streamlines as TrackVis ``.trk`` (atomically), with the grid as reference.
@@ -706,10 +715,15 @@ max_length_mm, pmf_power, seed, n_jobs
             len(tracked),
         )
     kept = _kept(tracked, keep, flip, len(masks["waypoints"]))
+    fa, _, brain, _ = _fit_arrays(fit)
+    region = brain & (fa >= fa_threshold)
+    if lesion_mask is not None:
+        region |= _as_bool(lesion_mask, "lesion_mask", shape, affine)
     return TractBundle(
         name, kept, len(kept), affine, shape,
         {**parameters, "n_seed_voxels": int(seeds.sum()), "n_tracked": len(tracked)},
         waypoint_span=span[keep] if len(masks["waypoints"]) >= 2 else None,
+        tracked_region=region,
     )
 
 

@@ -157,8 +157,17 @@ class Bundle:
         return self.polylines_mm[0]
 
 
-def _frozen(points: Sequence[Sequence[float]]) -> np.ndarray:
-    array = np.array(points, dtype=np.float64)
+def _frozen(points: Sequence[Sequence[float]], samples_per_mm: float = 0.5) -> np.ndarray:
+    """A smooth centre line through the vertices (cubic spline over chord length, sampled
+    every ~2 mm): real bundles bend gradually, and a tracker must be able to follow them."""
+    from scipy.interpolate import make_interp_spline
+
+    vertices = np.array(points, dtype=np.float64)
+    chord = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(vertices, axis=0), axis=1))])
+    degree = min(3, len(vertices) - 1)
+    spline = make_interp_spline(chord, vertices, k=degree, bc_type=None)
+    n = max(len(vertices), int(np.ceil(chord[-1] * samples_per_mm)) + 1)
+    array = spline(np.linspace(0.0, chord[-1], n))
     array.setflags(write=False)
     return array
 
@@ -185,7 +194,12 @@ _CC_MIDLINE_YZ_MM = (
     (-28.0, 18.0),
     (-36.0, 13.0),  # splenium
 )
-_CC_LATERAL_PROFILE_MM = ((0.0, 0.0), (8.0, 1.0), (18.0, 4.0), (30.0, 9.0), (40.0, 14.0))
+# Rise of each fibre (dz) with distance from the midline (x): fibres arch up and over the
+# bodies of the lateral ventricles within ~18 mm of the midline, then run flat into the
+# centrum semiovale (profile read off the WM of nilearn's ICBM152 2009a WM map).
+_CC_LATERAL_PROFILE_MM = (
+    (0.0, 0.0), (6.0, 3.0), (12.0, 9.0), (18.0, 14.0), (26.0, 17.0), (34.0, 18.0), (40.0, 18.0)
+)
 
 
 def _cc_fibre(y_mm: float, z_mm: float) -> list[list[float]]:
@@ -205,17 +219,23 @@ _CST_L_MM = (
     (-35.0, -20.0, 60.0),  # precentral gyrus
 )
 
-# Optic radiation (left side; mirrored for the right): approximate MNI152 course from the
-# lateral geniculate nucleus, forward-lateral round Meyer's loop lateral to the temporal horn,
-# back along the lateral wall of the lateral ventricle (sagittal stratum) and medially to the
-# calcarine cortex at the occipital pole (e.g. Caffarra et al. 2021; Bürgel et al. 2006).
+# Optic radiation (left side; mirrored for the right): from the lateral geniculate nucleus
+# laterally into the sagittal stratum, back lateral to the trigone and occipital horn of the
+# lateral ventricle, and medially to the calcarine cortex at the occipital pole (course after
+# Bürgel et al. 2006 and Caffarra et al. 2021). The intermediate vertices were traced through
+# the white matter of nilearn's ICBM152 2009a WM probability map (WM > 0.95 at every vertex
+# between the LGN and the pole), so the phantom bundle stays in WM; Meyer's loop (the
+# anterior excursion into the temporal lobe) is left out.
 _OR_L_MM = (
-    (-22.0, -26.0, -4.0),  # lateral geniculate nucleus
-    (-32.0, -30.0, -6.0),  # Meyer's loop, lateral to the temporal horn
-    (-33.0, -42.0, -2.0),  # sagittal stratum
-    (-30.0, -55.0, 2.0),  # along the lateral wall of the lateral ventricle (trigone)
-    (-27.0, -70.0, 4.0),  # occipital horn
-    (-20.0, -84.0, 4.0),
+    (-22.0, -26.0, -5.0),  # lateral geniculate nucleus
+    (-28.0, -30.0, -1.0),
+    (-34.0, -35.0, 3.0),  # entering the sagittal stratum
+    (-38.0, -42.0, 2.0),
+    (-38.0, -50.0, 2.0),  # lateral to the trigone
+    (-36.0, -58.0, 2.0),
+    (-34.0, -68.0, 2.0),  # lateral to the occipital horn
+    (-30.0, -78.0, 2.0),
+    (-22.0, -86.0, 3.0),
     (-14.0, -92.0, 4.0),  # calcarine cortex, occipital pole
 )
 
@@ -224,8 +244,8 @@ BUNDLES: Mapping[str, Bundle] = MappingProxyType(
         "CC": Bundle("CC", 1, tuple(_frozen(_cc_fibre(y, z)) for y, z in _CC_MIDLINE_YZ_MM), 5.0),
         "CST_L": Bundle("CST_L", 2, (_frozen(_CST_L_MM),), 5.0),
         "CST_R": Bundle("CST_R", 3, (_frozen(_mirror(_CST_L_MM)),), 5.0),
-        "OR_L": Bundle("OR_L", 4, (_frozen(_OR_L_MM),), 4.0),
-        "OR_R": Bundle("OR_R", 5, (_frozen(_mirror(_OR_L_MM)),), 4.0),
+        "OR_L": Bundle("OR_L", 4, (_frozen(_OR_L_MM),), 5.0),
+        "OR_R": Bundle("OR_R", 5, (_frozen(_mirror(_OR_L_MM)),), 5.0),
     }
 )
 """White-matter bundles in MNI152 space (mm), name -> :class:`Bundle`.
@@ -238,9 +258,9 @@ comments in the source), good enough for a synthetic phantom, not an atlas.
 - ``"CST_L"``/``"CST_R"`` corticospinal tracts: pons (±8, -25, -35) → cerebral peduncle
   (±14, -18, -10) → posterior limb of the internal capsule (±22, -12, 8) → corona radiata
   (±25, -15, 35) → precentral gyrus (±35, -20, 60); radius 5 mm.
-- ``"OR_L"``/``"OR_R"`` optic radiations: lateral geniculate (±22, -26, -4) → Meyer's loop
-  (±32, -30, -6) → lateral wall of the lateral ventricle (±30, -55, 2) → calcarine cortex
-  (±14, -92, 4); radius 4 mm.
+- ``"OR_L"``/``"OR_R"`` optic radiations: lateral geniculate (±22, -26, -5) → sagittal
+  stratum (±38, -42, 2) → lateral to the trigone and occipital horn (±34, -68, 2) →
+  calcarine cortex (±14, -92, 4), traced through template WM (no Meyer's loop); radius 5 mm.
 """
 
 BUNDLE_CODES: Mapping[str, int] = MappingProxyType({n: b.code for n, b in BUNDLES.items()})

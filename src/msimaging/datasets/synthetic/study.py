@@ -35,10 +35,10 @@ never mistake it for data.
     ``lesions`` {``count``, ``volume_mm3``, ``by_class`` class -> {``count``, ``volume_mm3``}},
     ``dwi`` {``left_nawm_rd_scale``, ``regions``: name -> {fa, md, ad, rd, n_voxels}} for
     NAWM, NAWM_left, NAWM_right, the bundles CC (+ genu/body/splenium), CST_L/R, OR_L/R
-    (bundles include their lesioned voxels), ``profiles_fa``: bundle -> 100 FA values from
-    the bundle's start to its end (CST brainstem -> cortex, OR LGN -> calcarine, CC left ->
-    right), and ``func`` {``planted_delta_r``, ``realised_mean_r_planted``,
-    ``realised_mean_r_other``}}.
+    (bundles include their lesioned voxels), ``profiles_fa``: bundle -> 100 FA values
+    between the first and last waypoints of the tract definition (CST cerebral peduncle ->
+    motor cortex, OR LGN -> calcarine, CC left -> right centrum semiovale), and ``func``
+    {``planted_delta_r``, ``realised_mean_r_planted``, ``realised_mean_r_other``}}.
 - ``func``: atlas name, node table, ``planted_nodes``, ``planted_edges`` (i < j),
   ``population_r_planted`` per session, and the file names of the true population
   correlation matrices.
@@ -593,19 +593,38 @@ def _dwi_geometry(space: SubjectSpace, anatomy, shape, affine) -> dict[str, np.n
     }
 
 
+def _waypoint_span(name: str) -> tuple[float, float]:
+    """Relative positions along the bundle's centre line nearest to the first and last
+    waypoints of the matching tract definition (msimaging.atlases.tracts): profiles run
+    between them, as AFQ-style profiles do."""
+    from msimaging.atlases.tracts import TRACTS
+
+    line = diffusion.BUNDLES[name].polyline_mm
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(line, axis=0), axis=1))])
+    ends = []
+    for region in (TRACTS[name].waypoints[0], TRACTS[name].waypoints[-1]):
+        low, high = region.bounds_mm()
+        centre = (np.asarray(low) + np.asarray(high)) / 2.0
+        ends.append(arc[np.argmin(np.linalg.norm(line - centre, axis=1))] / arc[-1])
+    return ends[0], ends[1]
+
+
 def _profiles(
     fa: np.ndarray, bundle: np.ndarray, position: np.ndarray, n_nodes: int = 100
 ) -> dict[str, list[float]]:
-    """True along-bundle FA: Gaussian-kernel (SD 0.03 of the length) means of voxel FA at
-    ``n_nodes`` equally spaced positions from the bundle's start to its end."""
-    nodes = (np.arange(n_nodes) + 0.5) / n_nodes
+    """True along-bundle FA at ``n_nodes`` equally spaced positions between the first and last
+    waypoints of each tract definition: Gaussian-kernel (SD 3% of that span) means of the
+    FA of the bundle's voxels, by their position along the bundle."""
     out = {}
     for name, code in diffusion.BUNDLE_CODES.items():
         inside = bundle == code
         if not inside.any():
             out[name] = []
             continue
-        weights = np.exp(-0.5 * ((position[inside][:, None] - nodes[None]) / 0.03) ** 2)
+        start, end = _waypoint_span(name)
+        nodes = start + (end - start) * (np.arange(n_nodes) + 0.5) / n_nodes
+        sd = 0.03 * abs(end - start)
+        weights = np.exp(-0.5 * ((position[inside][:, None] - nodes[None]) / sd) ** 2)
         out[name] = np.round(
             (weights * fa[inside][:, None]).sum(0) / np.maximum(weights.sum(0), 1e-12), 6
         ).tolist()
