@@ -855,8 +855,10 @@ def tract_profiles(
     rows = []
     for name, tract in named.items():
         _check_bundle_grid(tract, reference, name)
-        n = tract.n_streamlines
         lines = tract.between_waypoints() if clip_to_waypoints else tract.streamlines
+        if tract.n_streamlines and tract.tracked_region is not None:
+            lines = _trim_to_region(lines, tract.tracked_region, tract.affine)
+        n = len(lines) if tract.n_streamlines else 0
         weights = None
         if n >= 2:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -898,6 +900,27 @@ def tract_profiles(
     out.insert(0, "session_id", session_id)
     out.insert(0, "participant_id", participant_id)
     return out[_PROFILE_COLUMNS]
+
+
+def _trim_to_region(lines: Any, region: np.ndarray, affine: np.ndarray) -> Any:
+    """Drop the leading and trailing points of each streamline that lie outside ``region``
+    (the voxels where tracking could go on): a streamline's end points sit in the voxel where
+    FA fell below the threshold, and sampling there pulls the end nodes of a profile down
+    (partial volume with grey matter). Streamlines left with fewer than 2 points are kept
+    whole."""
+    from dipy.tracking.streamline import Streamlines
+
+    inverse = np.linalg.inv(affine)
+    upper = np.array(region.shape) - 1
+    out = []
+    for line in lines:
+        ijk = np.clip(np.rint(line @ inverse[:3, :3].T + inverse[:3, 3]).astype(int), 0, upper)
+        inside = np.flatnonzero(region[ijk[:, 0], ijk[:, 1], ijk[:, 2]])
+        if inside.size >= 2:
+            out.append(line[inside[0] : inside[-1] + 1])
+        else:
+            out.append(line)
+    return Streamlines(out)
 
 
 def tracts_from_atlas(
