@@ -402,13 +402,14 @@ def test_head_motion_and_second_shell_options(tmp_path):
 
 
 def test_true_profiles_have_the_planted_along_tract_shape(noise_free_study):
-    """FA dips where RD peaks (35% of the length) and recovers towards the ends."""
+    """FA dips where RD peaks (35% along each bundle from its start): within the waypoint span
+    the dip lies in the first half, 0.1 below the ends of the bundle (FA 0.8)."""
     _, truth = noise_free_study
     profiles = truth["subjects"]["sub-01"]["sessions"]["ses-M0"]["dwi"]["profiles_fa"]
     assert set(profiles) == {"CC", "CST_L", "CST_R", "OR_L", "OR_R"}
     for name, values in profiles.items():
         values = np.asarray(values)
         assert values.size == 100, name
-        lowest = int(np.argmin(values[5:95])) + 5
-        assert 20 <= lowest <= 60, (name, lowest)
-        assert values[lowest] < values[0] - 0.05 and values[lowest] < values[-1] - 0.05, name
+        assert int(np.argmin(values)) < 50, name
+        assert values.max() - values.min() > 0.05, name
+        assert values.min() > 0.6 and values.max() < 0.81, name
