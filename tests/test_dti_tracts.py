@@ -164,10 +164,12 @@ def test_streamlines_run_from_first_to_last_waypoint(tube_bundle):
     first_y = np.array([s[0, 1] for s in tube_bundle.streamlines])
     last_y = np.array([s[-1, 1] for s in tube_bundle.streamlines])
     assert np.all(first_y < -22) and np.all(last_y > 22)
-    # Cut to the waypoints: from the first point in the first slab to the last in the last.
+    # Cut strictly between the waypoints: from the last point in the first slab (y in
+    # [-24, -22] mm) to the first point in the last slab ([22, 24] mm); a point is in a slab
+    # when its nearest voxel centre is (2 mm voxels: up to 1 mm beyond the slab face).
     clipped = tube_bundle.between_waypoints()
     assert len(clipped) == tube_bundle.n_streamlines
-    assert all(-25 <= s[0, 1] <= -22 and 22 <= s[-1, 1] <= 25 for s in clipped)
+    assert all(-23 <= s[0, 1] <= -21 and 21 <= s[-1, 1] <= 23 for s in clipped)
     # select() flips reversed input back; a definition with the waypoints swapped flips all.
     reversed_lines = [np.asarray(s)[::-1] for s in tube_bundle.streamlines]
     masks = TUBE.masks((N, N, N), AFFINE)

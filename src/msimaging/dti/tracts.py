@@ -124,8 +124,8 @@ class TractBundle:
     parameters : dict
         Tracking parameters and counts (method, thresholds, seeds, streamlines tracked).
     waypoint_span : ndarray of int, shape (n_streamlines, 2), optional
-        For each streamline, the index of its first point in the first waypoint and of its
-        last point in the last waypoint (-1, -1 when undefined); ``None`` for definitions with
+        For each streamline, the index of its last point in the first waypoint and of its
+        first point in the last waypoint (-1, -1 when undefined); ``None`` for definitions with
         fewer than two waypoints. Used by :meth:`between_waypoints`.
     tracked_region : ndarray of bool, optional
         Voxels where the tracker could go on (FA at or above ``fa_threshold`` within the
@@ -144,12 +144,14 @@ class TractBundle:
     tracked_region: np.ndarray | None = None
 
     def between_waypoints(self) -> Any:
-        """The streamlines cut to the stretch from the first waypoint to the last one.
+        """The streamlines cut to the stretch strictly between the first and last waypoints.
 
-        This is the part of the tract that the definition pins down (as pyAFQ's
-        ``clip_edges``): beyond the waypoints streamlines fan out to their various endpoints
-        and end in partial-volume voxels. Streamlines without a valid span, and all
-        streamlines of definitions with fewer than two waypoints, are returned whole.
+        Each streamline runs from its last point in the first waypoint to its first point in
+        the last waypoint. This is the part of the tract that the definition pins down (as
+        pyAFQ's ``clip_edges``): inside and beyond the end waypoints streamlines start in grey
+        matter or fan out to their various endpoints, in partial-volume voxels. Streamlines
+        without a valid span, and all streamlines of definitions with fewer than two
+        waypoints, are returned whole.
 
         Returns
         -------
@@ -588,14 +590,25 @@ def _selection(
     if len(point_hits) >= 2:
         big, small = np.iinfo(np.intp).max, -1
         first0 = np.minimum.reduceat(np.where(point_hits[0], local, big), starts)
-        last0 = np.maximum.reduceat(np.where(point_hits[0], local, small), starts)
         first1 = np.minimum.reduceat(np.where(point_hits[-1], local, big), starts)
         last1 = np.maximum.reduceat(np.where(point_hits[-1], local, small), starts)
         flip = first1 < first0
-        # Oriented: from the first point in the first waypoint to the last point in the last.
+        # Oriented: the stretch strictly between the waypoints, from the streamline's last point
+        # in the first waypoint before it reaches the last waypoint, to its first point in the
+        # last waypoint. Inside the end waypoints streamlines start in grey matter (LGN,
+        # peduncle) or fan out to their cortical ends, and sampling there pulls the end nodes
+        # of a profile towards partial-volume values. In raw point order a flipped streamline
+        # reaches the last waypoint first: its oriented stretch is read backwards.
+        before = np.maximum.reduceat(
+            np.where(point_hits[0] & (local < np.repeat(first1, lengths)), local, small), starts
+        )
+        after = np.minimum.reduceat(
+            np.where(point_hits[0] & (local > np.repeat(last1, lengths)), local, big), starts
+        )
         end = lengths - 1
-        span[:, 0] = np.where(flip, end - last0, first0)
-        span[:, 1] = np.where(flip, end - first1, last1)
+        span[:, 0] = np.where(flip, end - np.minimum(after, end + 1), before)
+        span[:, 1] = np.where(flip, end - last1, first1)
+        span[span[:, 0] < 0] = -1
         span[~keep | (span[:, 1] <= span[:, 0])] = -1
     return np.flatnonzero(keep), flip, span, counts
 

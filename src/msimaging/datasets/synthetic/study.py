@@ -36,8 +36,9 @@ never mistake it for data.
     ``dwi`` {``left_nawm_rd_scale``, ``regions``: name -> {fa, md, ad, rd, n_voxels}} for
     NAWM, NAWM_left, NAWM_right, the bundles CC (+ genu/body/splenium), CST_L/R, OR_L/R
     (bundles include their lesioned voxels), ``profiles_fa``: bundle -> 100 FA values
-    between the first and last waypoints of the tract definition (CST cerebral peduncle ->
-    motor cortex, OR LGN -> calcarine, CC left -> right centrum semiovale), and ``func``
+    strictly between the first and last waypoints of the tract definition (from leaving
+    the first to entering the last: CST cerebral peduncle -> precentral gyrus, OR LGN ->
+    calcarine, CC left -> right centrum semiovale), and ``func``
     {``planted_delta_r``, ``realised_mean_r_planted``, ``realised_mean_r_other``}}.
 - ``func``: atlas name, node table, ``planted_nodes``, ``planted_edges`` (i < j),
   ``population_r_planted`` per session, and the file names of the true population
@@ -594,18 +595,29 @@ def _dwi_geometry(space: SubjectSpace, anatomy, shape, affine) -> dict[str, np.n
 
 
 def _waypoint_span(name: str) -> tuple[float, float]:
-    """Relative positions along the bundle's centre line nearest to the first and last
-    waypoints of the matching tract definition (msimaging.atlases.tracts): profiles run
-    between them, as AFQ-style profiles do."""
+    """Relative positions along the bundle's principal centre line where it leaves the first
+    waypoint of the matching tract definition (msimaging.atlases.tracts) and where it enters
+    the last one: profiles run strictly between the waypoints, as
+    ``TractBundle.between_waypoints`` cuts each streamline (last point in the first waypoint,
+    first point in the last waypoint). A waypoint the centre line misses falls back to the
+    centre-line point nearest to the waypoint's centre."""
     from msimaging.atlases.tracts import TRACTS
 
     line = diffusion.BUNDLES[name].polyline_mm
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(line, axis=0), axis=1))])
+    # Resample the centre line every ~0.25 mm so entry and exit are found to that precision.
+    fine = np.linspace(0.0, arc[-1], max(2, int(np.ceil(arc[-1] / 0.25)) + 1))
+    points = np.column_stack([np.interp(fine, arc, line[:, k]) for k in range(3)])
     ends = []
-    for region in (TRACTS[name].waypoints[0], TRACTS[name].waypoints[-1]):
-        low, high = region.bounds_mm()
-        centre = (np.asarray(low) + np.asarray(high)) / 2.0
-        ends.append(arc[np.argmin(np.linalg.norm(line - centre, axis=1))] / arc[-1])
+    first, last = TRACTS[name].waypoints[0], TRACTS[name].waypoints[-1]
+    for region, pick in ((first, np.max), (last, np.min)):
+        inside = np.asarray(region.contains(points), bool)
+        if inside.any():
+            ends.append(float(pick(fine[inside])) / arc[-1])
+        else:
+            low, high = region.bounds_mm()
+            centre = (np.asarray(low) + np.asarray(high)) / 2.0
+            ends.append(fine[np.argmin(np.linalg.norm(points - centre, axis=1))] / arc[-1])
     return ends[0], ends[1]
 
 
