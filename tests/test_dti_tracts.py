@@ -269,8 +269,8 @@ def test_tract_metrics_split_matches_hand_counts(phantom, tube_bundle):
         participant_id="sub-01", session_id="ses-M0",
     )
     assert list(table.columns) == [
-        "participant_id", "session_id", "tract", "part", "metric", "mean", "median", "sd",
-        "n_voxels", "volume_mm3", "n_streamlines", "unit", "source",
+        "participant_id", "session_id", "tract", "part", "metric", "mean", "weighted_mean",
+        "median", "sd", "n_voxels", "volume_mm3", "n_streamlines", "unit", "source",
     ]
     assert len(table) == 3 * 4
     mask = np.asanyarray(tube_bundle.mask().dataobj).astype(bool)
@@ -282,6 +282,9 @@ def test_tract_metrics_split_matches_hand_counts(phantom, tube_bundle):
         assert row["n_voxels"] == region.sum() > 0
         assert row["volume_mm3"] == pytest.approx(region.sum() * 8.0)
         assert row["mean"] == pytest.approx(fa[region].mean())
+        # Track-density weighting: each voxel counts as often as streamlines cross it.
+        density = np.asanyarray(tube_bundle.density().dataobj)[region].astype(np.float64)
+        assert row["weighted_mean"] == pytest.approx(density @ fa[region] / density.sum())
         assert row["median"] == pytest.approx(np.median(fa[region]))
         assert row["n_streamlines"] == tube_bundle.n_streamlines
     whole = table[table["part"] == "whole"].set_index("metric")["n_voxels"]
