@@ -160,6 +160,18 @@ def test_deterministic_tracking_recovers_the_tube(phantom, tube_bundle):
         tube_bundle.mask(1.5)
 
 
+def test_white_matter_seeding_covers_the_tube(phantom, tube_bundle):
+    # AFQ-style seeding of the white matter around the waypoints: more streamlines, and the
+    # tube is still recovered (Dice against the planted tube, not against the ROI run).
+    wm = bundle(phantom.fit, TUBE, seeding="wm", seeds_per_voxel=1)
+    assert wm.parameters["seeding"] == "wm"
+    assert wm.parameters["n_seed_voxels"] > tube_bundle.parameters["n_seed_voxels"]
+    assert wm.n_streamlines > tube_bundle.n_streamlines
+    assert dice(wm.mask().dataobj, phantom.tube) >= 0.7
+    with pytest.raises(InputError, match="seeding"):
+        bundle(phantom.fit, TUBE, seeding="everywhere")
+
+
 def test_streamlines_run_from_first_to_last_waypoint(tube_bundle):
     first_y = np.array([s[0, 1] for s in tube_bundle.streamlines])
     last_y = np.array([s[-1, 1] for s in tube_bundle.streamlines])

@@ -365,8 +365,9 @@ def tract_session(
         Writes streamlines (.trk), tract masks, the metrics and profile tables (and figures
         with ``figures=True``).
     **tracking
-        Passed to :func:`msimaging.dti.tracts.bundle` (seeds_per_voxel, step_size_mm,
-        fa_threshold, max_angle_deg, min_length_mm, max_length_mm, seed, n_jobs).
+        Passed to :func:`msimaging.dti.tracts.bundle` (seeding, seeds_per_voxel, seed_fa,
+        seed_margin_mm, step_size_mm, fa_threshold, max_angle_deg, min_length_mm,
+        max_length_mm, seed, n_jobs).
     """
     from msimaging.atlases.tracts import tract_definitions
 
