@@ -341,6 +341,10 @@ def test_fmriprep_outputs_are_consistent(tiny_study):
     assert raw.shape[3] == bold.shape[3]
     sidecar = json.loads((root / "sub-01" / "ses-M0" / "func" / f"{stem}_bold.json").read_text())
     assert sidecar["RepetitionTime"] == 2.0
+    # The NIfTI time step agrees with the sidecar (pixdim[4] in seconds) for both series.
+    for image in (raw, bold):
+        assert image.header.get_xyzt_units()[1] == "sec"
+        assert image.header.get_zooms()[3] == pytest.approx(sidecar["RepetitionTime"])
 
 
 # --- determinism and parameters -------------------------------------------------------------

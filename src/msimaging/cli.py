@@ -17,8 +17,8 @@ from msimaging.errors import MSImagingError
 __all__ = ["main"]
 
 NOT_YET = (
-    "connectomes (issue 6), NBS (issue 7), volumetry (issue 8), longitudinal statistics and "
-    "report (issue 9), the Dask pipeline (issue 10)"
+    "NBS (issue 7), volumetry (issue 8), longitudinal statistics and report (issue 9), the Dask "
+    "pipeline (issue 10)"
 )
 
 # sysexits-style codes, as BIDS Apps use them (64+).
@@ -83,7 +83,7 @@ def _truth_table(root: Path):
 
 
 def _run_dti(study, writer):
-    """[5/5] Each visit's DTI stage (tensor fit, registrations, NAWM) and tract stage."""
+    """[5/6] Each visit's DTI stage (tensor fit, registrations, NAWM) and tract stage."""
     import warnings
 
     import nibabel as nib
@@ -92,7 +92,7 @@ def _run_dti(study, writer):
 
     from msimaging.dti import dti_session, tract_session
 
-    print("\n[5/5] DTI per visit: tensor fit, T1w->DWI and MNI registration, NAWM, tracts")
+    print("\n[5/6] DTI per visit: tensor fit, T1w->DWI and MNI registration, NAWM, tracts")
     nawm, tracts = [], []
     for visit in study:
         dseg = nib.load(visit.get("dseg"))
@@ -115,6 +115,70 @@ def _run_dti(study, writer):
         nawm.append(dti.table)
         tracts.append(stage.metrics)
     return pd.concat(nawm, ignore_index=True), pd.concat(tracts, ignore_index=True)
+
+
+def _run_fmri(study, writer, bids_dir: Path):
+    """[6/6] Each visit's connectome (Seitzman 2018 spheres, "simple" confounds, Fisher z), and
+    the figures of one patient's change M0 -> M6 with the planted subnetwork highlighted."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from msimaging.fmri import (
+        Connectome,
+        connectivity,
+        extract_timeseries,
+        plot_adjacency,
+        plot_connectogram,
+        plot_glass_brain,
+        view_connectome_html,
+    )
+
+    print("\n[6/6] fMRI per visit: node time series (Seitzman 2018, confounds 'simple'), "
+          "correlation connectomes")
+    truth = json.loads((bids_dir / "sourcedata/ground_truth/ground_truth.json").read_text())
+    planted = np.asarray(truth["func"]["planted_edges"], dtype=int)
+    connectomes, rows = {}, []
+    for visit in study:
+        bold = visit.get("bold_preproc")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # expected on tiny grids: nodes without voxels
+            series = extract_timeseries(
+                bold, "seitzman2018", confounds=visit.get("confounds"), strategy="simple",
+                mask=visit.get("bold_mask"),
+            )
+            conn = connectivity(series, kind="correlation", fisher_z=True)
+        conn.save(writer, atlas="Seitzman2018", task="rest")
+        connectomes[(visit.participant_id, visit.session_id)] = conn
+        z = conn.matrix[planted[:, 0], planted[:, 1]]
+        rows.append({
+            "participant_id": visit.participant_id, "session_id": visit.session_id,
+            "planted_mean_z": float(np.nanmean(z)),
+            "flagged_nodes": int(series.nodes["flagged"].sum()),
+        })
+        print(f"      {visit.name}: {series.data.shape[0]} volumes x {series.data.shape[1]} "
+              f"nodes, {rows[-1]['flagged_nodes']} flagged", flush=True)
+    table = pd.DataFrame(rows)
+    figures = []
+    first = sorted({p for p, _ in connectomes})[0]
+    if (first, "ses-M0") in connectomes and (first, "ses-M6") in connectomes:
+        before, after = connectomes[(first, "ses-M0")], connectomes[(first, "ses-M6")]
+        change = Connectome(after.matrix - before.matrix, after.nodes, kind="correlation",
+                            fisher_z=True, participant_id=first, session_id="M6-M0")
+        folder = writer.root / "figures"
+        stem = f"{first}_desc-changeM6minusM0"
+        for plot, suffix in ((plot_adjacency, "adjacency.png"),
+                             (plot_connectogram, "connectogram.png"),
+                             (plot_glass_brain, "glassbrain.png"),
+                             (view_connectome_html, "connectome.html")):
+            path = folder / f"{stem}_{suffix}"
+            if plot is view_connectome_html:
+                view_connectome_html(change, path, highlight_edges=planted)
+            else:
+                plot(change, highlight_edges=planted, path=path)
+            figures.append(path)
+    return table, figures
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -147,10 +211,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"msimaging {__version__} demo -> {out}")
     started = time.perf_counter()
     if (bids_dir / "dataset_description.json").exists():
-        print(f"\n[1/5] reusing the synthetic study from a previous run: {bids_dir}")
+        print(f"\n[1/6] reusing the synthetic study from a previous run: {bids_dir}")
     else:
         print(
-            f"\n[1/5] generating the synthetic MS study ({args.preset} preset: "
+            f"\n[1/6] generating the synthetic MS study ({args.preset} preset: "
             f"{args.n_subjects} patients x "
             "visits M0/M3/M6, planted lesions, RD fall in left NAWM, rising subnetwork)"
         )
@@ -162,12 +226,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
 
     study, present = _inventory(bids_dir)
-    print(f"\n[2/5] discovered {study!r}")
+    print(f"\n[2/6] discovered {study!r}")
     _print_table("Sessions (visit time in months; files found):", present)
     missing = study.missing()
     _print_table("Missing pieces (present elsewhere in the study):", missing)
 
-    print("\n[3/5] validating every diffusion series (load_dwi)")
+    print("\n[3/6] validating every diffusion series (load_dwi)")
     rows = []
     for session in study:
         for path in session.files.get("dwi", ()):
@@ -185,7 +249,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"      ok  {dwi!r}")
 
     truth = _truth_table(bids_dir)
-    _print_table("[4/5] planted ground truth (what the analyses must recover):", truth)
+    _print_table("[4/6] planted ground truth (what the analyses must recover):", truth)
 
     writer = DerivativesWriter(out / "derivatives" / "msimaging", input_datasets=[bids_dir])
     nawm, tracts = _run_dti(study, writer)
@@ -208,6 +272,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         .reset_index()
     )
     _print_table("Tract FA, median over patients:", tract_fa)
+    fmri, figures = _run_fmri(study, writer, bids_dir)
+    planted_z = (
+        fmri.pivot_table(index="session_id", values="planted_mean_z", aggfunc="median")
+        .round(3)
+        .reset_index()
+    )
+    _print_table(
+        "Planted subnetwork, mean Fisher z of its edges, median over patients (planted: rises "
+        "at M6, partly at M3):",
+        planted_z,
+    )
     written = [
         writer.write_group_table(
             present, "sessions", sidecar={"Description": "Sessions found by msimaging.bids.Study"}
@@ -230,6 +305,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         writer.write_group_table(
             tracts, "dti_tracts", sidecar={"Description": "Tract metrics, all visits"}
         ),
+        writer.write_group_table(
+            fmri, "fmri_planted_subnetwork",
+            sidecar={"Description": "Mean Fisher z of the planted subnetwork's edges per visit"},
+        ),
+        *figures,
     ]
     print("\nDerivatives written (atomically):")
     print(f"  per visit: maps, masks, transforms, streamlines, tables, figures in {writer.root}")

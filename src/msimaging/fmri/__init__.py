@@ -1,7 +1,40 @@
-"""msimaging.fmri — not implemented yet (planned in issue(s) 6,7).
+"""Functional connectivity: node time series, connectomes, graph metrics and figures.
 
-The package exists so the layered architecture is visible and enforced from the start;
-it exports nothing until its issue lands.
+- :func:`extract_timeseries` — cleaned node time series from a BOLD run (nilearn maskers:
+  coordinate spheres such as Seitzman 2018 / Power 2011 / Dosenbach 2010 shipped inside
+  nilearn, label or probabilistic images; fMRIPrep confounds with the "simple", "scrubbing" or
+  "compcor" strategy) as a :class:`TimeSeries`;
+- :func:`connectivity` — correlation, partial correlation, tangent or covariance matrices
+  (Fisher z optional) as :class:`Connectome` objects with ``to_frame()``, ``to_networkx()``,
+  ``graph_metrics()``, ``save()`` (BEP017 relmat + node table) and an HTML view in Jupyter;
+  :func:`load_connectome` reads one back;
+- figures (:mod:`msimaging.fmri.plotting`): :func:`plot_adjacency` (ordered by network),
+  :func:`plot_connectogram` (circular, by hemisphere and network), :func:`plot_glass_brain`
+  (node size = degree) and :func:`view_connectome_html` (self-contained 3-D view), each able
+  to highlight a subnetwork.
 """
 
-__all__: list[str] = []
+from msimaging.fmri.connectome import KINDS, Connectome, connectivity, load_connectome
+from msimaging.fmri.plotting import (
+    network_colors,
+    plot_adjacency,
+    plot_connectogram,
+    plot_glass_brain,
+    view_connectome_html,
+)
+from msimaging.fmri.timeseries import STRATEGIES, TimeSeries, extract_timeseries
+
+__all__ = [
+    "KINDS",
+    "STRATEGIES",
+    "Connectome",
+    "TimeSeries",
+    "connectivity",
+    "extract_timeseries",
+    "load_connectome",
+    "network_colors",
+    "plot_adjacency",
+    "plot_connectogram",
+    "plot_glass_brain",
+    "view_connectome_html",
+]

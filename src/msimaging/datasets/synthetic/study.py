@@ -214,9 +214,13 @@ def _matrix_tsv(path: Path, matrix: np.ndarray) -> None:
     atomic_write_text(path, text + "\n")
 
 
-def _image(data: np.ndarray, affine: np.ndarray, *, xyz_units: str = "mm") -> nib.Nifti1Image:
+def _image(
+    data: np.ndarray, affine: np.ndarray, *, xyz_units: str = "mm", tr_s: float | None = None
+) -> nib.Nifti1Image:
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units(xyz_units, "sec")
+    if tr_s is not None:  # a 4-D series: its time step (pixdim[4]) is the repetition time
+        img.header.set_zooms((*img.header.get_zooms()[:3], float(tr_s)))
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
     return img
@@ -746,7 +750,7 @@ def _write_func(
     prep = root / "derivatives" / "fmriprep" / sub / f"ses-{ses}" / "func"
     entities = {"task": _TASK, "space": _MNI_SPACE}
     _save(
-        _image(bold, anatomy.affine),
+        _image(bold, anatomy.affine, tr_s=cfg.tr_s),
         prep / bids_name(participant, ses, "bold", ".nii.gz", desc="preproc", **entities),
     )
     _json(
@@ -776,16 +780,8 @@ def _write_func(
         part = slice(start, start + _DWI_CHUNK)
         raw_int[inside[part]] = np.clip(np.rint(flat[source[part]]), -32768, 32767)
     func_dir = root / sub / f"ses-{ses}" / "func"
-    inside = np.flatnonzero(np.all((src >= 0) & (src < np.array(anatomy.shape)), axis=1))
-    source = np.ravel_multi_index(src[inside].T, anatomy.shape)
-    flat = bold.reshape(-1, bold.shape[3])
-    # Scanners write integers: int16 (values ~1000 with noise SD ~10, so rounding is harmless).
-    raw_int = np.zeros((int(np.prod(shape)), bold.shape[3]), np.int16)
-    for start in range(0, inside.size, _DWI_CHUNK):
-        part = slice(start, start + _DWI_CHUNK)
-        raw_int[inside[part]] = np.clip(np.rint(flat[source[part]]), -32768, 32767)
     _save(
-        _image(raw_int.reshape(*shape, -1), affine),
+        _image(raw_int.reshape(*shape, -1), affine, tr_s=cfg.tr_s),
         func_dir / bids_name(participant, ses, "bold", ".nii.gz", task=_TASK),
     )
     _json(
