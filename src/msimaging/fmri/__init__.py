@@ -11,10 +11,24 @@
 - figures (:mod:`msimaging.fmri.plotting`): :func:`plot_adjacency` (ordered by network),
   :func:`plot_connectogram` (circular, by hemisphere and network), :func:`plot_glass_brain`
   (node size = degree) and :func:`view_connectome_html` (self-contained 3-D view), each able
-  to highlight a subnetwork.
+  to highlight a subnetwork;
+- the Network-Based Statistic (:mod:`msimaging.fmri.nbs`): :func:`nbs` (any GLM design and
+  contrast, t or F, Freedman-Lane covariates, exchange blocks, extent or intensity, exact
+  enumeration when the permutation space is small) and the designs :func:`nbs_paired`,
+  :func:`nbs_two_sample`, :func:`nbs_one_sample`, :func:`nbs_repeated_measures`, returning an
+  :class:`NBSResult` (components, hubs, network pairs, tables, graph, figures).
 """
 
 from msimaging.fmri.connectome import KINDS, Connectome, connectivity, load_connectome
+from msimaging.fmri.nbs import (
+    NBSComponent,
+    NBSResult,
+    nbs,
+    nbs_one_sample,
+    nbs_paired,
+    nbs_repeated_measures,
+    nbs_two_sample,
+)
 from msimaging.fmri.plotting import (
     network_colors,
     plot_adjacency,
@@ -28,10 +42,17 @@ __all__ = [
     "KINDS",
     "STRATEGIES",
     "Connectome",
+    "NBSComponent",
+    "NBSResult",
     "TimeSeries",
     "connectivity",
     "extract_timeseries",
     "load_connectome",
+    "nbs",
+    "nbs_one_sample",
+    "nbs_paired",
+    "nbs_repeated_measures",
+    "nbs_two_sample",
     "network_colors",
     "plot_adjacency",
     "plot_connectogram",

@@ -377,6 +377,9 @@ def plot_adjacency(
 
 
 def _weight_label(conn: Connectome) -> str:
+    # A caller drawing another edge quantity (e.g. an NBS t map) names it in the node table.
+    if conn.nodes.attrs.get("weight_label"):
+        return str(conn.nodes.attrs["weight_label"])
     return {
         True: "Fisher z",
         False: {"covariance": "covariance", "tangent": "tangent-space value"}.get(conn.kind, "r"),
