@@ -12,6 +12,9 @@ import pytest
 from msimaging.cli import EXIT_DATAERR, EXIT_USAGE, main
 from msimaging.datasets import make_example_layout
 
+# The demo runs every stage on a tiny study in a subprocess: a loaded machine can take minutes.
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
@@ -21,7 +24,7 @@ def demo_run(tmp_path_factory):
          "--n-subjects", "2"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=850,  # a hang guard (below the module's pytest timeout), not a speed target
     )
     return out, proc
 
@@ -50,6 +53,15 @@ def test_demo_runs_and_writes_derivatives(demo_run):
     tracts = pd.read_csv(deriv / "group" / "dti_tracts.tsv", sep="\t")
     assert {"tract", "part", "n_streamlines"} <= set(tracts.columns)
     assert "NAWM radial diffusivity" in proc.stdout
+    # fMRI step: every visit's connectome written (BEP017), the planted subnetwork tabulated,
+    # the figures of one patient's change drawn.
+    relmats = sorted(deriv.glob("sub-*/ses-*/func/*_meas-pearsonz_relmat.tsv"))
+    assert len(relmats) == 6
+    planted = pd.read_csv(deriv / "group" / "fmri_planted_subnetwork.tsv", sep="\t")
+    assert len(planted) == 6 and planted["planted_mean_z"].notna().all()
+    for suffix in ("adjacency.png", "connectogram.png", "glassbrain.png", "connectome.html"):
+        figure = deriv / "figures" / f"sub-01_desc-changeM6minusM0_{suffix}"
+        assert figure.stat().st_size > 10_000, suffix
 
 
 def test_synth_command(tmp_path):

@@ -16,7 +16,9 @@ import pytest
 
 from msimaging.bids import Study
 
-pytestmark = pytest.mark.slow
+# Hang guard, not a speed target: the fixture runs six full visits (about 1.5 min alone on 2
+# cores, several minutes on a loaded machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PLANTED = {"ses-M3": -4.0, "ses-M6": -8.0}
 

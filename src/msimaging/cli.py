@@ -17,8 +17,8 @@ from msimaging.errors import MSImagingError
 __all__ = ["main"]
 
 NOT_YET = (
-    "NBS (issue 7), volumetry (issue 8), longitudinal statistics and report (issue 9), the Dask "
-    "pipeline (issue 10)"
+    "volumetry (issue 8), longitudinal statistics and report (issue 9), the Dask pipeline "
+    "(issue 10)"
 )
 
 # sysexits-style codes, as BIDS Apps use them (64+).
@@ -161,7 +161,29 @@ def _run_fmri(study, writer, bids_dir: Path):
               f"nodes, {rows[-1]['flagged_nodes']} flagged", flush=True)
     table = pd.DataFrame(rows)
     figures = []
-    first = sorted({p for p, _ in connectomes})[0]
+    patients = sorted({p for p, _ in connectomes})
+    complete = [p for p in patients if all((p, f"ses-{v}") in connectomes for v in ("M0", "M6"))]
+    if len(complete) >= 3:
+        from msimaging.fmri import nbs_paired
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = nbs_paired([connectomes[(p, "ses-M0")] for p in complete],
+                                [connectomes[(p, "ses-M6")] for p in complete],
+                                threshold_p=0.001, tail="right")
+        print(f"\n      NBS, paired M0 < M6 ({len(complete)} patients): {result!r}")
+        if result.components:
+            best = result.components[0]
+            hits = len(set(best.nodes) & set(truth["func"]["planted_nodes"]))
+            print(f"      largest component: {best.n_edges} edges, {best.n_nodes} nodes "
+                  f"({hits} planted), p = {best.p_value:.4f} (smallest attainable "
+                  f"{result.smallest_p:.4f}), hubs {[int(h) for h in best.hubs]}")
+            path = writer.root / "figures" / "group_desc-nbsM0M6_connectogram.png"
+            result.plot("connectogram", path=path)
+            figures.append(path)
+    else:
+        print("      NBS needs at least 3 patients with M0 and M6: skipped.")
+    first = patients[0]
     if (first, "ses-M0") in connectomes and (first, "ses-M6") in connectomes:
         before, after = connectomes[(first, "ses-M0")], connectomes[(first, "ses-M6")]
         change = Connectome(after.matrix - before.matrix, after.nodes, kind="correlation",
