@@ -188,18 +188,14 @@ def _run_fmri(study, writer, bids_dir: Path):
         before, after = connectomes[(first, "ses-M0")], connectomes[(first, "ses-M6")]
         change = Connectome(after.matrix - before.matrix, after.nodes, kind="correlation",
                             fisher_z=True, participant_id=first, session_id="M6-M0")
-        folder = writer.root / "figures"
-        stem = f"{first}_desc-changeM6minusM0"
-        for plot, suffix in ((plot_adjacency, "adjacency.png"),
-                             (plot_connectogram, "connectogram.png"),
-                             (plot_glass_brain, "glassbrain.png"),
-                             (view_connectome_html, "connectome.html")):
-            path = folder / f"{stem}_{suffix}"
-            if plot is view_connectome_html:
-                view_connectome_html(change, path, highlight_edges=planted)
-            else:
-                plot(change, highlight_edges=planted, path=path)
-            figures.append(path)
+        stem = writer.root / "figures" / f"{first}_desc-changeM6minusM0"
+        paths = [stem.with_name(f"{stem.name}_{suffix}") for suffix in (
+            "adjacency.png", "connectogram.png", "glassbrain.png", "connectome.html")]
+        plot_adjacency(change, highlight_edges=planted, path=paths[0])
+        plot_connectogram(change, highlight_edges=planted, path=paths[1])
+        plot_glass_brain(change, highlight_edges=planted, path=paths[2])
+        view_connectome_html(change, paths[3], highlight_edges=planted)
+        figures += paths
     return table, figures
 
 

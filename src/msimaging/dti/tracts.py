@@ -201,11 +201,14 @@ class TractBundle:
             All zero for an empty bundle.
         """
         counts = np.asanyarray(self.density().dataobj)
-        minimum = _count_threshold(threshold, counts)
-        inside = counts >= minimum
+        return nib.Nifti1Image(self._mask_of(counts, threshold).astype(np.uint8), self.affine)
+
+    def _mask_of(self, counts: np.ndarray, threshold: float) -> np.ndarray:
+        """Boolean mask of :meth:`mask` from already computed streamline counts."""
+        inside = counts >= _count_threshold(threshold, counts)
         if self.tracked_region is not None:
             inside &= self.tracked_region
-        return nib.Nifti1Image(inside.astype(np.uint8), self.affine)
+        return inside
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the streamlines as TrackVis ``.trk`` (atomically), with the grid as reference.
@@ -687,7 +690,7 @@ max_length_mm, pmf_power, seed, n_jobs
             f"definition {name!r} has no masks(shape, affine, to_mni) method; pass a "
             "TractDefinition from msimaging.atlases.tracts (or an object with the same API)."
         )
-    _, _, _, affine = _fit_arrays(fit)
+    fa, _, brain, affine = _fit_arrays(fit)
     shape = tuple(int(s) for s in fit.fa.shape[:3])
     masks = _definition_masks(definition.masks(shape, affine, to_mni), name, shape)
     parameters = {
@@ -711,9 +714,8 @@ max_length_mm, pmf_power, seed, n_jobs
     else:
         seed_fa = _check_float(seed_fa, "seed_fa", 0.0, 1.0)
         seed_margin_mm = _check_float(seed_margin_mm, "seed_margin_mm", 0.0, math.inf)
-        seeds = _waypoint_box(masks["waypoints"] or masks["seeds"], affine, seed_margin_mm)
-        fa_map, _, brain_map, _ = _fit_arrays(fit)
-        seeds &= brain_map & (fa_map >= seed_fa)
+        seeds = _waypoint_box(masks["waypoints"] or masks["seeds"], shape, affine, seed_margin_mm)
+        seeds &= brain & (fa >= seed_fa)
 
     def empty(reason: str, n_tracked: int = 0) -> TractBundle:
         from dipy.tracking.streamline import Streamlines
@@ -757,7 +759,6 @@ max_length_mm, pmf_power, seed, n_jobs
             len(tracked),
         )
     kept = _kept(tracked, keep, flip, len(masks["waypoints"]))
-    fa, _, brain, _ = _fit_arrays(fit)
     region = brain & (fa >= fa_threshold)
     if lesion_mask is not None:
         region |= _as_bool(lesion_mask, "lesion_mask", shape, affine)
@@ -769,19 +770,15 @@ max_length_mm, pmf_power, seed, n_jobs
     )
 
 
-def _waypoint_box(masks: Sequence[np.ndarray], affine: np.ndarray, margin_mm: float) -> np.ndarray:
+def _waypoint_box(
+    masks: Sequence[np.ndarray], shape: tuple[int, ...], affine: np.ndarray, margin_mm: float
+) -> np.ndarray:
     """The bounding box of the union of ``masks``, enlarged by ``margin_mm`` on every side."""
-    union = np.zeros(masks[0].shape, bool) if masks else np.zeros((0, 0, 0), bool)
-    for mask in masks:
-        union |= mask
-    box = np.zeros(union.shape, bool)
-    if not union.any():
-        return box
-    index = np.argwhere(union)
-    pad = np.ceil(margin_mm / np.sqrt((affine[:3, :3] ** 2).sum(axis=0))).astype(int)
-    low = np.maximum(index.min(axis=0) - pad, 0)
-    high = index.max(axis=0) + pad + 1
-    box[low[0] : high[0], low[1] : high[1], low[2] : high[2]] = True
+    union = np.logical_or.reduce([np.zeros(shape, bool), *masks])
+    box = np.zeros(shape, bool)
+    if union.any():
+        pad = np.ceil(margin_mm / np.sqrt((affine[:3, :3] ** 2).sum(axis=0))).astype(int)
+        box[_bounding_box(union, pad)] = True
     return box
 
 
@@ -858,8 +855,8 @@ def tract_metrics(
     rows = []
     for name, tract in named.items():
         _check_bundle_grid(tract, reference, name)
-        mask = np.asanyarray(tract.mask(mask_threshold).dataobj).astype(bool)
         density = np.asanyarray(tract.density().dataobj)
+        mask = tract._mask_of(density, mask_threshold)
         rows += _region_rows(
             name, mask, lesion, loaded, reference.affine, tract.n_streamlines, "tractography",
             weights=density,
@@ -1410,7 +1407,7 @@ def _clip_to_grid(streamlines: Any, affine: np.ndarray, shape: tuple[int, ...]) 
     return Streamlines([line for line in out if len(line)])
 
 
-def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
+def _bounding_box(mask: np.ndarray, pad: int | np.ndarray) -> tuple[slice, slice, slice]:
     where = np.argwhere(mask)
     low = np.maximum(where.min(axis=0) - pad, 0)
     high = np.minimum(where.max(axis=0) + pad + 1, mask.shape)
