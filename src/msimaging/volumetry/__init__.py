@@ -1,7 +1,40 @@
-"""msimaging.volumetry — not implemented yet (planned in issue(s) 8).
+"""msimaging.volumetry — tissue volumes and T2 lesions from any segmentation, offline.
 
-The package exists so the layered architecture is visible and enforced from the start;
-it exports nothing until its issue lands.
+- :func:`tissue_volumes`: hard (label image) or soft (probability maps) volumes in mL and as a
+  fraction of ICV, for FreeSurfer/SynthSeg/SAMSEG, fMRIPrep, FSL FAST, the synthetic study or
+  a custom label table (:mod:`msimaging.volumetry.labels`); :func:`volume_change` from baseline.
+- :func:`label_lesions`, :func:`lesion_table`, :func:`classify_lesions`: lesions as connected
+  components, one row per lesion, location classes and lesion load per class.
+- :func:`match_lesions`: lesion tracks across visits (new, disappeared, enlarging, ...).
+- :func:`fill_lesions`: seeded ring-sampling lesion filling of a T1 image.
 """
 
-__all__: list[str] = []
+from msimaging.volumetry.filling import fill_lesions
+from msimaging.volumetry.labels import CONVENTIONS, TISSUE_CLASSES, LabelConvention
+from msimaging.volumetry.lesions import (
+    CLASSES,
+    MIN_SIZE_PRESETS,
+    classify_lesions,
+    label_lesions,
+    lesion_table,
+)
+from msimaging.volumetry.longitudinal import CATEGORIES, CHANGE_PRESETS, match_lesions
+from msimaging.volumetry.tissue import REGIONS, tissue_volumes, volume_change
+
+__all__ = [
+    "CATEGORIES",
+    "CHANGE_PRESETS",
+    "CLASSES",
+    "CONVENTIONS",
+    "MIN_SIZE_PRESETS",
+    "REGIONS",
+    "TISSUE_CLASSES",
+    "LabelConvention",
+    "classify_lesions",
+    "fill_lesions",
+    "label_lesions",
+    "lesion_table",
+    "match_lesions",
+    "tissue_volumes",
+    "volume_change",
+]

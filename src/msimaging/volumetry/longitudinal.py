@@ -1,0 +1,232 @@
+"""Lesions across visits: matching, evolution categories, one row per lesion track.
+
+Masks of all visits must be in one space (the same grid): bring follow-up masks to the
+baseline with :func:`msimaging.registration.apply_transform` (``interpolation="nearest"``)
+first when the head moved between scans. Each visit is labelled with the same rules as
+:func:`msimaging.volumetry.label_lesions`; lesions of any two visits that share a voxel are the
+same *track* when they share a voxel at consecutive visits (connected components of that
+overlap graph), so a lesion that merges with its neighbour or splits keeps one track, and a
+lesion appearing where an earlier one has already shrunk away is new (counted against the
+previous scan, as new T2 lesions are in trials).
+
+Categories, from the first to the last visit
+    ``new`` (absent at the first visit), ``disappeared`` (absent at the last), ``transient``
+    (absent at both, present in between), ``merged`` (fewer components at the last visit),
+    ``split`` (more components), ``enlarging`` (volume ratio last/first >= 1 + t and growth
+    >= the floor), ``shrinking`` (ratio <= 1 / (1 + t) and loss >= the floor), ``stable``.
+    The relative threshold ``t`` is symmetric in ratio: a lesion that enlarges by 30% from
+    A to B shrinks by 23% from B to A.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from msimaging.errors import InputError
+from msimaging.io import ImageLike, check_same_grid, load_mask
+from msimaging.volumetry.lesions import _label, _size_limits
+from msimaging.volumetry.tissue import voxel_volume_mm3
+
+__all__ = ["CATEGORIES", "CHANGE_PRESETS", "match_lesions"]
+
+CATEGORIES: tuple[str, ...] = (
+    "new", "disappeared", "transient", "merged", "split", "enlarging", "shrinking", "stable",
+)
+#: Relative-change presets in %: LesionQuant 20, LST-AI author 30 (default), conservative 50.
+CHANGE_PRESETS: dict[str, float] = {"lesionquant": 20.0, "lst-ai": 30.0, "conservative": 50.0}
+
+
+def _check_change(change_pct: Any) -> float:
+    if isinstance(change_pct, str):
+        if change_pct not in CHANGE_PRESETS:
+            raise InputError(
+                f"change_pct={change_pct!r} is not a preset; use a number of % or one of "
+                f"{', '.join(f'{k} ({v:g}%)' for k, v in CHANGE_PRESETS.items())}."
+            )
+        return CHANGE_PRESETS[change_pct]
+    if not isinstance(change_pct, int | float) or not math.isfinite(change_pct) or change_pct <= 0:
+        raise InputError(f"change_pct must be a positive number of %, got {change_pct!r}.")
+    return float(change_pct)
+
+
+def _visits(masks: Any, visits: Sequence[str] | None) -> tuple[list[str], list[Any]]:
+    if isinstance(masks, Mapping):
+        if visits is not None:
+            raise InputError("give visits either as the keys of masks or as visits=, not both.")
+        labels, images = [str(k) for k in masks], list(masks.values())
+    elif isinstance(masks, Sequence) and not isinstance(masks, str):
+        images = list(masks)
+        labels = [str(v) for v in visits] if visits is not None else [
+            f"visit{k + 1}" for k in range(len(images))
+        ]
+        if len(labels) != len(images):
+            raise InputError(
+                f"visits has {len(labels)} labels for {len(images)} masks; give one per mask."
+            )
+    else:
+        raise InputError(
+            "masks must be a sequence of lesion masks in visit order, or a mapping visit -> "
+            "mask (e.g. {'M0': path0, 'M6': path6})."
+        )
+    if len(images) < 2:
+        raise InputError(f"match_lesions needs at least two visits, got {len(images)}.")
+    if len(set(labels)) != len(labels):
+        raise InputError(f"visit labels must be unique, got {labels}.")
+    return labels, images
+
+
+def match_lesions(
+    masks: Sequence[ImageLike] | Mapping[str, ImageLike],
+    *,
+    visits: Sequence[str] | None = None,
+    connectivity: int = 26,
+    min_size: str | None = None,
+    min_volume_mm3: float | None = None,
+    min_extent_mm: float | None = None,
+    min_voxels: int | None = None,
+    threshold: float | None = None,
+    change_pct: float | str = 30.0,
+    min_change_mm3: float = 0.0,
+    participant_id: str | None = None,
+) -> pd.DataFrame:
+    """Match lesions across visits and classify their evolution; one row per lesion track.
+
+    Parameters
+    ----------
+    masks : sequence of images (visit order) or mapping visit -> image
+        Lesion masks of one subject on one grid (see the module docstring).
+    visits : sequence of str, optional
+        Visit labels for a sequence of masks (default visit1, visit2, ...).
+    connectivity, min_size, min_volume_mm3, min_extent_mm, min_voxels, threshold
+        Lesion labelling, as in :func:`msimaging.volumetry.label_lesions`.
+    change_pct : float or {"lesionquant", "lst-ai", "conservative"}
+        Relative volume change (%) that makes a lesion enlarging (presets 20, 30, 50).
+    min_change_mm3 : float
+        Absolute floor: smaller volume changes are never enlarging/shrinking.
+    participant_id : str, optional
+        Copied into every row.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per track: participant_id, track_id, category, first_visit, last_visit
+        (visits where present), volume_first_mm3, volume_last_mm3, change_pct (NaN when
+        absent at the first visit), then per visit ``n_lesions_<visit>``,
+        ``volume_mm3_<visit>`` and ``lesion_ids_<visit>`` (ids in that visit's
+        :func:`label_lesions` numbering, ``;``-separated).
+    """
+    labels, images = _visits(masks, visits)
+    t = _check_change(change_pct) / 100.0
+    if not math.isfinite(min_change_mm3) or min_change_mm3 < 0:
+        raise InputError(f"min_change_mm3 must be a number >= 0, got {min_change_mm3!r}.")
+    limits = _size_limits(min_size, min_volume_mm3, min_extent_mm, min_voxels)
+    ids_by_visit, counts_by_visit = [], []
+    reference = None
+    for label, image in zip(labels, images, strict=True):
+        img = load_mask(image, name=f"lesion mask of visit {label}", threshold=threshold,
+                        allow_empty=True)
+        if reference is None:
+            reference = img
+        else:
+            check_same_grid(
+                reference, img, names=(f"lesion mask of visit {labels[0]}",
+                                       f"lesion mask of visit {label}")
+            )
+        ids, n, _ = _label(np.asanyarray(img.dataobj).astype(bool), img.affine, connectivity,
+                           limits)
+        ids_by_visit.append(ids)
+        counts_by_visit.append(np.bincount(ids.ravel(), minlength=n + 1))
+    voxel_mm3 = voxel_volume_mm3(reference)
+    # Nodes: every lesion of every visit; edges: lesions of consecutive visits sharing a voxel
+    # (new lesions are counted against the previous scan, as in clinical practice: a lesion
+    # appearing where an earlier one had already shrunk away is new, not a split).
+    offsets = np.cumsum([0] + [len(c) - 1 for c in counts_by_visit])
+    n_nodes = int(offsets[-1])
+    rows, cols = [], []
+    for a in range(len(labels) - 1):
+        ia, ib = ids_by_visit[a], ids_by_visit[a + 1]
+        both = (ia > 0) & (ib > 0)
+        pairs = np.unique(np.stack([ia[both], ib[both]]), axis=1)
+        rows.append(pairs[0] - 1 + offsets[a])
+        cols.append(pairs[1] - 1 + offsets[a + 1])
+    r = np.concatenate(rows) if rows else np.zeros(0, int)
+    c = np.concatenate(cols) if cols else np.zeros(0, int)
+    graph = sparse.coo_matrix((np.ones(r.size), (r, c)), shape=(n_nodes, n_nodes))
+    n_tracks, track_of = connected_components(graph, directed=False)
+    # Order tracks by where they first appear (visit, then lesion id): stable numbering.
+    first_node = np.full(n_tracks, n_nodes, int)
+    np.minimum.at(first_node, track_of, np.arange(n_nodes))
+    order = np.argsort(first_node, kind="stable")
+    rank = np.empty(n_tracks, int)
+    rank[order] = np.arange(n_tracks)
+    track_of = rank[track_of]
+
+    n_per = np.zeros((n_tracks, len(labels)), int)
+    vox_per = np.zeros((n_tracks, len(labels)), np.int64)
+    members: list[list[list[int]]] = [[[] for _ in labels] for _ in range(n_tracks)]
+    for v, counts in enumerate(counts_by_visit):
+        node = np.arange(len(counts) - 1) + offsets[v]
+        tr = track_of[node]
+        np.add.at(n_per[:, v], tr, 1)
+        np.add.at(vox_per[:, v], tr, counts[1:])
+        for lesion_id, track in enumerate(tr, start=1):
+            members[track][v].append(lesion_id)
+    volumes = vox_per * voxel_mm3
+
+    table = []
+    for k in range(n_tracks):
+        present = np.flatnonzero(n_per[k] > 0)
+        first, last = volumes[k, 0], volumes[k, -1]
+        row: dict[str, Any] = {
+            "participant_id": participant_id,
+            "track_id": k + 1,
+            "category": _category(n_per[k, 0], n_per[k, -1], first, last, t, min_change_mm3),
+            "first_visit": labels[present[0]],
+            "last_visit": labels[present[-1]],
+            "volume_first_mm3": float(first),
+            "volume_last_mm3": float(last),
+            "change_pct": float(100.0 * (last - first) / first) if first > 0 else np.nan,
+        }
+        for v, label in enumerate(labels):
+            row[f"n_lesions_{label}"] = int(n_per[k, v])
+            row[f"volume_mm3_{label}"] = float(volumes[k, v])
+            row[f"lesion_ids_{label}"] = ";".join(map(str, members[k][v]))
+        table.append(row)
+    columns = [
+        "participant_id", "track_id", "category", "first_visit", "last_visit",
+        "volume_first_mm3", "volume_last_mm3", "change_pct",
+        *(f"{what}_{label}" for label in labels
+          for what in ("n_lesions", "volume_mm3", "lesion_ids")),
+    ]
+    out = pd.DataFrame(table, columns=columns)
+    out.attrs.update(
+        visits=labels, change_pct=100.0 * t, min_change_mm3=min_change_mm3,
+        connectivity=connectivity,
+    )
+    return out
+
+
+def _category(n_first: int, n_last: int, first: float, last: float, t: float,
+              floor: float) -> str:
+    if n_first == 0 and n_last == 0:
+        return "transient"
+    if n_first == 0:
+        return "new"
+    if n_last == 0:
+        return "disappeared"
+    if n_last < n_first:
+        return "merged"
+    if n_last > n_first:
+        return "split"
+    if last >= (1.0 + t) * first and last - first >= floor:
+        return "enlarging"
+    if last <= first / (1.0 + t) and first - last >= floor:
+        return "shrinking"
+    return "stable"
