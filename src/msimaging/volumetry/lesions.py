@@ -130,9 +130,9 @@ def _extents(ids: np.ndarray, n: int, affine: np.ndarray) -> np.ndarray:
         i, j = np.unravel_index(int(np.argmax(d)), d.shape)
         direction = pts[j] - pts[i]
         direction /= np.linalg.norm(direction)
-        # Span of one voxel along the direction, in voxel axes.
-        span = float(np.abs(np.linalg.solve(affine[:3, :3], direction)) @ zooms)
-        out[k] = float(d[i, j]) + min(span, float(zooms.max()) * math.sqrt(3))
+        # Span of one voxel (the parallelepiped A [-1/2, 1/2]^3) along the direction.
+        span = float(np.abs(affine[:3, :3].T @ direction).sum())
+        out[k] = float(d[i, j]) + span
     return out
 
 
