@@ -62,6 +62,15 @@ def test_demo_runs_and_writes_derivatives(demo_run):
     for suffix in ("adjacency.png", "connectogram.png", "glassbrain.png", "connectome.html"):
         figure = deriv / "figures" / f"sub-01_desc-changeM6minusM0_{suffix}"
         assert figure.stat().st_size > 10_000, suffix
+    # Volumetry step: per-visit tables written, lesion counts equal the planted truth.
+    loads = pd.read_csv(deriv / "group" / "volumetry_lesion_load.tsv", sep="\t")
+    totals = loads[loads.location == "total"].set_index(["participant_id", "session_id"])
+    planted = truth.set_index(["participant_id", "session_id"])["lesions"]
+    assert totals["count"].sort_index().tolist() == planted.sort_index().tolist()
+    assert len(sorted(deriv.glob("sub-*/ses-*/anat/*_desc-tissue_volumes.tsv"))) == 6
+    tracks = pd.read_csv(deriv / "group" / "volumetry_lesion_tracks.tsv", sep="\t")
+    assert set(tracks["participant_id"]) == {"sub-01", "sub-02"}
+    assert "lesion counts per class equal the planted truth at 6/6 visits" in proc.stdout
 
 
 def test_synth_command(tmp_path):

@@ -502,3 +502,23 @@ def test_inputs_are_not_modified(tmp_path):
         vol.classify_lesions(paths["lesion"], paths["seg"])
         vol.match_lesions([paths["lesion"], paths["lesion"]])
     assert {k: p.read_bytes() for k, p in paths.items()} == before
+
+
+def test_volumetry_session_writes_tables_that_equal_the_functions(study, tmp_path):
+    from msimaging.derivatives import DerivativesWriter
+
+    sub, ses, _, session, paths = study[0]
+    writer = DerivativesWriter(tmp_path / "deriv", input_datasets=[paths["seg"].parents[5]])
+    result = vol.volumetry_session(paths["seg"], paths["lesion"], participant_id=sub,
+                                   session_id=ses, writer=writer)
+    assert set(result.outputs) == {"volumes", "lesions", "load"}
+    load = pd.read_csv(result.outputs["load"], sep="\t").set_index("location")
+    assert load.loc["total", "count"] == session["lesions"]["count"]
+    direct = vol.classify_lesions(paths["lesion"], paths["seg"])
+    pd.testing.assert_frame_equal(
+        result.load.drop(columns=["participant_id", "session_id"]),
+        direct.drop(columns=["participant_id", "session_id"]),
+    )
+    assert "lesions=" in repr(result) and "<table" in result._repr_html_()
+    with pytest.raises(InputError, match="lesion_table"):
+        vol.lesion_load(pd.DataFrame(), result.volumes)

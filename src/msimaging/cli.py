@@ -16,10 +16,7 @@ from msimaging.errors import MSImagingError
 
 __all__ = ["main"]
 
-NOT_YET = (
-    "volumetry (issue 8), longitudinal statistics and report (issue 9), the Dask pipeline "
-    "(issue 10)"
-)
+NOT_YET = "longitudinal statistics and report (issue 9), the Dask pipeline (issue 10)"
 
 # sysexits-style codes, as BIDS Apps use them (64+).
 EXIT_USAGE = 64
@@ -83,7 +80,7 @@ def _truth_table(root: Path):
 
 
 def _run_dti(study, writer):
-    """[5/6] Each visit's DTI stage (tensor fit, registrations, NAWM) and tract stage."""
+    """[5/7] Each visit's DTI stage (tensor fit, registrations, NAWM) and tract stage."""
     import warnings
 
     import nibabel as nib
@@ -92,7 +89,7 @@ def _run_dti(study, writer):
 
     from msimaging.dti import dti_session, tract_session
 
-    print("\n[5/6] DTI per visit: tensor fit, T1w->DWI and MNI registration, NAWM, tracts")
+    print("\n[5/7] DTI per visit: tensor fit, T1w->DWI and MNI registration, NAWM, tracts")
     nawm, tracts = [], []
     for visit in study:
         dseg = nib.load(visit.get("dseg"))
@@ -118,7 +115,7 @@ def _run_dti(study, writer):
 
 
 def _run_fmri(study, writer, bids_dir: Path):
-    """[6/6] Each visit's connectome (Seitzman 2018 spheres, "simple" confounds, Fisher z), and
+    """[6/7] Each visit's connectome (Seitzman 2018 spheres, "simple" confounds, Fisher z), and
     the figures of one patient's change M0 -> M6 with the planted subnetwork highlighted."""
     import json
 
@@ -135,7 +132,7 @@ def _run_fmri(study, writer, bids_dir: Path):
         view_connectome_html,
     )
 
-    print("\n[6/6] fMRI per visit: node time series (Seitzman 2018, confounds 'simple'), "
+    print("\n[6/7] fMRI per visit: node time series (Seitzman 2018, confounds 'simple'), "
           "correlation connectomes")
     truth = json.loads((bids_dir / "sourcedata/ground_truth/ground_truth.json").read_text())
     planted = np.asarray(truth["func"]["planted_edges"], dtype=int)
@@ -199,6 +196,46 @@ def _run_fmri(study, writer, bids_dir: Path):
     return table, figures
 
 
+def _run_volumetry(study, writer, bids_dir: Path):
+    """[7/7] Each visit's tissue volumes, lesions and lesion load; lesion tracks per patient;
+    every number checked against the planted truth."""
+    import json
+
+    import pandas as pd
+
+    from msimaging.volumetry import match_lesions, volume_change, volumetry_session
+
+    print("\n[7/7] volumetry per visit: tissue volumes, lesions by location; lesion tracks")
+    truth = json.loads((bids_dir / "sourcedata/ground_truth/ground_truth.json").read_text())
+    volumes, loads, tracks, exact = [], [], [], 0
+    masks: dict[str, dict[str, Path]] = {}
+    for visit in study:
+        result = volumetry_session(
+            visit.get("dseg"), visit.get("lesion_mask"), labels="synthetic",
+            participant_id=visit.participant_id, session_id=visit.session_id, writer=writer,
+        )
+        volumes.append(result.volumes.assign(months=visit.months))
+        loads.append(result.load.assign(months=visit.months))
+        masks.setdefault(visit.participant_id, {})[visit.session_id] = visit.get("lesion_mask")
+        planted = truth["subjects"][visit.participant_id]["sessions"][visit.session_id]
+        got = result.load.set_index("location")
+        same = got.loc["total", "count"] == planted["lesions"]["count"] and all(
+            got.loc[c, "count"] == v["count"] for c, v in planted["lesions"]["by_class"].items()
+        )
+        exact += bool(same)
+        print(f"      {visit.name}: {result!r}{'' if same else '  (differs from truth!)'}",
+              flush=True)
+    for participant, by_session in masks.items():
+        if len(by_session) >= 2:
+            tracks.append(match_lesions(by_session, participant_id=participant))
+    volumes = pd.concat(volumes, ignore_index=True)
+    loads = pd.concat(loads, ignore_index=True)
+    tracks = pd.concat(tracks, ignore_index=True) if tracks else pd.DataFrame()
+    print(f"      lesion counts per class equal the planted truth at {exact}/{len(study)} visits")
+    change = volume_change(volumes)
+    return volumes, loads, tracks, change
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from msimaging.datasets import make_synthetic_study
 
@@ -229,10 +266,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"msimaging {__version__} demo -> {out}")
     started = time.perf_counter()
     if (bids_dir / "dataset_description.json").exists():
-        print(f"\n[1/6] reusing the synthetic study from a previous run: {bids_dir}")
+        print(f"\n[1/7] reusing the synthetic study from a previous run: {bids_dir}")
     else:
         print(
-            f"\n[1/6] generating the synthetic MS study ({args.preset} preset: "
+            f"\n[1/7] generating the synthetic MS study ({args.preset} preset: "
             f"{args.n_subjects} patients x "
             "visits M0/M3/M6, planted lesions, RD fall in left NAWM, rising subnetwork)"
         )
@@ -244,12 +281,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
 
     study, present = _inventory(bids_dir)
-    print(f"\n[2/6] discovered {study!r}")
+    print(f"\n[2/7] discovered {study!r}")
     _print_table("Sessions (visit time in months; files found):", present)
     missing = study.missing()
     _print_table("Missing pieces (present elsewhere in the study):", missing)
 
-    print("\n[3/6] validating every diffusion series (load_dwi)")
+    print("\n[3/7] validating every diffusion series (load_dwi)")
     rows = []
     for session in study:
         for path in session.files.get("dwi", ()):
@@ -267,7 +304,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"      ok  {dwi!r}")
 
     truth = _truth_table(bids_dir)
-    _print_table("[4/6] planted ground truth (what the analyses must recover):", truth)
+    _print_table("[4/7] planted ground truth (what the analyses must recover):", truth)
 
     writer = DerivativesWriter(out / "derivatives" / "msimaging", input_datasets=[bids_dir])
     nawm, tracts = _run_dti(study, writer)
@@ -291,6 +328,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     _print_table("Tract FA, median over patients:", tract_fa)
     fmri, figures = _run_fmri(study, writer, bids_dir)
+    volumes, loads, tracks, change = _run_volumetry(study, writer, bids_dir)
     planted_z = (
         fmri.pivot_table(index="session_id", values="planted_mean_z", aggfunc="median")
         .round(3)
@@ -301,6 +339,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "at M6, partly at M3):",
         planted_z,
     )
+    per_class = (
+        loads[loads.location != "total"]
+        .pivot_table(index="location", columns="session_id", values="count", aggfunc="sum")
+        .reset_index()
+    )
+    _print_table("T2 lesions per location, all patients (count):", per_class)
+    if not tracks.empty:
+        evolution = tracks.groupby("category").size().rename("tracks").reset_index()
+        _print_table("Lesion evolution M0 -> M6, all patients (lesion tracks):", evolution)
+    brain = (
+        change[change.region.isin(["brain", "nawm", "abnormal_wm", "lateral_ventricles"])]
+        .pivot_table(index="region", columns="months", values="change_pct", aggfunc="median")
+        .round(2)
+        .reset_index()
+    )
+    _print_table("Volume change from baseline, % (median over patients; segmentation-based, "
+                 "not SIENA):", brain)
     written = [
         writer.write_group_table(
             present, "sessions", sidecar={"Description": "Sessions found by msimaging.bids.Study"}
@@ -322,6 +377,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ),
         writer.write_group_table(
             tracts, "dti_tracts", sidecar={"Description": "Tract metrics, all visits"}
+        ),
+        writer.write_group_table(
+            volumes, "volumetry_tissue", sidecar={"Description": "Tissue volumes, all visits"}
+        ),
+        writer.write_group_table(
+            loads, "volumetry_lesion_load",
+            sidecar={"Description": "Lesion count, volume and load per class, all visits"},
+        ),
+        writer.write_group_table(
+            tracks, "volumetry_lesion_tracks",
+            sidecar={"Description": "Lesion tracks across visits (match_lesions)"},
         ),
         writer.write_group_table(
             fmri, "fmri_planted_subnetwork",

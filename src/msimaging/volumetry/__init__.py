@@ -6,6 +6,7 @@
 - :func:`label_lesions`, :func:`lesion_table`, :func:`classify_lesions`: lesions as connected
   components, one row per lesion, location classes and lesion load per class.
 - :func:`match_lesions`: lesion tracks across visits (new, disappeared, enlarging, ...).
+- :func:`volumetry_session`: all of one visit, written as derivatives.
 - :func:`fill_lesions`: seeded ring-sampling lesion filling of a T1 image.
 """
 
@@ -16,9 +17,11 @@ from msimaging.volumetry.lesions import (
     MIN_SIZE_PRESETS,
     classify_lesions,
     label_lesions,
+    lesion_load,
     lesion_table,
 )
 from msimaging.volumetry.longitudinal import CATEGORIES, CHANGE_PRESETS, match_lesions
+from msimaging.volumetry.session import VolumetrySession, volumetry_session
 from msimaging.volumetry.tissue import REGIONS, tissue_volumes, volume_change
 
 __all__ = [
@@ -30,11 +33,14 @@ __all__ = [
     "REGIONS",
     "TISSUE_CLASSES",
     "LabelConvention",
+    "VolumetrySession",
     "classify_lesions",
     "fill_lesions",
     "label_lesions",
+    "lesion_load",
     "lesion_table",
     "match_lesions",
     "tissue_volumes",
     "volume_change",
+    "volumetry_session",
 ]

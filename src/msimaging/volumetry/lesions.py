@@ -55,6 +55,7 @@ __all__ = [
     "MIN_SIZE_PRESETS",
     "classify_lesions",
     "label_lesions",
+    "lesion_load",
     "lesion_table",
 ]
 
@@ -422,8 +423,28 @@ def classify_lesions(
         warnings.simplefilter("ignore", MSImagingWarning)  # already said by lesion_table
         volumes = tissue_volumes(
             seg, lesion_mask, labels=labels, lesion_threshold=threshold, regions=("wm", "icv")
-        ).set_index("region")["volume_ml"]
-    icv_mm3, wm_mm3 = volumes["icv"] * 1000.0, volumes["wm"] * 1000.0
+        )
+    return lesion_load(table, volumes, participant_id=participant_id, session_id=session_id)
+
+
+def lesion_load(
+    table: pd.DataFrame,
+    volumes: pd.DataFrame,
+    *,
+    participant_id: str | None = None,
+    session_id: str | None = None,
+) -> pd.DataFrame:
+    """Per-class lesion count, volume and load from a :func:`lesion_table` and the visit's
+    :func:`~msimaging.volumetry.tissue_volumes` (regions ``wm`` and ``icv``); what
+    :func:`classify_lesions` returns, without reading the images again."""
+    if not isinstance(table, pd.DataFrame) or "voxel_mm3" not in table.attrs:
+        raise InputError("table must be the DataFrame lesion_table() returned (with its attrs).")
+    if not isinstance(volumes, pd.DataFrame) or not {"wm", "icv"} <= set(
+        volumes.get("region", ())
+    ):
+        raise InputError("volumes must be tissue_volumes() rows including regions 'wm', 'icv'.")
+    by_region = volumes.set_index("region")["volume_ml"]
+    icv_mm3, wm_mm3 = by_region["icv"] * 1000.0, by_region["wm"] * 1000.0
     grouped = table.groupby("location")["n_voxels"].agg(["count", "sum"])
     voxel_mm3 = float(table.attrs["voxel_mm3"])
     rows = []
