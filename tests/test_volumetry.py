@@ -522,3 +522,29 @@ def test_volumetry_session_writes_tables_that_equal_the_functions(study, tmp_pat
     assert "lesions=" in repr(result) and "<table" in result._repr_html_()
     with pytest.raises(InputError, match="lesion_table"):
         vol.lesion_load(pd.DataFrame(), result.volumes)
+
+
+def test_match_lesions_across_grids_with_a_transform():
+    from msimaging.registration import AffineTransform
+
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[4:7, 4:7, 4:7] = 1
+    mask[12:14, 12:14, 12:14] = 1
+    first = _img(mask)
+    # The follow-up grid is shifted by 3 voxels (head moved): same lesions, other voxels.
+    # The big one grew by one slice.
+    moved = np.roll(mask, 3, axis=0)
+    moved[10, 4:7, 4:7] = 1
+    shifted_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    shifted_affine[0, 3] = -3.0
+    follow = nib.Nifti1Image(moved, shifted_affine)
+    with pytest.raises(InputError, match="not on the grid"):
+        vol.match_lesions({"M0": first, "M6": follow})
+    # static (M0) world mm -> moving (M6) world mm: the same anatomy, so the identity.
+    transform = AffineTransform(np.eye(4), (20, 20, 20), first.affine, (20, 20, 20),
+                                shifted_affine)
+    tracks = vol.match_lesions({"M0": first, "M6": follow}, transforms={"M6": transform})
+    assert sorted(tracks["category"]) == ["enlarging", "stable"]
+    assert sorted(tracks["volume_mm3_M6"]) == [8.0, 36.0]
+    with pytest.raises(InputError, match="follow-up"):
+        vol.match_lesions({"M0": first, "M6": follow}, transforms={"M0": transform})

@@ -1,8 +1,10 @@
 """Lesions across visits: matching, evolution categories, one row per lesion track.
 
-Masks of all visits must be in one space (the same grid): bring follow-up masks to the
-baseline with :func:`msimaging.registration.apply_transform` (``interpolation="nearest"``)
-first when the head moved between scans. Each visit is labelled with the same rules as
+Masks of all visits are compared in one space: either they share a grid, or ``transforms``
+gives, per follow-up visit, the registration from the first visit to it (e.g. a rigid
+:func:`msimaging.registration.register_affine` of the T1w images); each visit's lesions are
+then labelled and measured on the visit's own grid and only carried to the first visit's grid
+(nearest neighbour) to find overlaps. Each visit is labelled with the same rules as
 :func:`msimaging.volumetry.label_lesions`; lesions of any two visits that share a voxel are the
 same *track* when they share a voxel at consecutive visits (connected components of that
 overlap graph), so a lesion that merges with its neighbour or splits keeps one track, and a
@@ -24,6 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -94,6 +97,7 @@ def match_lesions(
     threshold: float | None = None,
     change_pct: float | str = 30.0,
     min_change_mm3: float = 0.0,
+    transforms: Mapping[str, Any] | None = None,
     participant_id: str | None = None,
 ) -> pd.DataFrame:
     """Match lesions across visits and classify their evolution; one row per lesion track.
@@ -110,6 +114,12 @@ def match_lesions(
         Relative volume change (%) that makes a lesion enlarging (presets 20, 30, 50).
     min_change_mm3 : float
         Absolute floor: smaller volume changes are never enlarging/shrinking.
+    transforms : mapping visit -> AffineTransform or SyNTransform, optional
+        For masks on their own native grids: the transform from the first visit (static)
+        to that visit (moving), e.g. ``register_affine(t1_visit, t1_first, transform="rigid")``.
+        Each visit's lesions are labelled on its own grid (volumes are native), and the label
+        image is carried to the first visit's grid (nearest neighbour) only to find overlaps.
+        Visits without a transform must be on the first visit's grid.
     participant_id : str, optional
         Copied into every row.
 
@@ -123,27 +133,30 @@ def match_lesions(
         :func:`label_lesions` numbering, ``;``-separated).
     """
     labels, images = _visits(masks, visits)
+    transforms = _check_transforms(transforms, labels)
     t = _check_change(change_pct) / 100.0
     if not math.isfinite(min_change_mm3) or min_change_mm3 < 0:
         raise InputError(f"min_change_mm3 must be a number >= 0, got {min_change_mm3!r}.")
     limits = _size_limits(min_size, min_volume_mm3, min_extent_mm, min_voxels)
-    ids_by_visit, counts_by_visit = [], []
+    ids_by_visit, counts_by_visit, voxel_by_visit = [], [], []
     reference = None
     for label, image in zip(labels, images, strict=True):
         img = load_mask(image, name=f"lesion mask of visit {label}", threshold=threshold,
                         allow_empty=True)
+        ids, n, _ = _label(np.asanyarray(img.dataobj).astype(bool), img.affine, connectivity,
+                           limits)
+        counts_by_visit.append(np.bincount(ids.ravel(), minlength=n + 1))
+        voxel_by_visit.append(voxel_volume_mm3(img))
         if reference is None:
             reference = img
+        elif label in transforms:
+            ids = _to_reference(ids, img, transforms[label], reference, label)
         else:
             check_same_grid(
                 reference, img, names=(f"lesion mask of visit {labels[0]}",
                                        f"lesion mask of visit {label}")
             )
-        ids, n, _ = _label(np.asanyarray(img.dataobj).astype(bool), img.affine, connectivity,
-                           limits)
         ids_by_visit.append(ids)
-        counts_by_visit.append(np.bincount(ids.ravel(), minlength=n + 1))
-    voxel_mm3 = voxel_volume_mm3(reference)
     # Nodes: every lesion of every visit; edges: lesions of consecutive visits sharing a voxel
     # (new lesions are counted against the previous scan, as in clinical practice: a lesion
     # appearing where an earlier one had already shrunk away is new, not a split).
@@ -170,6 +183,7 @@ def match_lesions(
 
     n_per = np.zeros((n_tracks, len(labels)), int)
     vox_per = np.zeros((n_tracks, len(labels)), np.int64)
+    voxel_mm3 = np.asarray(voxel_by_visit)
     members: list[list[list[int]]] = [[[] for _ in labels] for _ in range(n_tracks)]
     for v, counts in enumerate(counts_by_visit):
         node = np.arange(len(counts) - 1) + offsets[v]
@@ -211,6 +225,43 @@ def match_lesions(
         connectivity=connectivity,
     )
     return out
+
+
+def _check_transforms(transforms: Any, labels: list[str]) -> dict[str, Any]:
+    if transforms is None:
+        return {}
+    if not isinstance(transforms, Mapping):
+        raise InputError("transforms must be a mapping visit -> transform (or None).")
+    out = {}
+    for key, transform in transforms.items():
+        label = str(key)
+        if label not in labels[1:]:
+            raise InputError(
+                f"transforms has visit {label!r}, which is not one of the follow-up visits "
+                f"{labels[1:]} (the first visit, {labels[0]!r}, is the reference)."
+            )
+        if not hasattr(transform, "static_shape") or not hasattr(transform, "apply"):
+            raise InputError(
+                f"transforms[{label!r}] must be an AffineTransform or SyNTransform from "
+                f"msimaging.registration, got {type(transform).__name__}."
+            )
+        out[label] = transform
+    return out
+
+
+def _to_reference(ids, img, transform, reference, label) -> np.ndarray:
+    from msimaging.registration import apply_transform
+
+    if tuple(transform.static_shape) != tuple(reference.shape[:3]):
+        raise InputError(
+            f"transforms[{label!r}] maps to a grid of shape {tuple(transform.static_shape)}, "
+            f"not the first visit's {tuple(reference.shape[:3])}; register the visit to the "
+            "first visit (static = first visit)."
+        )
+    carried = apply_transform(
+        nib.Nifti1Image(ids.astype(np.int32), img.affine), transform, interpolation="nearest"
+    )
+    return np.rint(np.asanyarray(carried.dataobj)).astype(np.int32)
 
 
 def _category(n_first: int, n_last: int, first: float, last: float, t: float,
