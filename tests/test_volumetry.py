@@ -548,3 +548,17 @@ def test_match_lesions_across_grids_with_a_transform():
     assert sorted(tracks["volume_mm3_M6"]) == [8.0, 36.0]
     with pytest.raises(InputError, match="follow-up"):
         vol.match_lesions({"M0": first, "M6": follow}, transforms={"M0": transform})
+
+
+def test_match_tolerance_links_lesions_that_do_not_share_a_voxel():
+    a = np.zeros((12, 12, 12), np.uint8)
+    b = np.zeros_like(a)
+    a[3:5, 3:5, 3:5] = 1
+    b[6:8, 3:5, 3:5] = 1  # moved 3 voxels: a gap of 1 voxel (2 mm between voxel centres)
+    strict = vol.match_lesions([_img(a), _img(b)])
+    assert sorted(strict["category"]) == ["disappeared", "new"]
+    near = vol.match_lesions([_img(a), _img(b)], tolerance_mm=2.0)
+    assert near["category"].tolist() == ["stable"]
+    assert vol.match_lesions([_img(a), _img(b)], tolerance_mm=1.9)["category"].size == 2
+    with pytest.raises(InputError, match="tolerance_mm"):
+        vol.match_lesions([_img(a), _img(b)], tolerance_mm=-1)

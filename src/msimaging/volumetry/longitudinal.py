@@ -29,11 +29,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import sparse
+from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 
 from msimaging.errors import InputError
 from msimaging.io import ImageLike, check_same_grid, load_mask
+from msimaging.registration import AffineTransform, apply_transform
 from msimaging.volumetry.lesions import _label, _size_limits
 from msimaging.volumetry.tissue import voxel_volume_mm3
 
@@ -98,6 +99,7 @@ def match_lesions(
     change_pct: float | str = 30.0,
     min_change_mm3: float = 0.0,
     transforms: Mapping[str, Any] | None = None,
+    tolerance_mm: float = 0.0,
     participant_id: str | None = None,
 ) -> pd.DataFrame:
     """Match lesions across visits and classify their evolution; one row per lesion track.
@@ -120,6 +122,10 @@ def match_lesions(
         Each visit's lesions are labelled on its own grid (volumes are native), and the label
         image is carried to the first visit's grid (nearest neighbour) only to find overlaps.
         Visits without a transform must be on the first visit's grid.
+    tolerance_mm : float
+        Lesions of consecutive visits closer than this (mm, voxel to voxel) are matched even
+        without a shared voxel: useful across grids, where a lesion of one or two voxels can
+        land beside itself after resampling. 0 (default) requires overlap.
     participant_id : str, optional
         Copied into every row.
 
@@ -135,9 +141,16 @@ def match_lesions(
     labels, images = _visits(masks, visits)
     transforms = _check_transforms(transforms, labels)
     t = _check_change(change_pct) / 100.0
+    if not isinstance(tolerance_mm, int | float) or not math.isfinite(tolerance_mm) or (
+        tolerance_mm < 0
+    ):
+        raise InputError(f"tolerance_mm must be a number of mm >= 0, got {tolerance_mm!r}.")
     if not math.isfinite(min_change_mm3) or min_change_mm3 < 0:
         raise InputError(f"min_change_mm3 must be a number >= 0, got {min_change_mm3!r}.")
     limits = _size_limits(min_size, min_volume_mm3, min_extent_mm, min_voxels)
+    # Overlaps across grids are found on the first visit's grid refined 2x, so that lesions of
+    # a few voxels survive nearest-neighbour resampling.
+    fine = 2 if any(isinstance(t, AffineTransform) for t in transforms.values()) else 1
     ids_by_visit, counts_by_visit, voxel_by_visit = [], [], []
     reference = None
     for label, image in zip(labels, images, strict=True):
@@ -150,12 +163,14 @@ def match_lesions(
         if reference is None:
             reference = img
         elif label in transforms:
-            ids = _to_reference(ids, img, transforms[label], reference, label)
+            ids = _to_reference(ids, img, transforms[label], reference, label, fine)
         else:
             check_same_grid(
                 reference, img, names=(f"lesion mask of visit {labels[0]}",
                                        f"lesion mask of visit {label}")
             )
+        if fine > 1 and label not in transforms:
+            ids = _repeat(ids, fine)
         ids_by_visit.append(ids)
     # Nodes: every lesion of every visit; edges: lesions of consecutive visits sharing a voxel
     # (new lesions are counted against the previous scan, as in clinical practice: a lesion
@@ -163,10 +178,14 @@ def match_lesions(
     offsets = np.cumsum([0] + [len(c) - 1 for c in counts_by_visit])
     n_nodes = int(offsets[-1])
     rows, cols = [], []
+    zooms = np.asarray(reference.header.get_zooms()[:3], float) / fine
     for a in range(len(labels) - 1):
         ia, ib = ids_by_visit[a], ids_by_visit[a + 1]
-        both = (ia > 0) & (ib > 0)
-        pairs = np.unique(np.stack([ia[both], ib[both]]), axis=1)
+        pairs = [_overlaps(ia, ib)]
+        if tolerance_mm > 0:
+            pairs.append(_overlaps(_near(ia, tolerance_mm, zooms), ib))
+            pairs.append(_overlaps(ia, _near(ib, tolerance_mm, zooms)))
+        pairs = np.concatenate(pairs, axis=1)
         rows.append(pairs[0] - 1 + offsets[a])
         cols.append(pairs[1] - 1 + offsets[a + 1])
     r = np.concatenate(rows) if rows else np.zeros(0, int)
@@ -222,7 +241,7 @@ def match_lesions(
     out = pd.DataFrame(table, columns=columns)
     out.attrs.update(
         visits=labels, change_pct=100.0 * t, min_change_mm3=min_change_mm3,
-        connectivity=connectivity,
+        connectivity=connectivity, tolerance_mm=tolerance_mm,
     )
     return out
 
@@ -249,15 +268,52 @@ def _check_transforms(transforms: Any, labels: list[str]) -> dict[str, Any]:
     return out
 
 
-def _to_reference(ids, img, transform, reference, label) -> np.ndarray:
-    from msimaging.registration import apply_transform
+def _overlaps(ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    both = (ia > 0) & (ib > 0)
+    return np.unique(np.stack([ia[both], ib[both]]), axis=1)
 
+
+def _near(ids: np.ndarray, tolerance_mm: float, zooms: np.ndarray) -> np.ndarray:
+    """Each voxel labelled with its nearest lesion when that lesion is within tolerance_mm."""
+    if not ids.any():
+        return ids
+    dist, nearest = ndimage.distance_transform_edt(ids == 0, sampling=zooms,
+                                                   return_indices=True)
+    out = ids[tuple(nearest)]
+    out[dist > tolerance_mm] = 0
+    return out
+
+
+def _repeat(ids: np.ndarray, factor: int) -> np.ndarray:
+    for axis in range(3):
+        ids = np.repeat(ids, factor, axis=axis)
+    return ids
+
+
+def _to_reference(ids, img, transform, reference, label, fine: int) -> np.ndarray:
     if tuple(transform.static_shape) != tuple(reference.shape[:3]):
         raise InputError(
             f"transforms[{label!r}] maps to a grid of shape {tuple(transform.static_shape)}, "
             f"not the first visit's {tuple(reference.shape[:3])}; register the visit to the "
             "first visit (static = first visit)."
         )
+    if fine > 1 and isinstance(transform, AffineTransform):
+        # Fine voxel j lies inside coarse voxel floor(j / fine): centres at (j + 1/2)/fine - 1/2.
+        refine = np.diag([1.0 / fine] * 3 + [1.0])
+        refine[:3, 3] = 0.5 / fine - 0.5
+        transform = AffineTransform(
+            transform.matrix,
+            tuple(int(n) * fine for n in transform.static_shape),
+            np.asarray(transform.static_affine) @ refine,
+            transform.moving_shape,
+            transform.moving_affine,
+        )
+    elif fine > 1:  # a SyN transform keeps its grid: refine its output instead
+        carried = apply_transform(
+            nib.Nifti1Image(ids.astype(np.int32), img.affine), transform,
+            interpolation="nearest",
+        )
+        return _repeat(np.rint(np.asanyarray(carried.dataobj)).astype(np.int32), fine)
     carried = apply_transform(
         nib.Nifti1Image(ids.astype(np.int32), img.affine), transform, interpolation="nearest"
     )
