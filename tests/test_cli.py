@@ -71,6 +71,8 @@ def test_demo_runs_and_writes_derivatives(demo_run):
     tracks = pd.read_csv(deriv / "group" / "volumetry_lesion_tracks.tsv", sep="\t")
     assert set(tracks["participant_id"]) == {"sub-01", "sub-02"}
     assert "lesion counts per class equal the planted truth at 6/6 visits" in proc.stdout
+    for name in ("sub-02_ses-M6_desc-lesions.png", "group_desc-lesionevolution.png"):
+        assert (deriv / "figures" / name).stat().st_size > 10_000, name
 
 
 def test_synth_command(tmp_path):

@@ -562,3 +562,29 @@ def test_match_tolerance_links_lesions_that_do_not_share_a_voxel():
     assert vol.match_lesions([_img(a), _img(b)], tolerance_mm=1.9)["category"].size == 2
     with pytest.raises(InputError, match="tolerance_mm"):
         vol.match_lesions([_img(a), _img(b)], tolerance_mm=-1)
+
+
+def test_lesion_figures_render_headless_with_truth_counts(study, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sub, ses, _, session, paths = study[0]
+    flair = paths["seg"].parents[5] / sub / ses / "anat" / f"{sub}_{ses}_FLAIR.nii.gz"
+    path = tmp_path / "lesions.png"
+    fig = vol.plot_lesions(flair, paths["lesion"], paths["seg"], path=path)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    for location, truth in session["lesions"]["by_class"].items():
+        if truth["count"]:
+            assert f"{location.replace('_', ' ')} ({truth['count']})" in legend
+    assert path.stat().st_size > 10_000
+    masks = {s: paths["lesion"].parents[2] / s / "anat"
+             / paths["lesion"].name.replace(ses, s) for s in ("ses-M0", "ses-M3", "ses-M6")}
+    tracks = vol.match_lesions(masks, participant_id=sub)
+    fig = vol.plot_lesion_evolution(tracks, path=tmp_path / "evolution.svg")
+    assert (tmp_path / "evolution.svg").read_text().startswith("<?xml")
+    bars = sum(len(c) for c in fig.axes[0].containers)
+    assert bars == tracks["category"].nunique()  # one bar per category for one patient
+    with pytest.raises(InputError, match="must end with"):
+        vol.plot_lesion_evolution(tracks, path=tmp_path / "evolution.jpg")
+    with pytest.raises(InputError, match="match_lesions"):
+        vol.plot_lesion_evolution(pd.DataFrame({"x": [1]}))

@@ -203,7 +203,13 @@ def _run_volumetry(study, writer, bids_dir: Path):
 
     import pandas as pd
 
-    from msimaging.volumetry import match_lesions, volume_change, volumetry_session
+    from msimaging.volumetry import (
+        match_lesions,
+        plot_lesion_evolution,
+        plot_lesions,
+        volume_change,
+        volumetry_session,
+    )
 
     print("\n[7/7] volumetry per visit: tissue volumes, lesions by location; lesion tracks")
     truth = json.loads((bids_dir / "sourcedata/ground_truth/ground_truth.json").read_text())
@@ -233,7 +239,18 @@ def _run_volumetry(study, writer, bids_dir: Path):
     tracks = pd.concat(tracks, ignore_index=True) if tracks else pd.DataFrame()
     print(f"      lesion counts per class equal the planted truth at {exact}/{len(study)} visits")
     change = volume_change(volumes)
-    return volumes, loads, tracks, change
+    figures = []
+    last = list(study)[-1]
+    if last.has("flair"):
+        path = writer.root / "figures" / f"{last.name.replace(' ', '_')}_desc-lesions.png"
+        plot_lesions(last.get("flair"), last.get("lesion_mask"), last.get("dseg"), path=path,
+                     title=f"{last.name}: T2 lesions by location (FLAIR)")
+        figures.append(path)
+    if not tracks.empty:
+        path = writer.root / "figures" / "group_desc-lesionevolution.png"
+        plot_lesion_evolution(tracks, path=path)
+        figures.append(path)
+    return volumes, loads, tracks, change, figures
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -328,7 +345,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     _print_table("Tract FA, median over patients:", tract_fa)
     fmri, figures = _run_fmri(study, writer, bids_dir)
-    volumes, loads, tracks, change = _run_volumetry(study, writer, bids_dir)
+    volumes, loads, tracks, change, lesion_figures = _run_volumetry(study, writer, bids_dir)
+    figures += lesion_figures
     planted_z = (
         fmri.pivot_table(index="session_id", values="planted_mean_z", aggfunc="median")
         .round(3)

@@ -42,6 +42,7 @@ __all__ = [
     "bids_name",
     "read_relmat",
     "read_table",
+    "save_figure",
     "sidecar_path",
 ]
 
@@ -185,6 +186,40 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
         raise
     _fsync_dir(final.parent)
+
+
+_FIGURE_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str] | None, *, dpi: int = 150) -> Path | None:
+    """Save a matplotlib figure atomically, in the format its extension names.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path : str or os.PathLike or None
+        ``.png``, ``.svg`` or ``.pdf``; None saves nothing.
+    dpi : int
+        Resolution of raster output.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The absolute path written.
+    """
+    if path is None:
+        return None
+    if not isinstance(path, str | os.PathLike):
+        raise InputError(f"path must be a file path, got {type(path).__name__}.")
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix not in _FIGURE_FORMATS:
+        raise InputError(
+            f"path {os.fspath(path)!r} must end with {', '.join(_FIGURE_FORMATS)} (the figure "
+            "format is taken from the extension)."
+        )
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=_FIGURE_FORMATS[suffix], dpi=dpi)
+    return _absolute(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -6,6 +6,7 @@
 - :func:`label_lesions`, :func:`lesion_table`, :func:`classify_lesions`: lesions as connected
   components, one row per lesion, location classes and lesion load per class.
 - :func:`match_lesions`: lesion tracks across visits (new, disappeared, enlarging, ...).
+- :func:`plot_lesions`, :func:`plot_lesion_evolution`: lesions by class on slices; tracks.
 - :func:`volumetry_session`: all of one visit, written as derivatives.
 - :func:`fill_lesions`: seeded ring-sampling lesion filling of a T1 image.
 """
@@ -21,6 +22,7 @@ from msimaging.volumetry.lesions import (
     lesion_table,
 )
 from msimaging.volumetry.longitudinal import CATEGORIES, CHANGE_PRESETS, match_lesions
+from msimaging.volumetry.plotting import CLASS_COLORS, plot_lesion_evolution, plot_lesions
 from msimaging.volumetry.session import VolumetrySession, volumetry_session
 from msimaging.volumetry.tissue import REGIONS, tissue_volumes, volume_change
 
@@ -28,6 +30,7 @@ __all__ = [
     "CATEGORIES",
     "CHANGE_PRESETS",
     "CLASSES",
+    "CLASS_COLORS",
     "CONVENTIONS",
     "MIN_SIZE_PRESETS",
     "REGIONS",
@@ -40,6 +43,8 @@ __all__ = [
     "lesion_load",
     "lesion_table",
     "match_lesions",
+    "plot_lesion_evolution",
+    "plot_lesions",
     "tissue_volumes",
     "volume_change",
     "volumetry_session",

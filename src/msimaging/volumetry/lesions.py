@@ -329,6 +329,22 @@ def lesion_table(
         centroid_y_mm, centroid_z_mm (world mm), extent_mm, location. ``attrs`` holds
         ``outside_brain_mm3`` and ``n_removed`` (lesions below the minimum size).
     """
+    table, _, _ = _lesions(
+        lesion_mask, seg, labels=labels, connectivity=connectivity, min_size=min_size,
+        min_volume_mm3=min_volume_mm3, min_extent_mm=min_extent_mm, min_voxels=min_voxels,
+        threshold=threshold, contact_mm=contact_mm, order=order,
+    )
+    table["participant_id"] = participant_id
+    table["session_id"] = session_id
+    return table
+
+
+def _lesions(
+    lesion_mask, seg, *, labels="synthetic", connectivity=26, min_size=None,
+    min_volume_mm3=None, min_extent_mm=None, min_voxels=None, threshold=None, contact_mm=None,
+    order="mcdonald",
+) -> tuple[pd.DataFrame, np.ndarray, nib.Nifti1Image]:
+    """The lesion table, the lesion-id array it numbers, and the mask image."""
     order = _check_order(order)
     contact = _check_contact(contact_mm)
     limits = _size_limits(min_size, min_volume_mm3, min_extent_mm, min_voxels)
@@ -359,8 +375,8 @@ def lesion_table(
     )
     table = pd.DataFrame(
         {
-            "participant_id": [participant_id] * n,
-            "session_id": [session_id] * n,
+            "participant_id": pd.Series([None] * n, dtype=object),
+            "session_id": pd.Series([None] * n, dtype=object),
             "lesion_id": index,
             "n_voxels": counts.astype(int),
             "volume_mm3": counts * voxel_mm3,
@@ -375,7 +391,7 @@ def lesion_table(
         outside_brain_mm3=n_out * voxel_mm3, n_removed=removed, connectivity=connectivity,
         order=order, voxel_mm3=voxel_mm3,
     )
-    return table
+    return table, ids, img
 
 
 def classify_lesions(
