@@ -1,7 +1,23 @@
-"""msimaging.stats — not implemented yet (planned in issue(s) 9).
+"""msimaging.stats — longitudinal statistics that stay honest at n = 5.
 
-The package exists so the layered architecture is visible and enforced from the start;
-it exports nothing until its issue lands.
+- :func:`compare_visits`: per-visit medians/IQR, changes from baseline, Friedman with an exact
+  permutation p, Kendall's W, exact Wilcoxon post hoc with Holm, FDR across measures, optional
+  mixed model — on any tidy table (imaging or clinical).
+- :func:`friedman_exact`, :func:`wilcoxon_exact`, :func:`kendalls_w`, :func:`holm`: the exact
+  building blocks.
+- :func:`read_phenotype`: BIDS ``phenotype/*.tsv`` as tidy rows.
 """
 
-__all__: list[str] = []
+from msimaging.stats.exact import friedman_exact, holm, kendalls_w, wilcoxon_exact
+from msimaging.stats.longitudinal import VisitComparison, compare_visits
+from msimaging.stats.phenotype import read_phenotype
+
+__all__ = [
+    "VisitComparison",
+    "compare_visits",
+    "friedman_exact",
+    "holm",
+    "kendalls_w",
+    "read_phenotype",
+    "wilcoxon_exact",
+]
