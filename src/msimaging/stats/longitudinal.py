@@ -366,7 +366,11 @@ def _mixed(group, ident, subject, visit, value, label, notes) -> pd.DataFrame:
             notes.append(f"{label}: mixed model failed ({exc})")
             return pd.DataFrame([{**ident, "term": None, "note": f"failed: {exc}"}])
     cov_re = float(np.asarray(fit.cov_re).ravel()[0]) if np.size(fit.cov_re) else 0.0
-    boundary = cov_re <= 1e-8 * max(float(fit.scale), 1e-12)
+    # statsmodels can return a tiny non-zero variance at the boundary (statsmodels #10239):
+    # trust its own boundary warning as well as the estimate.
+    boundary = cov_re <= 1e-6 * max(float(fit.scale), 1e-12) or any(
+        "boundary" in str(w.message).lower() for w in caught
+    )
     converged = bool(getattr(fit, "converged", True)) and not any(
         "converge" in str(w.message).lower() for w in caught
     )
