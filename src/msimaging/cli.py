@@ -175,9 +175,21 @@ def _run_fmri(study, writer, bids_dir: Path):
             print(f"      largest component: {best.n_edges} edges, {best.n_nodes} nodes "
                   f"({hits} planted), p = {best.p_value:.4f} (smallest attainable "
                   f"{result.smallest_p:.4f}), hubs {[int(h) for h in best.hubs]}")
-            path = writer.root / "figures" / "group_desc-nbsM0M6_connectogram.png"
-            result.plot("connectogram", path=path)
-            figures.append(path)
+            for style, suffix in (("adjacency", "adjacency.png"),
+                                  ("connectogram", "connectogram.png"),
+                                  ("glass_brain", "glassbrain.png")):
+                path = writer.root / "figures" / f"group_desc-nbsM0M6_{suffix}"
+                result.plot(style, path=path)
+                figures.append(path)
+        figures.append(writer.write_group_table(
+            result.components_frame(), "fmri_nbs_components",
+            sidecar={"Description": "NBS components, paired M0 < M6 (nbs_paired)",
+                     "ThresholdP": 0.001, "Tail": "right", "Patients": complete},
+        ))
+        figures.append(writer.write_group_table(
+            result.to_frame(), "fmri_nbs_edges",
+            sidecar={"Description": "Edges of the NBS components, paired M0 < M6"},
+        ))
     else:
         print("      NBS needs at least 3 patients with M0 and M6: skipped.")
     first = patients[0]

@@ -1,7 +1,10 @@
-"""msimaging.report — not implemented yet (planned in issue(s) 9).
+"""msimaging.report — one self-contained HTML study report from tidy tables and figures.
 
-The package exists so the layered architecture is visible and enforced from the start;
-it exports nothing until its issue lands.
+:func:`build_report` reads the derivatives (``group/*.tsv``, ``figures/*.png``) and the BIDS
+``phenotype/`` tables, runs :func:`msimaging.stats.compare_visits` per section and writes a
+single offline HTML file (figures embedded, no scripts, every input text escaped).
 """
 
-__all__: list[str] = []
+from msimaging.report.html import build_report
+
+__all__ = ["build_report"]
