@@ -73,6 +73,10 @@ def test_demo_runs_and_writes_derivatives(demo_run):
     assert "lesion counts per class equal the planted truth at 6/6 visits" in proc.stdout
     for name in ("sub-02_ses-M6_desc-lesions.png", "group_desc-lesionevolution.png"):
         assert (deriv / "figures" / name).stat().st_size > 10_000, name
+    # Headline findings with exact tests, and the study report.
+    assert "NAWM_left RD: median change" in proc.stdout and "Friedman exact p" in proc.stdout
+    report = (deriv / "report.html").read_text()
+    assert 'id="dti"' in report and 'id="clinical"' in report and "EDSS" in report
 
 
 def test_synth_command(tmp_path):
