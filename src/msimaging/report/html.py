@@ -141,6 +141,20 @@ def _stats_table(result: VisitComparison, visit: str) -> tuple[pd.DataFrame, lis
     return table, flags
 
 
+def _posthoc_html(result: VisitComparison) -> str:
+    """Pairwise exact Wilcoxon tests (Holm) of the measures whose Friedman test is significant."""
+    if result.posthoc.empty or not result.tests["significant"].any():
+        return ""
+    by = list(result.by)
+    keys = result.tests.loc[result.tests["significant"], by]
+    post = result.posthoc.merge(keys, on=by) if by else result.posthoc
+    cols = [*by, "visit_a", "visit_b", "n", "median_change", "p_exact", "p_holm"]
+    table = post[cols].rename(columns={"visit_a": "from", "visit_b": "to", "p_exact": "p exact",
+                                       "p_holm": "p Holm", "median_change": "median change"})
+    return ("<p>Pairwise exact Wilcoxon signed-rank tests (two-sided, Holm-corrected within the "
+            "measure) for the significant measures:</p>" + _table(table))
+
+
 def _compare(table: pd.DataFrame, notes: list[str], **kwargs: Any) -> VisitComparison | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MSImagingWarning)
@@ -206,7 +220,7 @@ def _section_dti(folder: Path, sessions, alpha: float, notes: list[str]) -> str:
                "µm²/ms (10⁻³ mm²/s).</p>")
     if result is not None:
         table, flags = _stats_table(result, "months")
-        out.append(_table(table, highlight=flags))
+        out.append(_table(table, highlight=flags) + _posthoc_html(result))
         panels = [(f"{roi} {metric.upper()}", nawm[(nawm.roi == roi) & (nawm.metric == metric)])
                   for metric in ("rd", "fa") for roi in ("NAWM_left", "NAWM_right")
                   if ((nawm.roi == roi) & (nawm.metric == metric)).any()]
@@ -224,7 +238,7 @@ def _section_dti(folder: Path, sessions, alpha: float, notes: list[str]) -> str:
         result = _compare(whole, local, value="mean", by=["tract", "metric"], alpha=alpha)
         if result is not None:
             table, flags = _stats_table(result, "months")
-            out.append(_table(table, highlight=flags))
+            out.append(_table(table, highlight=flags) + _posthoc_html(result))
         for path in _saved_figures(folder, "*_desc-tracts_overlay.png")[:1]:
             out.append(_figure_html(path.read_bytes(), f"Tract masks on FA: {path.name}"))
     else:
@@ -286,7 +300,7 @@ def _section_volumetry(folder: Path, sessions, alpha: float, notes: list[str]) -
     out.append("<h3>Tissue volumes (mL; segmentation-based, not SIENA)</h3>")
     if result is not None:
         table, flags = _stats_table(result, "months")
-        out.append(_table(table, highlight=flags))
+        out.append(_table(table, highlight=flags) + _posthoc_html(result))
     load = _read_group(folder, "volumetry_lesion_load")
     if load is not None:
         load = _with_months(load, sessions)
@@ -329,7 +343,7 @@ def _section_clinical(bids_dir: Path | None, alpha: float, notes: list[str]) -> 
         table, flags = _stats_table(result, "months")
         units = clinical.drop_duplicates("measure").set_index("measure")[["long_name", "unit"]]
         table = table.merge(units, left_on="measure", right_index=True, how="left")
-        out.append(_table(table, highlight=flags))
+        out.append(_table(table, highlight=flags) + _posthoc_html(result))
         panels = [(f"{m} ({units.loc[m, 'unit']})", clinical[clinical.measure == m])
                   for m in result.tests["measure"]]
         out.append(_figure_html(
