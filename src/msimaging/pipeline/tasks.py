@@ -1,0 +1,230 @@
+"""Participant-level tasks: one per (subject, visit, modality), resumable and isolated.
+
+A task reads its inputs from the BIDS dataset, calls the library (:func:`dti_session` +
+:func:`tract_session`, :func:`extract_timeseries` + :func:`connectivity`,
+:func:`volumetry_session`) and writes derivatives through :class:`DerivativesWriter` (every
+file atomically). Last of all it writes a *provenance* record: the identity of every input
+file (path, size, modification time), the parameters, the msimaging version and the outputs
+with their sizes. A task whose provenance matches is skipped; a task killed part-way has no
+provenance and runs again, overwriting its partial outputs. :func:`run_task` never raises: a
+failure is returned as an outcome with the error type and message, so one broken visit never
+stops a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from msimaging._version import __version__
+from msimaging.derivatives import DerivativesWriter, atomic_write_text
+
+__all__ = ["MODALITIES", "Task", "TaskOutcome", "provenance_path", "run_task"]
+
+#: Modalities a participant-level task can run, and the BIDS kinds each needs.
+MODALITIES: dict[str, tuple[str, ...]] = {
+    "dti": ("dwi", "t1w", "dseg", "lesion_mask"),
+    "fmri": ("bold_preproc", "confounds", "bold_mask"),
+    "volumetry": ("dseg", "lesion_mask"),
+}
+_OPTIONAL = {"bold_mask"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of participant-level work."""
+
+    participant_id: str
+    session_id: str | None
+    modality: str
+
+    @property
+    def name(self) -> str:
+        return " ".join(x for x in (self.participant_id, self.session_id, self.modality) if x)
+
+
+@dataclass
+class TaskOutcome:
+    """What happened to a task: ``done``, ``skipped`` (up to date) or ``failed``."""
+
+    participant_id: str
+    session_id: str | None
+    modality: str
+    status: str
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    error_type: str = ""
+    message: str = ""
+    details: str = ""
+    outputs: list[str] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["n_outputs"] = len(out.pop("outputs"))
+        out.pop("details")
+        return out
+
+
+def provenance_path(output_dir: Path, task: Task) -> Path:
+    """Where a task's provenance record lives (inside the subject/session folder)."""
+    folder = output_dir / task.participant_id
+    if task.session_id:
+        folder = folder / task.session_id
+    stem = "_".join(x for x in (task.participant_id, task.session_id) if x)
+    return folder / f"{stem}_desc-{task.modality}_provenance.json"
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _inputs(session: Any, modality: str) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for kind in MODALITIES[modality]:
+        if kind in _OPTIONAL and not session.has(kind):
+            continue
+        files[kind] = session.get(kind)  # raises a clear BIDSError/InputError when missing
+    if modality == "dti":
+        for ext in (".bval", ".bvec"):
+            side = Path(str(files["dwi"]).replace(".nii.gz", ext).replace(".nii", ext))
+            if side.exists():
+                files[f"dwi{ext}"] = side
+    return files
+
+
+def _record(inputs: dict[str, Path], params: dict[str, Any], outputs: list[Path]) -> dict:
+    return {
+        "msimaging_version": __version__,
+        "parameters": params,
+        "inputs": {k: _identity(Path(p)) for k, p in sorted(inputs.items())},
+        "outputs": [{"path": str(p), "size": Path(p).stat().st_size} for p in outputs
+                    if Path(p).exists()],
+    }
+
+
+def _up_to_date(path: Path, inputs: dict[str, Path], params: dict[str, Any]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if saved.get("msimaging_version") != __version__ or saved.get("parameters") != params:
+        return False
+    try:
+        current = {k: _identity(Path(p)) for k, p in sorted(inputs.items())}
+    except OSError:
+        return False
+    if saved.get("inputs") != current:
+        return False
+    for out in saved.get("outputs", []):
+        p = Path(out["path"])
+        if not p.is_file() or p.stat().st_size != out["size"]:
+            return False
+    return True
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in kB on Linux: the peak of this worker process so far.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_task(
+    task: Task,
+    bids_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    params: dict[str, Any] | None = None,
+    *,
+    force: bool = False,
+) -> TaskOutcome:
+    """Run one task (or skip it when its outputs are up to date); never raises."""
+    from msimaging.bids import Study
+
+    params = dict(params or {})
+    started = time.perf_counter()
+    outcome = TaskOutcome(task.participant_id, task.session_id, task.modality, "failed")
+    output = Path(output_dir)
+    try:
+        session = Study(bids_dir).session(task.participant_id, task.session_id)
+        inputs = _inputs(session, task.modality)
+        prov = provenance_path(output, task)
+        if not force and _up_to_date(prov, inputs, params.get(task.modality, {})):
+            outcome.status = "skipped"
+            return outcome
+        writer = DerivativesWriter(output, input_datasets=[bids_dir])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outputs = _RUNNERS[task.modality](session, inputs, writer,
+                                              params.get(task.modality, {}))
+        outcome.message = "; ".join(dict.fromkeys(str(w.message) for w in caught))[:2000]
+        record = _record(inputs, params.get(task.modality, {}), outputs)
+        atomic_write_text(prov, json.dumps(record, indent=1))
+        outcome.outputs = [str(p) for p in outputs]
+        outcome.status = "done"
+    except Exception as exc:  # one broken visit must not stop the batch
+        outcome.error_type = type(exc).__name__
+        outcome.message = str(exc)[:2000]
+        outcome.details = traceback.format_exc()
+    finally:
+        outcome.seconds = time.perf_counter() - started
+        outcome.peak_rss_mb = _peak_rss_mb()
+    return outcome
+
+
+# --------------------------------------------------------------------------------------------
+# Modalities
+# --------------------------------------------------------------------------------------------
+
+
+def _run_dti(session, inputs, writer, params) -> list[Path]:
+    import nibabel as nib
+    import numpy as np
+
+    from msimaging.dti import dti_session, tract_session
+
+    dseg = nib.load(inputs["dseg"])
+    labels = params.get("wm_labels", [3])  # synthetic dseg: 3 = cerebral WM
+    wm = nib.Nifti1Image(np.isin(np.asanyarray(dseg.dataobj), labels).astype(np.uint8),
+                         dseg.affine)
+    dti = dti_session(
+        inputs["dwi"], inputs["t1w"], wm, inputs["lesion_mask"],
+        participant_id=session.participant_id, session_id=session.session_id, writer=writer,
+        method=params.get("method", "wls"), margin_mm=params.get("margin_mm", 0.0),
+    )
+    stage = tract_session(dti, writer=writer, figures=params.get("figures", True))
+    return [*dti.outputs.values(), *stage.outputs.values()]
+
+
+def _run_fmri(session, inputs, writer, params) -> list[Path]:
+    from msimaging.fmri import connectivity, extract_timeseries
+
+    atlas = params.get("atlas", "seitzman2018")
+    series = extract_timeseries(
+        inputs["bold_preproc"], atlas, confounds=inputs.get("confounds"),
+        strategy=params.get("strategy", "simple"), mask=inputs.get("bold_mask"),
+    )
+    conn = connectivity(series, kind=params.get("kind", "correlation"), fisher_z=True)
+    path = conn.save(writer, atlas=atlas.capitalize().replace("_", ""), task="rest",
+                     participant_id=session.participant_id, session_id=session.session_id)
+    return [path]
+
+
+def _run_volumetry(session, inputs, writer, params) -> list[Path]:
+    from msimaging.volumetry import volumetry_session
+
+    result = volumetry_session(
+        inputs["dseg"], inputs["lesion_mask"], labels=params.get("labels", "synthetic"),
+        participant_id=session.participant_id, session_id=session.session_id, writer=writer,
+    )
+    return list(result.outputs.values())
+
+
+_RUNNERS = {"dti": _run_dti, "fmri": _run_fmri, "volumetry": _run_volumetry}
