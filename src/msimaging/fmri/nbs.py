@@ -577,6 +577,7 @@ def nbs(
     seed: int | None = None,
     n_jobs: int = 1,
     memory_mb: float = 256.0,
+    progress: bool = False,
 ) -> NBSResult:
     """Network-Based Statistic of a general linear model over a stack of connectivity matrices.
 
@@ -629,6 +630,8 @@ def nbs(
         Parallel workers (joblib) for the permutation blocks; -1: all cores.
     memory_mb : float
         Memory budget (MB) of the permutation blocks, shared by the workers.
+    progress : bool
+        Show a progress bar (tqdm, stderr) over the permutation blocks (one worker).
 
     Returns
     -------
@@ -663,6 +666,7 @@ def nbs(
         seed=seed,
         n_jobs=n_jobs,
         memory_mb=memory_mb,
+        progress=progress,
     )
 
 
@@ -894,6 +898,7 @@ def _defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
         "seed",
         "n_jobs",
         "memory_mb",
+        "progress",
     }
     unknown = set(kwargs) - allowed
     if unknown:
@@ -1577,6 +1582,7 @@ def _run(
     seed: int | None = None,
     n_jobs: int = 1,
     memory_mb: float = 256.0,
+    progress: bool = False,
 ) -> NBSResult:
     n = y.shape[0]
     size = _check_option(size, "size", SIZE_MEASURES)
@@ -1646,7 +1652,8 @@ def _run(
     if found:
         w32 = np.ascontiguousarray(w, dtype=np.float32)
         null_dirs = _null_distribution(
-            w32, model, plan, directions, thr, intensity, n_nodes, n_jobs, memory_mb
+            w32, model, plan, directions, thr, intensity, n_nodes, n_jobs, memory_mb,
+            progress,
         )
         if plan.exact:  # permutation 0 is the identity: the observed statistic itself
             for d, sign in enumerate(directions):
@@ -1735,6 +1742,7 @@ def _null_distribution(
     n_nodes: int,
     n_jobs: int,
     memory_mb: float,
+    progress: bool = False,
 ) -> np.ndarray:
     n_edges = w.shape[1]
     rows = model.q.shape[1]
@@ -1749,6 +1757,11 @@ def _null_distribution(
     bounds = [(s, min(s + block, plan.count)) for s in range(0, plan.count, block)]
     args = (model, directions, threshold, intensity, n_nodes)
     if workers == 1:
+        if progress:  # a bar over the permutation blocks, on stderr
+            from tqdm import tqdm
+
+            bounds = tqdm(bounds, desc=f"NBS permutations ({plan.count:,})", unit="block",
+                          leave=False)
         parts = [_null_block(w, model, *plan.take(s, e), *args[1:]) for s, e in bounds]
     else:
         from joblib import Parallel, delayed

@@ -1,7 +1,24 @@
-"""msimaging.pipeline — not implemented yet (planned in issue(s) 10).
+"""msimaging.pipeline — from a BIDS dataset to derivatives, study tables and the report.
 
-The package exists so the layered architecture is visible and enforced from the start;
-it exports nothing until its issue lands.
+- :func:`run_participant`: one task per (subject, visit, modality) on Dask (embedded
+  LocalCluster, an existing scheduler, or in-process), resumable through provenance records,
+  failures isolated and recorded in ``failures.tsv``.
+- :func:`run_group`: study tables, lesion tracks, NBS (first vs last visit) and the report.
 """
 
-__all__: list[str] = []
+from msimaging.pipeline.group import GroupRun, run_group
+from msimaging.pipeline.run import ParticipantRun, check_labels, plan_tasks, run_participant
+from msimaging.pipeline.tasks import MODALITIES, Task, TaskOutcome, run_task
+
+__all__ = [
+    "MODALITIES",
+    "GroupRun",
+    "ParticipantRun",
+    "Task",
+    "TaskOutcome",
+    "check_labels",
+    "plan_tasks",
+    "run_group",
+    "run_participant",
+    "run_task",
+]

@@ -26,7 +26,7 @@ from typing import Any
 from msimaging._version import __version__
 from msimaging.derivatives import DerivativesWriter, atomic_write_text
 
-__all__ = ["MODALITIES", "Task", "TaskOutcome", "provenance_path", "run_task"]
+__all__ = ["MODALITIES", "Task", "TaskOutcome", "is_up_to_date", "provenance_path", "run_task"]
 
 #: Modalities a participant-level task can run, and the BIDS kinds each needs.
 MODALITIES: dict[str, tuple[str, ...]] = {
@@ -135,6 +135,20 @@ def _up_to_date(path: Path, inputs: dict[str, Path], params: dict[str, Any]) -> 
 def _peak_rss_mb() -> float:
     # ru_maxrss is in kB on Linux: the peak of this worker process so far.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def is_up_to_date(
+    task: Task, study: Any, output_dir: str | os.PathLike[str], params: dict[str, Any] | None
+) -> bool:
+    """Whether ``task`` can be skipped: its provenance matches inputs, parameters, version
+    and outputs. Cheap (file metadata only), so the scheduler never sees finished tasks."""
+    try:
+        session = study.session(task.participant_id, task.session_id)
+        inputs = _inputs(session, task.modality)
+    except Exception:
+        return False  # let the task run and report the problem
+    return _up_to_date(provenance_path(Path(output_dir), task), inputs,
+                       dict(params or {}).get(task.modality, {}))
 
 
 def run_task(

@@ -1,0 +1,294 @@
+"""Participant level on Dask: plan the tasks, run them, record failures, logs and a summary.
+
+Execution (:func:`run_participant`):
+
+* ``scheduler="tcp://host:8786"``: an existing Dask cluster (e.g. from dask-jobqueue on
+  SLURM/PBS, see the README);
+* ``n_workers=1``: in this process, one task after the other (no cluster);
+* otherwise an embedded :class:`distributed.LocalCluster` of ``n_workers`` single-threaded
+  worker processes (default: one per core, at most the number of tasks).
+
+Tasks never raise (:func:`msimaging.pipeline.tasks.run_task`); a worker that dies (killed, out
+of memory) is recorded as a failure of its task too. Every run writes
+``logs/<timestamp>_participant.log`` and ``failures.tsv`` (empty when all succeeded) and
+``group/participant_tasks.tsv`` (one row per task: status, time, peak memory).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from msimaging.derivatives import DerivativesWriter, atomic_write_text
+from msimaging.errors import BIDSError, InputError
+from msimaging.pipeline.tasks import MODALITIES, Task, TaskOutcome, is_up_to_date, run_task
+
+__all__ = ["ParticipantRun", "check_labels", "plan_tasks", "run_participant"]
+
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_FAILURE_COLUMNS = ["participant_id", "session_id", "modality", "error_type", "message"]
+
+
+@dataclass(frozen=True)
+class ParticipantRun:
+    """Result of :func:`run_participant`."""
+
+    tasks: pd.DataFrame
+    failures: pd.DataFrame
+    log: Path
+    seconds: float
+    n_workers: int
+
+    @property
+    def ok(self) -> bool:
+        return self.failures.empty
+
+    def summary(self) -> pd.DataFrame:
+        """Tasks per modality and status."""
+        if self.tasks.empty:
+            return pd.DataFrame(columns=["modality", "status", "tasks"])
+        return (self.tasks.groupby(["modality", "status"]).size().rename("tasks")
+                .reset_index())
+
+    def __repr__(self) -> str:
+        counts = self.tasks["status"].value_counts().to_dict() if len(self.tasks) else {}
+        return (f"ParticipantRun({len(self.tasks)} tasks {counts}, {self.seconds:.0f} s, "
+                f"{self.n_workers} workers)")
+
+
+def check_labels(labels: Iterable[str] | None, what: str, prefix: str) -> list[str] | None:
+    """Validate BIDS labels (alphanumeric), accepting them with or without the prefix."""
+    if labels is None:
+        return None
+    out = []
+    for label in labels:
+        raw = str(label)
+        bare = raw.removeprefix(prefix)
+        if not _LABEL.fullmatch(bare):
+            raise InputError(
+                f"{what} {raw!r} is not a valid BIDS label: labels are letters and digits only "
+                f"(e.g. '01' or '{prefix}01'), so that no path outside the output folder can "
+                "ever be written."
+            )
+        out.append(f"{prefix}{bare}")
+    return out
+
+
+def plan_tasks(
+    bids_dir: str | os.PathLike[str],
+    *,
+    participant_label: Sequence[str] | None = None,
+    session_label: Sequence[str] | None = None,
+    modalities: Sequence[str] = tuple(MODALITIES),
+) -> list[Task]:
+    """Tasks for the selected subjects, sessions and modalities (in study order)."""
+    from msimaging.bids import Study
+
+    for modality in modalities:
+        if modality not in MODALITIES:
+            raise InputError(
+                f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}."
+            )
+    participants = check_labels(participant_label, "participant label", "sub-")
+    sessions = check_labels(session_label, "session label", "ses-")
+    study = Study(bids_dir)
+    found = {s.participant_id for s in study}
+    if participants:
+        missing = sorted(set(participants) - found)
+        if missing:
+            raise BIDSError(
+                f"participant(s) {', '.join(missing)} not found in {bids_dir}; the dataset has "
+                f"{', '.join(sorted(found))}."
+            )
+    tasks = [
+        Task(s.participant_id, s.session_id, modality)
+        for s in study
+        if (participants is None or s.participant_id in participants)
+        and (sessions is None or s.session_id in sessions)
+        for modality in modalities
+    ]
+    if not tasks:
+        raise BIDSError(
+            f"no session of {bids_dir} matches participant {participant_label} and session "
+            f"{session_label}."
+        )
+    return tasks
+
+
+def _logger(output: Path, level: str) -> tuple[logging.Logger, Path]:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = output / "logs" / f"{stamp}_{level}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"msimaging.run.{stamp}.{level}")
+    logger.setLevel(logging.INFO)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    return logger, path
+
+
+def _client(scheduler: str | None, n_workers: int):
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler, timeout="30s"), None
+    cluster = LocalCluster(
+        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        memory_limit=0, silence_logs=logging.ERROR,
+    )
+    return Client(cluster), cluster
+
+
+def run_participant(
+    bids_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    participant_label: Sequence[str] | None = None,
+    session_label: Sequence[str] | None = None,
+    modalities: Sequence[str] = tuple(MODALITIES),
+    params: dict[str, Any] | None = None,
+    n_workers: int | None = None,
+    scheduler: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> ParticipantRun:
+    """Run the participant level: every (subject, visit, modality) task, resumably.
+
+    Parameters
+    ----------
+    bids_dir : path
+        BIDS dataset (raw + derivatives such as fMRIPrep and a segmentation).
+    output_dir : path
+        The msimaging derivatives folder (never inside ``bids_dir``).
+    participant_label, session_label : sequence of str, optional
+        Labels with or without ``sub-``/``ses-``; letters and digits only.
+    modalities : sequence of {"dti", "fmri", "volumetry"}
+    params : dict, optional
+        Per-modality parameters, e.g. ``{"fmri": {"atlas": "power2011"}}``; part of the
+        provenance, so changing them recomputes.
+    n_workers : int, optional
+        Worker processes of the embedded cluster (default: CPU count); 1 runs in-process.
+    scheduler : str, optional
+        Address of an existing Dask scheduler; overrides ``n_workers``.
+    force : bool
+        Recompute tasks whose outputs are up to date.
+    progress : bool
+        Show a progress bar (tqdm) on stderr.
+
+    Returns
+    -------
+    ParticipantRun
+    """
+    started = time.perf_counter()
+    output = Path(output_dir).resolve()
+    DerivativesWriter(output, input_datasets=[bids_dir])  # refuses output inside the input
+    tasks = plan_tasks(bids_dir, participant_label=participant_label,
+                       session_label=session_label, modalities=modalities)
+    logger, log_path = _logger(output, "participant")
+    from msimaging.bids import Study
+
+    study = Study(bids_dir)
+    skipped = [] if force else [t for t in tasks if is_up_to_date(t, study, output, params)]
+    done = set(skipped)
+    todo = [t for t in tasks if t not in done]
+    n_workers = max(1, min(n_workers or os.cpu_count() or 1, max(len(todo), 1)))
+    logger.info("msimaging participant level: %d tasks (%d up to date), %s", len(tasks),
+                len(skipped), f"scheduler {scheduler}" if scheduler else f"{n_workers} workers")
+    bar = _progress(len(tasks), progress)
+    outcomes: list[TaskOutcome] = []
+
+    def finished(outcome: TaskOutcome) -> None:
+        outcomes.append(outcome)
+        level = logging.ERROR if outcome.status == "failed" else logging.INFO
+        logger.log(level, "%s %s %s: %s in %.1f s (peak %.0f MB)%s",
+                   outcome.participant_id, outcome.session_id, outcome.modality,
+                   outcome.status, outcome.seconds, outcome.peak_rss_mb,
+                   f" - {outcome.error_type}: {outcome.message}" if outcome.error_type else "")
+        if outcome.details:
+            logger.error(outcome.details)
+        bar.set_postfix_str(f"{outcome.participant_id} {outcome.session_id} "
+                            f"{outcome.modality} {outcome.status}", refresh=False)
+        bar.update(1)
+
+    for task in skipped:
+        finished(TaskOutcome(task.participant_id, task.session_id, task.modality, "skipped"))
+    if todo and scheduler is None and n_workers == 1:
+        for task in todo:
+            finished(run_task(task, bids_dir, output, params, force=force))
+    elif todo:
+        _run_on_dask(todo, bids_dir, output, params, force, scheduler, n_workers, finished)
+    bar.close()
+    table = pd.DataFrame([o.row() for o in outcomes])
+    order = {(t.participant_id, t.session_id, t.modality): k for k, t in enumerate(tasks)}
+    table["_order"] = [order[(r.participant_id, r.session_id, r.modality)]
+                       for r in table.itertuples()]
+    table = table.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    failures = table.loc[table["status"] == "failed", _FAILURE_COLUMNS].reset_index(drop=True)
+    atomic_write_text(output / "failures.tsv",
+                      failures.to_csv(sep="\t", index=False, na_rep="n/a"))
+    writer = DerivativesWriter(output, input_datasets=[bids_dir])
+    writer.write_group_table(table, "participant_tasks",
+                             sidecar={"Description": "Participant-level tasks of the last run",
+                                      "Log": str(log_path)})
+    seconds = time.perf_counter() - started
+    logger.info("finished in %.1f s: %s", seconds, table["status"].value_counts().to_dict())
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+    return ParticipantRun(table, failures, log_path, seconds,
+                          0 if scheduler else n_workers)
+
+
+def _run_on_dask(tasks, bids_dir, output, params, force, scheduler, n_workers, finished):
+    from distributed import as_completed
+
+    client, cluster = _client(scheduler, n_workers)
+    try:
+        futures = {
+            client.submit(run_task, task, str(bids_dir), str(output), params, force=force,
+                          key=f"msimaging-{task.participant_id}-{task.session_id}-"
+                              f"{task.modality}-{time.time_ns()}", pure=False): task
+            for task in tasks
+        }
+        for future in as_completed(futures):
+            task = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # the worker died (killed, out of memory, ...)
+                outcome = TaskOutcome(task.participant_id, task.session_id, task.modality,
+                                      "failed", error_type=type(exc).__name__,
+                                      message=str(exc)[:2000])
+            finished(outcome)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="participant tasks", unit="task", dynamic_ncols=True)
