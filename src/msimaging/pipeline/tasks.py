@@ -35,6 +35,18 @@ MODALITIES: dict[str, tuple[str, ...]] = {
     "volumetry": ("dseg", "lesion_mask"),
 }
 _OPTIONAL = {"bold_mask"}
+#: Default parameters per modality; the provenance records the effective (merged) ones, so
+#: a value given explicitly and the same default are the same run.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "dti": {"method": "wls", "margin_mm": 0.0, "wm_labels": [3], "figures": True},
+    "fmri": {"atlas": "seitzman2018", "strategy": "simple", "kind": "correlation"},
+    "volumetry": {"labels": "synthetic"},
+}
+
+
+def effective_params(modality: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The defaults of ``modality`` updated with the user's parameters for it."""
+    return {**DEFAULTS[modality], **dict(params or {}).get(modality, {})}
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,7 @@ def is_up_to_date(
     except Exception:
         return False  # let the task run and report the problem
     return _up_to_date(provenance_path(Path(output_dir), task), inputs,
-                       dict(params or {}).get(task.modality, {}))
+                       effective_params(task.modality, params))
 
 
 def run_task(
@@ -162,7 +174,6 @@ def run_task(
     """Run one task (or skip it when its outputs are up to date); never raises."""
     from msimaging.bids import Study
 
-    params = dict(params or {})
     started = time.perf_counter()
     outcome = TaskOutcome(task.participant_id, task.session_id, task.modality, "failed")
     output = Path(output_dir)
@@ -170,16 +181,16 @@ def run_task(
         session = Study(bids_dir).session(task.participant_id, task.session_id)
         inputs = _inputs(session, task.modality)
         prov = provenance_path(output, task)
-        if not force and _up_to_date(prov, inputs, params.get(task.modality, {})):
+        settings = effective_params(task.modality, params)
+        if not force and _up_to_date(prov, inputs, settings):
             outcome.status = "skipped"
             return outcome
         writer = DerivativesWriter(output, input_datasets=[bids_dir])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            outputs = _RUNNERS[task.modality](session, inputs, writer,
-                                              params.get(task.modality, {}))
+            outputs = _RUNNERS[task.modality](session, inputs, writer, settings)
         outcome.message = "; ".join(dict.fromkeys(str(w.message) for w in caught))[:2000]
-        record = _record(inputs, params.get(task.modality, {}), outputs)
+        record = _record(inputs, settings, outputs)
         atomic_write_text(prov, json.dumps(record, indent=1))
         outcome.outputs = [str(p) for p in outputs]
         outcome.status = "done"
@@ -205,27 +216,27 @@ def _run_dti(session, inputs, writer, params) -> list[Path]:
     from msimaging.dti import dti_session, tract_session
 
     dseg = nib.load(inputs["dseg"])
-    labels = params.get("wm_labels", [3])  # synthetic dseg: 3 = cerebral WM
+    labels = params["wm_labels"]  # synthetic dseg: 3 = cerebral WM
     wm = nib.Nifti1Image(np.isin(np.asanyarray(dseg.dataobj), labels).astype(np.uint8),
                          dseg.affine)
     dti = dti_session(
         inputs["dwi"], inputs["t1w"], wm, inputs["lesion_mask"],
         participant_id=session.participant_id, session_id=session.session_id, writer=writer,
-        method=params.get("method", "wls"), margin_mm=params.get("margin_mm", 0.0),
+        method=params["method"], margin_mm=params["margin_mm"],
     )
-    stage = tract_session(dti, writer=writer, figures=params.get("figures", True))
+    stage = tract_session(dti, writer=writer, figures=params["figures"])
     return [*dti.outputs.values(), *stage.outputs.values()]
 
 
 def _run_fmri(session, inputs, writer, params) -> list[Path]:
     from msimaging.fmri import connectivity, extract_timeseries
 
-    atlas = params.get("atlas", "seitzman2018")
+    atlas = params["atlas"]
     series = extract_timeseries(
         inputs["bold_preproc"], atlas, confounds=inputs.get("confounds"),
-        strategy=params.get("strategy", "simple"), mask=inputs.get("bold_mask"),
+        strategy=params["strategy"], mask=inputs.get("bold_mask"),
     )
-    conn = connectivity(series, kind=params.get("kind", "correlation"), fisher_z=True)
+    conn = connectivity(series, kind=params["kind"], fisher_z=True)
     path = conn.save(writer, atlas=atlas.capitalize().replace("_", ""), task="rest",
                      participant_id=session.participant_id, session_id=session.session_id)
     return [path]
@@ -235,7 +246,7 @@ def _run_volumetry(session, inputs, writer, params) -> list[Path]:
     from msimaging.volumetry import volumetry_session
 
     result = volumetry_session(
-        inputs["dseg"], inputs["lesion_mask"], labels=params.get("labels", "synthetic"),
+        inputs["dseg"], inputs["lesion_mask"], labels=params["labels"],
         participant_id=session.participant_id, session_id=session.session_id, writer=writer,
     )
     return list(result.outputs.values())
