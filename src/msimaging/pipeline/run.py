@@ -36,6 +36,7 @@ __all__ = ["ParticipantRun", "check_labels", "plan_tasks", "run_participant"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _FAILURE_COLUMNS = ["participant_id", "session_id", "modality", "error_type", "message"]
+_PRIORITY = {"dti": 2, "fmri": 1, "volumetry": 0}
 
 
 @dataclass(frozen=True)
@@ -254,10 +255,13 @@ def _run_on_dask(tasks, bids_dir, output, params, force, scheduler, n_workers, f
 
     client, cluster = _client(scheduler, n_workers)
     try:
+        # Longest tasks first (DTI, then fMRI, then volumetry), so that the short ones fill
+        # the workers at the end instead of one long task running alone.
         futures = {
             client.submit(run_task, task, str(bids_dir), str(output), params, force=force,
                           key=f"msimaging-{task.participant_id}-{task.session_id}-"
-                              f"{task.modality}-{time.time_ns()}", pure=False): task
+                              f"{task.modality}-{time.time_ns()}", pure=False,
+                          priority=_PRIORITY.get(task.modality, 0)): task
             for task in tasks
         }
         for future in as_completed(futures):

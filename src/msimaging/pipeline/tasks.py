@@ -38,7 +38,9 @@ _OPTIONAL = {"bold_mask"}
 #: Default parameters per modality; the provenance records the effective (merged) ones, so
 #: a value given explicitly and the same default are the same run.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "dti": {"method": "wls", "margin_mm": 0.0, "wm_labels": [3], "figures": True},
+    # Tract figures (overlay + profiles) for each subject's first visit only: QC at a
+    # fraction of the cost; "all" draws every visit, "none" none.
+    "dti": {"method": "wls", "margin_mm": 0.0, "wm_labels": [3], "figures": "first"},
     "fmri": {"atlas": "seitzman2018", "strategy": "simple", "kind": "correlation"},
     "volumetry": {"labels": "synthetic"},
 }
@@ -178,7 +180,10 @@ def run_task(
     outcome = TaskOutcome(task.participant_id, task.session_id, task.modality, "failed")
     output = Path(output_dir)
     try:
-        session = Study(bids_dir).session(task.participant_id, task.session_id)
+        study = Study(bids_dir)
+        session = study.session(task.participant_id, task.session_id)
+        own = [s for s in study if s.participant_id == task.participant_id]
+        first_visit = min(own, key=lambda s: s.months).session_id == session.session_id
         inputs = _inputs(session, task.modality)
         prov = provenance_path(output, task)
         settings = effective_params(task.modality, params)
@@ -188,7 +193,7 @@ def run_task(
         writer = DerivativesWriter(output, input_datasets=[bids_dir])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            outputs = _RUNNERS[task.modality](session, inputs, writer, settings)
+            outputs = _RUNNERS[task.modality](session, inputs, writer, settings, first_visit)
         outcome.message = "; ".join(dict.fromkeys(str(w.message) for w in caught))[:2000]
         record = _record(inputs, settings, outputs)
         atomic_write_text(prov, json.dumps(record, indent=1))
@@ -209,7 +214,7 @@ def run_task(
 # --------------------------------------------------------------------------------------------
 
 
-def _run_dti(session, inputs, writer, params) -> list[Path]:
+def _run_dti(session, inputs, writer, params, first_visit: bool) -> list[Path]:
     import nibabel as nib
     import numpy as np
 
@@ -224,11 +229,13 @@ def _run_dti(session, inputs, writer, params) -> list[Path]:
         participant_id=session.participant_id, session_id=session.session_id, writer=writer,
         method=params["method"], margin_mm=params["margin_mm"],
     )
-    stage = tract_session(dti, writer=writer, figures=params["figures"])
+    figures = params["figures"] in (True, "all") or (params["figures"] == "first"
+                                                     and first_visit)
+    stage = tract_session(dti, writer=writer, figures=figures)
     return [*dti.outputs.values(), *stage.outputs.values()]
 
 
-def _run_fmri(session, inputs, writer, params) -> list[Path]:
+def _run_fmri(session, inputs, writer, params, first_visit: bool) -> list[Path]:
     from msimaging.fmri import connectivity, extract_timeseries
 
     atlas = params["atlas"]
@@ -242,7 +249,7 @@ def _run_fmri(session, inputs, writer, params) -> list[Path]:
     return [path]
 
 
-def _run_volumetry(session, inputs, writer, params) -> list[Path]:
+def _run_volumetry(session, inputs, writer, params, first_visit: bool) -> list[Path]:
     from msimaging.volumetry import volumetry_session
 
     result = volumetry_session(
