@@ -415,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = build_app_parser().parse_args(argv)
         args.func = _run_app
+    previous_format = warnings.formatwarning
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
@@ -427,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted: finished tasks are kept; run the same command again to resume",
                   file=sys.stderr)
             return 130
+        finally:
+            warnings.formatwarning = previous_format  # main() may be called from Python
 
 
 if __name__ == "__main__":  # pragma: no cover
