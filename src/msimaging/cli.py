@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from msimaging._version import __version__
-from msimaging.errors import BIDSError, InputError, MSImagingError, OutputError
+from msimaging.errors import BIDSError, InputError, LabelError, MSImagingError, OutputError
 
 __all__ = ["main"]
 
@@ -394,14 +394,12 @@ def build_command_parser() -> argparse.ArgumentParser:
 
 
 def _exit_code(exc: MSImagingError) -> int:
-    text = str(exc)
     if isinstance(exc, OutputError):
         return EXIT_OUTPUT
-    if isinstance(exc, InputError) and ("label" in text and ("participant" in text
-                                                             or "session" in text)):
+    if isinstance(exc, LabelError):
         return EXIT_LABEL
     if isinstance(exc, BIDSError):
-        return EXIT_LABEL if "not found in" in text else EXIT_BIDS
+        return EXIT_BIDS
     return EXIT_DATAERR
 
 

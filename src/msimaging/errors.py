@@ -13,6 +13,7 @@ __all__ = [
     "DependencyError",
     "DesignError",
     "InputError",
+    "LabelError",
     "MSImagingError",
     "MSImagingWarning",
     "OutputError",
@@ -29,6 +30,10 @@ class InputError(MSImagingError, ValueError):
 
 class BIDSError(InputError):
     """A BIDS dataset cannot be read as one (missing root, unreadable sessions.tsv, ...)."""
+
+
+class LabelError(BIDSError):
+    """A participant or session label is not a valid BIDS label, or not in the dataset."""
 
 
 class DesignError(MSImagingError, ValueError):

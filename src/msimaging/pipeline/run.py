@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from msimaging.derivatives import DerivativesWriter, atomic_write_text
-from msimaging.errors import BIDSError, InputError
+from msimaging.errors import BIDSError, InputError, LabelError
 from msimaging.pipeline.tasks import MODALITIES, Task, TaskOutcome, is_up_to_date, run_task
 
 __all__ = ["ParticipantRun", "check_labels", "plan_tasks", "run_participant"]
@@ -75,7 +75,7 @@ def check_labels(labels: Iterable[str] | None, what: str, prefix: str) -> list[s
         raw = str(label)
         bare = raw.removeprefix(prefix)
         if not _LABEL.fullmatch(bare):
-            raise InputError(
+            raise LabelError(
                 f"{what} {raw!r} is not a valid BIDS label: labels are letters and digits only "
                 f"(e.g. '01' or '{prefix}01'), so that no path outside the output folder can "
                 "ever be written."
@@ -106,7 +106,7 @@ def plan_tasks(
     if participants:
         missing = sorted(set(participants) - found)
         if missing:
-            raise BIDSError(
+            raise LabelError(
                 f"participant(s) {', '.join(missing)} not found in {bids_dir}; the dataset has "
                 f"{', '.join(sorted(found))}."
             )

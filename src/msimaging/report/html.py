@@ -96,8 +96,8 @@ def _fig_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _trajectories(changes: pd.DataFrame, panels: list[tuple[str, pd.DataFrame]], value: str,
-                  subject: str, visit: str, unit: str = "") -> bytes:
+def _trajectories(panels: list[tuple[str, pd.DataFrame]], value: str, subject: str,
+                  visit: str, unit: str = "") -> bytes:
     """Small multiples: one line per subject, the median in black."""
     from matplotlib.figure import Figure
 
@@ -119,7 +119,6 @@ def _trajectories(changes: pd.DataFrame, panels: list[tuple[str, pd.DataFrame]],
         if unit:
             ax.set_ylabel(unit, fontsize=8)
         ax.set_xticks(x)
-    del changes
     return _fig_bytes(fig)
 
 
@@ -226,7 +225,7 @@ def _section_dti(folder: Path, sessions, alpha: float, notes: list[str]) -> str:
                   if ((nawm.roi == roi) & (nawm.metric == metric)).any()]
         if panels:
             out.append(_figure_html(
-                _trajectories(result.changes, panels, "mean", "participant_id", "months"),
+                _trajectories(panels, "mean", "participant_id", "months"),
                 "NAWM RD and FA per patient (blue) and median (black) across visits"))
     tracts = _read_group(folder, "dti_tracts")
     out.append("<h3>Tracts</h3>")
@@ -347,7 +346,7 @@ def _section_clinical(bids_dir: Path | None, alpha: float, notes: list[str]) -> 
         panels = [(f"{m} ({units.loc[m, 'unit']})", clinical[clinical.measure == m])
                   for m in result.tests["measure"]]
         out.append(_figure_html(
-            _trajectories(result.changes, panels, "value", "participant_id", "months"),
+            _trajectories(panels, "value", "participant_id", "months"),
             "Clinical outcomes per patient (blue) and median (black)"))
     notes.extend(local)
     return "".join(out) + _notes_html(local)

@@ -308,16 +308,13 @@ def _to_reference(ids, img, transform, reference, label, fine: int) -> np.ndarra
             transform.moving_shape,
             transform.moving_affine,
         )
-    elif fine > 1:  # a SyN transform keeps its grid: refine its output instead
-        carried = apply_transform(
-            nib.Nifti1Image(ids.astype(np.int32), img.affine), transform,
-            interpolation="nearest",
-        )
-        return _repeat(np.rint(np.asanyarray(carried.dataobj)).astype(np.int32), fine)
+        fine = 1  # the refined grid is the transform's own
     carried = apply_transform(
         nib.Nifti1Image(ids.astype(np.int32), img.affine), transform, interpolation="nearest"
     )
-    return np.rint(np.asanyarray(carried.dataobj)).astype(np.int32)
+    carried = np.rint(np.asanyarray(carried.dataobj)).astype(np.int32)
+    # A SyN transform keeps its grid: refine its output instead.
+    return _repeat(carried, fine) if fine > 1 else carried
 
 
 def _category(n_first: int, n_last: int, first: float, last: float, t: float,
