@@ -377,3 +377,17 @@ def test_to_frame_lists_every_shape():
     n_mid = len(TRACTS["CC"].waypoints[1].parts)
     assert len(frame) == 2 + n_mid + n_mid + 2  # two lateral slabs, mid parts, seeds, excl.
     assert {"x_mm", "y_mm", "z_mm", "radius_mm", "min_mm", "max_mm", "label"} <= set(frame)
+
+
+def test_tracking_recommendations_are_checked():
+    from msimaging.atlases.tracts import TRACKING_KEYS, TRACTS, Sphere, TractDefinition
+
+    a, b = Sphere((0.0, 0.0, 0.0), 5.0), Sphere((0.0, 20.0, 0.0), 5.0)
+    with pytest.raises(InputError, match="max_angle"):
+        TractDefinition("x", "", (), waypoints=(a, b), seeds=(a,),
+                        tracking={"max_angle": 30})
+    for definition in TRACTS.values():
+        assert set(definition.tracking) <= set(TRACKING_KEYS)
+    # Compact bundles are cleaned around one core; the callosal fan is not.
+    assert TRACTS["OR_L"].tracking["clean"] and TRACTS["CST_R"].tracking["clean"]
+    assert not TRACTS["CC"].tracking.get("clean", False)

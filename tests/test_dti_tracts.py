@@ -23,6 +23,7 @@ from msimaging.dti.tensor import fit_tensor
 from msimaging.dti.tracts import (
     TractBundle,
     bundle,
+    clean_bundle,
     plot_profiles,
     plot_tract_overlay,
     select,
@@ -332,6 +333,100 @@ def test_fa_profile_follows_the_true_fa_along_the_tube(phantom, tube_bundle):
     assert r >= 0.9
     # Node 0 is at the first waypoint (start of the tube).
     assert core[0, 1] < core[-1, 1]
+
+
+def test_profile_interpolates_only_from_the_tracked_white_matter(phantom, tube_bundle):
+    # Analytic map: 1 in every voxel the tracker could follow, 0 elsewhere. Interpolating
+    # within the tracked region must give exactly 1 at every node; plain trilinear
+    # interpolation (dipy's afq_profile) dips below 1 wherever streamlines run next to the
+    # tube's edge, and the FA profile is pulled towards the background there.
+    region = tube_bundle.tracked_region
+    assert region is not None and region.any()
+    ones = {"x": nib.Nifti1Image(region.astype(np.float32), AFFINE)}
+    masked = tract_profiles(ones, tube_bundle)["value"].to_numpy()
+    plain = tract_profiles(ones, tube_bundle, within_tracked=False)["value"].to_numpy()
+    np.testing.assert_allclose(masked, 1.0, atol=1e-9)
+    assert plain.min() < 0.99
+    # Against the true FA along the tube: the masked profile is closer at every quantile.
+    from dipy.tracking.streamline import set_number_of_points
+
+    core = np.mean(np.stack(list(set_number_of_points(tube_bundle.between_waypoints(), 100))),
+                   axis=0)
+    t = np.linspace(0, 1, 2001)
+    truth = true_fa(t[cKDTree(centreline(t)).query(core)[1]])
+    errors = {}
+    for flag in (True, False):
+        table = tract_profiles(phantom.fit, tube_bundle, within_tracked=flag)
+        fa = table[table["metric"] == "fa"].sort_values("node")["value"].to_numpy()
+        errors[flag] = np.abs(fa - truth)
+    print(f"profile |FA error| mean: within tracked {errors[True].mean():.4f}, "
+          f"plain {errors[False].mean():.4f}")
+    assert errors[True].mean() < errors[False].mean()
+
+
+def _with_outliers(tract: TractBundle) -> tuple[TractBundle, int]:
+    """The tube bundle plus 6 planted outliers: 3 copies shifted 14 mm off the tube, 3 copies
+    with a 20 mm detour in the middle (same ends, so only the distance test catches them)."""
+    from dipy.tracking.streamline import Streamlines
+
+    lines = [np.asarray(s) for s in tract.streamlines]
+    planted = []
+    for k in range(3):
+        planted.append(lines[k] + np.array([0.0, 0.0, 14.0 + k]))
+        bent = lines[k + 3].copy()
+        u = np.linspace(0.0, 1.0, len(bent))
+        bent[:, 2] += 20.0 * np.sin(np.pi * u) ** 4
+        planted.append(bent)
+    span = None
+    if tract.waypoint_span is not None:
+        span = np.concatenate([tract.waypoint_span, tract.waypoint_span[:6]])
+    from dataclasses import replace
+
+    out = replace(tract, streamlines=Streamlines(lines + planted),
+                  n_streamlines=len(lines) + len(planted), waypoint_span=span)
+    return out, len(lines)
+
+
+def test_clean_bundle_removes_planted_outliers(tube_bundle):
+    dirty, n_real = _with_outliers(tube_bundle)
+    cleaned = clean_bundle(dirty)
+    kept = {tuple(np.round(np.asarray(s)[len(s) // 2], 6)) for s in cleaned.streamlines}
+    planted = [np.asarray(dirty.streamlines[i]) for i in range(n_real, dirty.n_streamlines)]
+    # Ground truth: every planted outlier is gone, and most real streamlines stay.
+    assert not any(tuple(np.round(p[len(p) // 2], 6)) in kept for p in planted)
+    assert cleaned.n_streamlines >= 0.9 * n_real
+    assert cleaned.parameters["n_cleaned"] == dirty.n_streamlines - cleaned.n_streamlines
+    assert len(cleaned.waypoint_span) == cleaned.n_streamlines
+    # Spans stay attached to their streamlines: the kept stretch still runs between waypoints.
+    assert len(cleaned.between_waypoints()) == cleaned.n_streamlines
+    # A bundle below min_streamlines is left alone; invalid settings are named.
+    few = clean_bundle(dirty, min_streamlines=dirty.n_streamlines + 1)
+    assert few.n_streamlines == dirty.n_streamlines and few.parameters["n_cleaned"] == 0
+    with pytest.raises(InputError, match="distance_threshold"):
+        clean_bundle(dirty, distance_threshold=-1)
+
+
+def test_definition_tracking_recommendations_and_overrides(phantom):
+    @dataclass(frozen=True)
+    class Recommending(StandInTract):
+        tracking: dict = None
+
+    compact = Recommending("tube", seeds=(SEED,), waypoints=(FIRST, LAST),
+                           tracking={"seeding": "wm", "seeds_per_voxel": 1,
+                                     "max_angle_deg": 30.0, "clean": True})
+    recommended = bundle(phantom.fit, compact)
+    params = recommended.parameters
+    assert (params["seeding"], params["seeds_per_voxel"], params["max_angle_deg"],
+            params["clean"]) == ("wm", 1, 30.0, True)
+    assert "n_cleaned" in params and params["n_selected"] >= recommended.n_streamlines
+    assert dice(recommended.mask().dataobj, phantom.tube) >= 0.7
+    # An explicit argument beats the recommendation; a definition without one gets defaults.
+    explicit = bundle(phantom.fit, compact, seeding="rois", clean=False)
+    assert explicit.parameters["seeding"] == "rois" and "n_cleaned" not in explicit.parameters
+    plain = bundle(phantom.fit, TUBE)
+    assert (plain.parameters["seeding"], plain.parameters["max_angle_deg"]) == ("rois", 45.0)
+    with pytest.raises(InputError, match="clean"):
+        bundle(phantom.fit, TUBE, clean="yes")
 
 
 def test_tracts_from_atlas_counts_label_voxels(phantom):

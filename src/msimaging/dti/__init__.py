@@ -19,6 +19,7 @@ from msimaging.dti.tensor import METHODS, TensorFit, fit_tensor
 from msimaging.dti.tracts import (
     TractBundle,
     bundle,
+    clean_bundle,
     plot_profiles,
     plot_tract_overlay,
     tract_metrics,
@@ -34,6 +35,7 @@ __all__ = [
     "TractBundle",
     "TractStage",
     "bundle",
+    "clean_bundle",
     "dti_session",
     "fit_tensor",
     "nawm_rois",

@@ -367,7 +367,9 @@ def tract_session(
     **tracking
         Passed to :func:`msimaging.dti.tracts.bundle` (seeding, seeds_per_voxel, seed_fa,
         seed_margin_mm, step_size_mm, fa_threshold, max_angle_deg, min_length_mm,
-        max_length_mm, seed, n_jobs).
+        max_length_mm, clean, seed, n_jobs). Seeding, seeds per voxel, the turn limit and
+        cleaning left out take each tract's recommendation (CST and OR: white-matter seeding,
+        30 degrees, AFQ cleaning; CC: seeds in the midsagittal callosum, 45 degrees).
     """
     from msimaging.atlases.tracts import tract_definitions
 

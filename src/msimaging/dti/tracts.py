@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
@@ -50,10 +51,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "BUNDLE_DEFAULTS",
     "SEEDING_MODES",
     "TRACKING_METHODS",
     "TractBundle",
     "bundle",
+    "clean_bundle",
     "plot_profiles",
     "plot_tract_overlay",
     "select",
@@ -62,6 +65,11 @@ __all__ = [
     "tract_profiles",
     "tracts_from_atlas",
 ]
+
+#: Library defaults of the :func:`bundle` parameters a tract definition may override.
+BUNDLE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"seeding": "rois", "seeds_per_voxel": 2, "max_angle_deg": 45.0, "clean": False}
+)
 
 #: Accepted ``method`` values of :func:`track`.
 TRACKING_METHODS = ("deterministic", "probabilistic")
@@ -680,20 +688,28 @@ def bundle(
     lesion_mask: ImageLike | np.ndarray | None = None,
     stopping_mask: ImageLike | np.ndarray | None = None,
     method: str = "deterministic",
-    seeding: str = "rois",
-    seeds_per_voxel: int = 2,
+    seeding: str | None = None,
+    seeds_per_voxel: int | None = None,
     seed_fa: float = 0.3,
     seed_margin_mm: float = 5.0,
     step_size_mm: float = 1.0,
     fa_threshold: float = 0.2,
-    max_angle_deg: float = 45.0,
+    max_angle_deg: float | None = None,
     min_length_mm: float = 30.0,
     max_length_mm: float = 250.0,
     pmf_power: float = 1.0,
+    clean: bool | None = None,
     seed: int = 0,
     n_jobs: int = 1,
 ) -> TractBundle:
-    """Reconstruct one tract: seed, track, select and orient.
+    """Reconstruct one tract: seed, track, select, orient and (optionally) clean.
+
+    ``seeding``, ``seeds_per_voxel``, ``max_angle_deg`` and ``clean`` left at ``None`` take
+    the value the definition recommends (``definition.tracking``, see
+    :attr:`msimaging.atlases.tracts.TractDefinition.tracking`), else the library default
+    (:data:`BUNDLE_DEFAULTS`: ROI seeding, 2 seeds per voxel, 45 degrees, no cleaning). The
+    shipped CST and OR recommend white-matter seeding, 30 degrees and cleaning; the corpus
+    callosum keeps the defaults. The values used are in ``TractBundle.parameters``.
 
     Parameters
     ----------
@@ -710,7 +726,7 @@ def bundle(
         Lesions on the DWI grid: tracking continues through them (see :func:`track`).
     stopping_mask : nibabel image, path or bool ndarray, optional
         Tracking region (see :func:`track`).
-    seeding : {"rois", "wm"}
+    seeding : {"rois", "wm"}, optional
         Where streamlines start. ``"rois"`` (default): the definition's seed ROIs (its
         waypoints), few seeds and a fast run. ``"wm"``: every white-matter voxel (FA at or
         above ``seed_fa``) in the bounding box of the waypoints enlarged by
@@ -723,6 +739,9 @@ def bundle(
         FA threshold of the ``"wm"`` seed region.
     seed_margin_mm : float
         Margin (mm) around the waypoints' bounding box of the ``"wm"`` seed region.
+    clean : bool, optional
+        Remove outlier streamlines after selection (:func:`clean_bundle`, AFQ's cleaning with
+        its default thresholds).
     method, seeds_per_voxel, step_size_mm, fa_threshold, max_angle_deg, min_length_mm, \
 max_length_mm, pmf_power, seed, n_jobs
         Tracking parameters (see :func:`track`).
@@ -739,6 +758,17 @@ max_length_mm, pmf_power, seed, n_jobs
             f"definition {name!r} has no masks(shape, affine, to_mni) method; pass a "
             "TractDefinition from msimaging.atlases.tracts (or an object with the same API)."
         )
+    recommended = {**BUNDLE_DEFAULTS, **dict(getattr(definition, "tracking", None) or {})}
+    given = {"seeding": seeding, "seeds_per_voxel": seeds_per_voxel,
+             "max_angle_deg": max_angle_deg, "clean": clean}
+    seeding, seeds_per_voxel, max_angle_deg, clean = (
+        recommended[key] if value is None else value for key, value in given.items()
+    )
+    if not isinstance(clean, bool | np.bool_):
+        raise InputError(
+            f"clean must be True or False (or None: the tract's choice), got {clean!r}."
+        )
+    clean = bool(clean)
     fa, _, brain, affine = _fit_arrays(fit)
     shape = tuple(int(s) for s in fit.fa.shape[:3])
     masks = _definition_masks(definition.masks(shape, affine, to_mni), name, shape)
@@ -752,6 +782,7 @@ max_length_mm, pmf_power, seed, n_jobs
         "min_length_mm": min_length_mm,
         "max_length_mm": max_length_mm,
         "pmf_power": pmf_power,
+        "clean": clean,
         "seed": seed,
         "lesion_mask": lesion_mask is not None,
     }
@@ -811,11 +842,94 @@ max_length_mm, pmf_power, seed, n_jobs
     region = brain & (fa >= fa_threshold)
     if lesion_mask is not None:
         region |= _as_bool(lesion_mask, "lesion_mask", shape, affine)
-    return TractBundle(
+    result = TractBundle(
         name, kept, len(kept), affine, shape,
-        {**parameters, "n_seed_voxels": int(seeds.sum()), "n_tracked": len(tracked)},
+        {**parameters, "n_seed_voxels": int(seeds.sum()), "n_tracked": len(tracked),
+         "n_selected": len(kept)},
         waypoint_span=span[keep] if len(masks["waypoints"]) >= 2 else None,
         tracked_region=region,
+    )
+    return clean_bundle(result) if clean else result
+
+
+def clean_bundle(
+    tract: TractBundle,
+    *,
+    distance_threshold: float = 3.0,
+    length_threshold: float = 4.0,
+    n_nodes: int = 100,
+    max_rounds: int = 5,
+    min_streamlines: int = 20,
+) -> TractBundle:
+    """Remove outlier streamlines from a bundle, as AFQ does (Yeatman et al. 2012).
+
+    Each round resamples the streamlines to ``n_nodes`` points and drops those that stray
+    from the bundle's core at any node (Mahalanobis distance of the node from the mean of that
+    node over the streamlines, with the node's 3x3 covariance, above ``distance_threshold``)
+    or whose length is an outlier (|z-score| above ``length_threshold``); rounds stop when
+    nothing is dropped, after ``max_rounds``, or when a round would leave fewer than
+    ``min_streamlines`` (that round is then not applied). The thresholds and round count are
+    pyAFQ's ``clean_bundle`` defaults. Unlike dipy's ``gaussian_weights`` (which inverts the
+    upper triangle of the covariance), the distance uses the full symmetric covariance, with
+    1e-6 mm² added to its diagonal so that nodes where every streamline coincides do not
+    make it singular.
+
+    A bundle is a single core only for compact tracts (CST, OR); a fan such as the whole
+    corpus callosum is not, and cleaning it removes its lateral fibres.
+
+    Parameters
+    ----------
+    tract : TractBundle
+    distance_threshold : float
+        Largest Mahalanobis distance allowed at any node.
+    length_threshold : float
+        Largest |z-score| of the streamline length (mm).
+    n_nodes : int
+        Points per streamline for the comparison.
+    max_rounds : int
+        At most this many rounds.
+    min_streamlines : int
+        Bundles with fewer streamlines are returned unchanged.
+
+    Returns
+    -------
+    TractBundle
+        The kept streamlines (same order), with ``parameters["n_cleaned"]`` the number
+        removed.
+    """
+    from dataclasses import replace
+
+    from dipy.tracking.streamline import Streamlines, length, set_number_of_points
+
+    distance_threshold = _check_positive(distance_threshold, "distance_threshold")
+    length_threshold = _check_positive(length_threshold, "length_threshold")
+    n_nodes = _check_int(n_nodes, "n_nodes", minimum=2)
+    max_rounds = _check_int(max_rounds, "max_rounds", minimum=1)
+    min_streamlines = _check_int(min_streamlines, "min_streamlines", minimum=2)
+    index = np.arange(tract.n_streamlines)
+    for _ in range(max_rounds):
+        if index.size < min_streamlines:
+            break
+        lines = Streamlines([tract.streamlines[i] for i in index])
+        resampled = set_number_of_points(lines, nb_points=n_nodes)
+        coords = np.asarray(resampled.get_data()).reshape(index.size, n_nodes, 3)
+        delta = coords - coords.mean(axis=0)
+        cov = np.einsum("snk,snl->nkl", delta, delta) / index.size + 1e-6 * np.eye(3)
+        distance = np.sqrt(np.einsum("snk,nkl,snl->sn", delta, np.linalg.inv(cov), delta))
+        lengths = np.asarray(length(lines), np.float64)
+        spread = lengths.std()
+        z = (lengths - lengths.mean()) / spread if spread > 0 else np.zeros_like(lengths)
+        good = (distance.max(axis=1) <= distance_threshold) & (np.abs(z) <= length_threshold)
+        if good.all() or good.sum() < min_streamlines:
+            break
+        index = index[good]
+    kept = Streamlines([tract.streamlines[i] for i in index])
+    return replace(
+        tract,
+        streamlines=kept,
+        n_streamlines=len(kept),
+        parameters={**tract.parameters, "n_cleaned": tract.n_streamlines - index.size},
+        waypoint_span=None if tract.waypoint_span is None else tract.waypoint_span[index],
     )
 
 
@@ -919,6 +1033,7 @@ def tract_profiles(
     *,
     n_nodes: int = 100,
     clip_to_waypoints: bool = True,
+    within_tracked: bool = True,
     participant_id: str | None = None,
     session_id: str | None = None,
 ) -> pd.DataFrame:
@@ -945,6 +1060,17 @@ def tract_profiles(
         Profile the stretch between the first and last waypoints (default, as pyAFQ's
         ``clip_edges``), or the whole streamlines (``False``: their ends fan out and reach
         partial-volume voxels, which bends the first and last nodes).
+    within_tracked : bool
+        Interpolate only from voxels of the region the tracker could follow
+        (``TractBundle.tracked_region``: FA at or above the tracking threshold, plus
+        lesions), i.e. normalised trilinear interpolation
+        ``sum(w * value * inside) / sum(w * inside)`` over the 8 neighbours. Plain trilinear
+        interpolation (``False``, dipy's ``afq_profile``) mixes in grey matter and CSF
+        wherever a streamline runs within a voxel of the edge of the white matter, and dents
+        the profile there: on the default synthetic study (5 subjects) the lowest
+        correlation of an optic radiation profile with the true along-tract FA rose from
+        0.77 to 0.97 (see ``benchmarks/bench_tract_session.py``). Bundles without a tracked
+        region (built by hand) are interpolated plainly.
     participant_id, session_id : str, optional
         Copied into every row.
 
@@ -986,14 +1112,17 @@ def tract_profiles(
                     stacklevel=2,
                 )
                 weights = np.full((n, n_nodes), 1.0 / n)
+        inside = tract.tracked_region if within_tracked else None
         for metric, data in loaded.items():
             if n == 0:
                 values = np.full(n_nodes, np.nan)
-            else:
+            elif inside is None:
                 values = afq_profile(
                     data, lines, reference.affine, n_points=n_nodes,
                     weights=weights,
                 )
+            else:
+                values = _masked_profile(data, inside, lines, reference.affine, n_nodes, weights)
             rows.append(
                 pd.DataFrame(
                     {
@@ -1012,6 +1141,30 @@ def tract_profiles(
     out.insert(0, "session_id", session_id)
     out.insert(0, "participant_id", participant_id)
     return out[_PROFILE_COLUMNS]
+
+
+def _masked_profile(
+    data: np.ndarray,
+    inside: np.ndarray,
+    lines: Any,
+    affine: np.ndarray,
+    n_nodes: int,
+    weights: np.ndarray | None,
+) -> np.ndarray:
+    """Weighted profile of ``data`` interpolated only from the voxels of ``inside``."""
+    from dipy.tracking.streamline import set_number_of_points, values_from_volume
+
+    resampled = set_number_of_points(lines, nb_points=n_nodes)
+    share = inside.astype(np.float64)
+    numerator = np.asarray(values_from_volume(np.where(inside, data, 0.0), resampled, affine))
+    denominator = np.asarray(values_from_volume(share, resampled, affine))
+    good = denominator > 1e-6
+    samples = np.where(good, numerator / np.where(good, denominator, 1.0), 0.0)
+    w = np.ones(samples.shape) if weights is None else np.asarray(weights, np.float64)
+    w = np.where(good, w, 0.0)
+    total = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (w * samples).sum(axis=0) / total, np.nan)
 
 
 def _trim_to_region(lines: Any, region: np.ndarray, affine: np.ndarray) -> Any:
