@@ -1371,20 +1371,14 @@ def plot_tract_overlay(
     Returns
     -------
     matplotlib.figure.Figure
-        Slices cross at the centroid of the union of the tract masks (the centre of the grid
-        when every tract is empty).
+        Each view shows the slice crossed by the most tracts (ties: the most tract voxels),
+        so that tracts far apart (e.g. CST and optic radiations) appear together; the centre of
+        the grid when every tract is empty.
     """
     fa = load_image(fa_img, name="fa_img", ndim=3)
     background = np.asanyarray(fa.dataobj).astype(np.float64)
     masks = _overlay_masks(bundles_or_masks, fa, mask_threshold)
-    union = np.zeros(background.shape, bool)
-    for mask in masks.values():
-        union |= mask
-    centre = (
-        np.rint(np.argwhere(union).mean(axis=0)).astype(int)
-        if union.any()
-        else np.array(background.shape) // 2
-    )
+    centre = _busiest_slices(list(masks.values()), background.shape)
     zooms = np.sqrt((fa.affine[:3, :3] ** 2).sum(axis=0))
     figure_cls, patch_cls, colormaps = _matplotlib()
     fig = figure_cls(figsize=(11, 4.2), layout="constrained")
@@ -1414,6 +1408,20 @@ def plot_tract_overlay(
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(masks), 6))
     _save_png(fig, path)
     return fig
+
+
+def _busiest_slices(masks: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Per axis, the slice crossed by the most masks (ties: the most mask voxels); the middle
+    of the grid when every mask is empty."""
+    centre = np.array(shape[:3]) // 2
+    if not masks or not any(m.any() for m in masks):
+        return centre
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        present = sum(m.any(axis=others).astype(np.int64) for m in masks)
+        voxels = sum(m.sum(axis=others).astype(np.int64) for m in masks)
+        centre[axis] = int(np.argmax(present * (int(voxels.max()) + 1) + voxels))
+    return centre
 
 
 def plot_profiles(
