@@ -553,3 +553,17 @@ def test_vectorised_seeding_and_weights_equal_dipy():
                          + rng.normal(size=3) for _ in range(50)])
     np.testing.assert_allclose(_gaussian_weights(lines, 100),
                                gaussian_weights(lines, n_points=100), atol=1e-12)
+
+
+def test_overlay_slices_show_the_most_tracts():
+    from msimaging.dti.tracts import _busiest_slices
+
+    shape = (20, 20, 20)
+    a, b, c = (np.zeros(shape, bool) for _ in range(3))
+    a[2:18, 4, 6] = True  # long, thin: many voxels in slice z = 6 only
+    b[10, 15, 3:10] = True  # crosses z = 3..9
+    c[5, 10, 9] = True  # a single voxel at z = 9
+    centre = _busiest_slices([a, b, c], shape)
+    assert centre[2] == 9  # b and c meet at z = 9 (a alone has more voxels at z = 6)
+    assert centre[0] == 10 and centre[1] == 4  # x = 10: a and b; y = 4: only a, but most voxels
+    assert list(_busiest_slices([np.zeros(shape, bool)], shape)) == [10, 10, 10]
