@@ -561,7 +561,7 @@ def test_overlay_slices_show_the_most_tracts():
     shape = (20, 20, 20)
     a, b, c = (np.zeros(shape, bool) for _ in range(3))
     a[2:18, 4, 6] = True  # long, thin: many voxels in slice z = 6 only
-    b[10, 15, 3:10] = True  # crosses z = 3..9
+    b[10, 15, 7:10] = True  # crosses z = 7..9
     c[5, 10, 9] = True  # a single voxel at z = 9
     centre = _busiest_slices([a, b, c], shape)
     assert centre[2] == 9  # b and c meet at z = 9 (a alone has more voxels at z = 6)
