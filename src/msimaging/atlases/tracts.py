@@ -614,17 +614,17 @@ _CC_INFRATENTORIAL = Box(
 
 
 # ---- Tracking policy per tract ----------------------------------------------------------
-# The CST and the OR are single compact bundles whose course bends gently (the OR's sharpest
-# turn, from the LGN into the sagittal stratum, is ~30 degrees over a centimetre; Bürgel 2006):
-# they are tracked from all the white matter around their waypoints (AFQ seeds the whole white
-# matter, Yeatman 2012), with pyAFQ's default 30-degree turn limit, and cleaned of outlier
-# streamlines by their Mahalanobis distance from the bundle core (AFQ's cleaning, Yeatman 2012;
-# pyAFQ clean_bundle). The corpus callosum is not one core but a fan: its fibres leave the
-# midline horizontally and turn up into the centrum semiovale within ~15 mm (Mori 2005), so it
-# keeps the 45-degree limit and the seeds in its midsagittal waypoint, and is not cleaned by
-# distance from a single core. On the default synthetic study (5 subjects) the OR's lowest Dice
-# went from 0.53 (one setting for all tracts) to 0.64 and the largest tract FA error from
-# 0.027 to 0.019; see benchmarks/bench_tract_session.py for the figures and their limits.
+# The CST and the OR (without Meyer's loop, which these definitions do not trace) are single
+# compact bundles that bend gradually: they are tracked from all the white matter around their
+# waypoints (AFQ seeds the whole white matter, Yeatman 2012), with pyAFQ's default 30-degree
+# limit per step, and cleaned of outlier streamlines by their Mahalanobis distance from the
+# bundle core (AFQ's cleaning, Yeatman 2012; pyAFQ clean_bundle). The corpus callosum is not
+# one core but a fan: its fibres leave the midline horizontally and arch up over the lateral
+# ventricles into the centrum semiovale, a sharp turn, so it keeps the 45-degree limit and the
+# seeds in its midsagittal waypoint, and is not cleaned by distance from a single core. On
+# the default synthetic study (5 subjects) the OR's lowest Dice went from 0.53 (one setting
+# for all tracts) to 0.64 and the largest tract FA error from 0.027 to 0.019; see
+# benchmarks/bench_tract_session.py for the figures and their limits.
 _COMPACT_BUNDLE = {"seeding": "wm", "seeds_per_voxel": 1, "max_angle_deg": 30.0, "clean": True}
 
 
