@@ -9,7 +9,8 @@ Why the recovery settings are ``detrend=False, low_pass_hz=None, high_pass_hz=No
 radius_mm=6``: the realised truth is the plain sample correlation of the full-band simulated
 signals over the whole run, drawn in 6 mm spheres. Detrending or band-passing measures the
 correlation of a different part of the signal (correct, but another quantity), and smaller
-spheres average fewer of the voxels that carry the node's signal.
+spheres average fewer of the voxels that carry the node's signal. ``sphere_voxels="binary"``
+because the simulation puts a node's signal in the voxels whose centre lies in its sphere.
 
 Run with ``pytest -s`` to see the measured figures.
 """
@@ -46,7 +47,8 @@ from msimaging.fmri.timeseries import TimeSeries, extract_timeseries
 SIM_RADIUS_MM = 6.0  # simulate_bold's sphere radius, used by make_synthetic_study
 MOTION = list(CONFOUND_COLUMNS[:6])
 SIMPLE = [*MOTION, *(f"{c}_derivative1" for c in MOTION), "white_matter", "csf"]
-RECOVERY = {"detrend": False, "low_pass_hz": None, "high_pass_hz": None, "radius_mm": 6.0}
+RECOVERY = {"detrend": False, "low_pass_hz": None, "high_pass_hz": None, "radius_mm": 6.0,
+            "sphere_voxels": "binary"}
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -181,6 +183,81 @@ def test_recovery_at_the_default_acquisition(default_run):
     assert match_cleaned >= 0.9
     # Motion artefact planted by the simulation: visible without cleaning.
     assert match_raw <= match_cleaned - 0.15
+
+
+def test_partial_volume_spheres_beat_binary_ones_at_the_default_acquisition(default_run):
+    # Seitzman's own 4-5 mm radii on the 4 mm grid: whole-voxel spheres hold 2-10 voxels
+    # depending on where each centre falls; partial-volume weights average the sphere's
+    # whole volume. Both against the realised truth, same cleaning.
+    bold, mask, _, truth = default_run
+    matches, sizes = {}, {}
+    for mode in ("partial", "binary"):
+        ts = extract_timeseries(bold, "seitzman2018", mask=mask, strategy="simple",
+                                sphere_voxels=mode)
+        matches[mode] = _match(*_recovered(ts), truth)
+        sizes[mode] = ts.nodes["n_voxels"].to_numpy()
+    print(f"\n[default acquisition, Seitzman radii] match with the realised truth: partial "
+          f"{matches['partial']:.3f}, binary {matches['binary']:.3f}")
+    assert matches["partial"] > matches["binary"] + 0.005
+    assert sizes["partial"].min() > sizes["binary"].max() / 2  # every node sees its sphere
+    with pytest.raises(InputError, match="sphere_voxels"):
+        extract_timeseries(bold, "seitzman2018", mask=mask, sphere_voxels="soft")
+
+
+def test_partial_volume_weights_measure_the_sphere():
+    from msimaging.fmri.timeseries import _sphere_coverage, _sphere_weights
+
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = -40.0
+    shape = (21, 21, 21)
+    voxels = np.arange(int(np.prod(shape)))
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(-6.0, 6.0, size=(40, 3))
+    radius = 5.0
+    weights = _sphere_weights(centres, np.full(40, radius), voxels, affine, shape)
+    binary = _sphere_coverage(centres, np.full(40, radius), voxels, affine, shape)
+    volume = 4.0 / 3.0 * np.pi * radius**3
+    totals = np.array([w.sum() * 64.0 for _, w in weights])
+    counts = np.array([m.size for m in binary])
+    # Analytic volume of the ball, whatever the centre's position on the grid (5^3 samples
+    # per voxel: within 2%); whole-voxel spheres vary with the position.
+    np.testing.assert_allclose(totals, volume, rtol=0.02)
+    assert np.ptp(totals) / volume < 0.04 < np.ptp(counts * 64.0) / volume
+    for (flat, w), centre in zip(weights, centres, strict=True):
+        ijk = np.stack(np.unravel_index(flat, shape), axis=1) * 4.0 - 40.0
+        distance = np.linalg.norm(ijk - centre, axis=1)
+        assert np.all(w[distance <= radius - 2.0 * np.sqrt(3)] == 1.0)  # voxel wholly inside
+        assert np.all(distance <= radius + 2.0 * np.sqrt(3))  # no voxel wholly outside
+        assert np.all(np.diff(flat) > 0)
+    # A sphere smaller than any sub-sample spacing still gets its nearest voxel.
+    (flat, w), = _sphere_weights(np.array([[0.3, 0.2, -0.1]]), np.array([0.05]), voxels,
+                                 affine, shape)
+    assert flat.size == 1 and w[0] == 1.0
+
+
+def test_weighted_path_cleans_like_nilearns_sphere_masker(visit):
+    # Reference: nilearn's NiftiSpheresMasker (sphere_voxels="binary"). The same voxels with
+    # weight 1 through the partial-volume path must give the same series.
+    from msimaging.fmri.timeseries import _sphere_coverage, _weighted_signals
+
+    bold, mask, confounds = visit
+    reference = extract_timeseries(bold, "seitzman2018", mask=mask, confounds=confounds,
+                                   strategy="simple", sphere_voxels="binary")
+    keep = reference.valid_nodes
+    img = nib.load(bold)
+    in_mask = np.flatnonzero(np.asanyarray(nib.load(mask).dataobj).astype(bool).ravel())
+    nodes = reference.nodes[keep]
+    members = _sphere_coverage(nodes[["x_mm", "y_mm", "z_mm"]].to_numpy(float),
+                               nodes["radius_mm"].to_numpy(float), in_mask, img.affine,
+                               img.shape[:3])
+    table = pd.read_csv(confounds, sep="\t", na_values="n/a")[list(reference.confounds_used)]
+    ours = _weighted_signals(
+        np.asanyarray(img.dataobj), img.shape[:3], members, [np.ones(m.size) for m in members],
+        table.fillna(0.0).to_numpy(float), None,
+        {"detrend": True, "standardize": "zscore_sample", "standardize_confounds": True,
+         "t_r": reference.tr_s, "low_pass": None, "high_pass": None},
+    )
+    np.testing.assert_allclose(ours, reference.data[:, keep], atol=1e-5)
 
 
 def test_recovery_on_every_tiny_visit(tiny_recovery):

@@ -4,9 +4,17 @@
 space, or a raw run with the user's own confounds table) into a :class:`TimeSeries`: one
 cleaned time series per atlas node plus a node table (coordinates, hemisphere, network,
 anatomical region) and a record of what was done (TR, strategy, confound columns, censored
-volumes). Extraction and cleaning are nilearn's maskers (``NiftiSpheresMasker``,
-``NiftiLabelsMasker``, ``NiftiMapsMasker``): detrending, band-pass filtering, confound
-regression and z-scoring are applied identically and independently to every node's series.
+volumes). Extraction and cleaning are nilearn's maskers (``NiftiLabelsMasker``,
+``NiftiMapsMasker``, and ``NiftiSpheresMasker`` with ``sphere_voxels="binary"``): detrending,
+band-pass filtering, confound regression and z-scoring are applied identically and
+independently to every node's series. Spheres are by default partial-volume spheres
+(``sphere_voxels="partial"``): each voxel weighs by the fraction of its volume inside the
+sphere, and the weighted mean series go through nilearn's ``signal.clean`` with the maskers'
+settings. This replaces ``NiftiSpheresMasker`` deliberately: its whole-voxel spheres take 7-9
+voxels of a 4 mm grid for a 5 mm radius, and the partial-volume ones matched the true node
+correlations of the default synthetic study better (0.884-0.926 instead of 0.867-0.913 per
+visit); with weight 1 on nilearn's voxels the same path reproduces ``NiftiSpheresMasker`` to
+1e-5 (tested). It is also faster (0.5 s instead of 3 s for 300 nodes x 150 volumes).
 
 Confound strategies
 -------------------
@@ -88,7 +96,16 @@ from msimaging.atlases.coordinates import (
 from msimaging.errors import DependencyError, InputError, MSImagingWarning
 from msimaging.io import ImageLike, check_same_grid, describe, load_image, load_mask
 
-__all__ = ["COORDINATE_ATLASES", "STRATEGIES", "TimeSeries", "extract_timeseries"]
+__all__ = [
+    "COORDINATE_ATLASES", "SPHERE_VOXELS", "STRATEGIES", "TimeSeries", "extract_timeseries",
+]
+
+#: Accepted ``sphere_voxels`` values of :func:`extract_timeseries`.
+SPHERE_VOXELS = ("partial", "binary")
+# Sub-samples per voxel edge for the partial-volume sphere weights, and (node, voxel) pairs
+# evaluated at once (bounds memory to ~20,000 x 125 x 3 floats).
+_SPHERE_SUBSAMPLES = 5
+_SPHERE_PAIRS_PER_CHUNK = 20_000
 
 #: Names accepted for ``atlas`` and the loader of each coordinate table.
 COORDINATE_ATLASES = {
@@ -827,6 +844,75 @@ def _sphere_coverage(
     ]
 
 
+def _sphere_weights(
+    xyz: np.ndarray, radii: np.ndarray, voxels: np.ndarray, affine: np.ndarray, shape,
+    subsamples: int = _SPHERE_SUBSAMPLES,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each sphere's candidate voxels (flat indices, sorted) and the fraction of each voxel's
+    volume inside it (estimated on ``subsamples``³ regularly spaced points per voxel), for
+    voxels with a positive fraction. A sphere too small to contain any sub-sample gets the
+    voxel nearest to its centre with weight 1 (as nilearn's sphere masker does)."""
+    ijk = np.stack(np.unravel_index(voxels, shape), axis=1).astype(float)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    corners = np.array(np.meshgrid([-0.5, 0.5], [-0.5, 0.5], [-0.5, 0.5])).reshape(3, -1).T
+    half_diagonal = float(np.linalg.norm(corners @ affine[:3, :3].T, axis=1).max())
+    near = cKDTree(world).query_ball_point(xyz, r=radii + half_diagonal)
+    node = np.repeat(np.arange(len(xyz)), [len(n) for n in near])
+    column = np.fromiter((v for n in near for v in n), np.int64, count=node.size)
+    grid = (np.arange(subsamples) + 0.5) / subsamples - 0.5
+    offsets = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), axis=-1).reshape(-1, 3)
+    offsets = offsets @ affine[:3, :3].T  # sub-sample offsets in mm
+    fraction = np.zeros(node.size)
+    for first in range(0, node.size, _SPHERE_PAIRS_PER_CHUNK):
+        part = slice(first, first + _SPHERE_PAIRS_PER_CHUNK)
+        points = world[column[part], None, :] + offsets[None]
+        distance2 = ((points - xyz[node[part], None, :]) ** 2).sum(axis=2)
+        fraction[part] = (distance2 <= radii[node[part], None] ** 2).mean(axis=1)
+    nearest = _sphere_coverage(xyz, np.zeros(len(xyz)), voxels, affine, shape)
+    out = []
+    for i in range(len(xyz)):
+        mine = (node == i) & (fraction > 0)
+        flat, weight = voxels[column[mine]], fraction[mine]
+        if flat.size == 0 and nearest[i].size:
+            flat, weight = nearest[i], np.ones(nearest[i].size)
+        order = np.argsort(flat)
+        out.append((flat[order], weight[order]))
+    return out
+
+
+def _weighted_signals(
+    data_4d: np.ndarray, shape, members: list[np.ndarray], weights: list[np.ndarray],
+    confounds: Any, sample_mask: Any, kwargs: dict[str, Any],
+) -> np.ndarray:
+    """Weighted mean series of each node, then nilearn's ``signal.clean`` with the maskers'
+    settings (what ``NiftiSpheresMasker`` does after averaging its spheres)."""
+    from nilearn.signal import clean
+    from scipy import sparse
+
+    used = np.unique(np.concatenate(members))
+    series = np.asarray(data_4d[np.unravel_index(used, shape)], np.float64)  # (voxels, T)
+    rows = np.repeat(np.arange(len(members)), [m.size for m in members])
+    columns = np.searchsorted(used, np.concatenate(members))
+    values = np.concatenate(weights)
+    totals = np.bincount(rows, weights=values, minlength=len(members))
+    average = sparse.csr_matrix((values / totals[rows], (rows, columns)),
+                                shape=(len(members), used.size))
+    signals = np.asarray(average @ series).T  # (T, nodes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return clean(
+            signals,
+            detrend=kwargs["detrend"],
+            standardize=kwargs["standardize"],
+            standardize_confounds=kwargs["standardize_confounds"],
+            t_r=kwargs["t_r"],
+            low_pass=kwargs["low_pass"],
+            high_pass=kwargs["high_pass"],
+            confounds=confounds,
+            sample_mask=sample_mask,
+        )
+
+
 def _flag(
     nodes: pd.DataFrame, n_voxels: np.ndarray, n_varying: np.ndarray, where: str
 ) -> pd.DataFrame:
@@ -885,6 +971,7 @@ def extract_timeseries(
     high_pass_hz: float | None = None,
     standardize: bool = True,
     radius_mm: float | None = None,
+    sphere_voxels: str = "partial",
     fd_threshold_mm: float = 0.5,
     mask: ImageLike | None = None,
     participant_id: str | None = None,
@@ -943,6 +1030,19 @@ def extract_timeseries(
     radius_mm : float, optional
         Sphere radius for a coordinate atlas (overrides the table's ``radius_mm``; required
         if it has none).
+    sphere_voxels : {"partial", "binary"}, default "partial"
+        How a coordinate atlas's spheres sit on the BOLD grid. ``"partial"``: each voxel
+        counts with the fraction of its volume inside the sphere (5 x 5 x 5 sub-samples per
+        voxel), so every node averages exactly the sphere's volume wherever its centre falls
+        between voxel centres; then nilearn's ``signal.clean`` (the same cleaning as its
+        maskers). ``"binary"``: nilearn's ``NiftiSpheresMasker`` (voxels whose centre lies
+        within the radius, plus the one nearest to the centre). On grids coarse for the
+        radius the difference matters: Seitzman's 5 mm spheres on 4 mm voxels hold 7 to 9
+        whole voxels depending on where the centre falls (fewer at the brain's edge), i.e.
+        448-576 mm³ for a 524 mm³ ball, while partial volumes spread the same 524 mm³ over
+        ~25 voxels and average out more voxel noise: on the default synthetic study they
+        raised the match with the true node correlations from 0.867-0.913 to 0.884-0.926
+        (see ``benchmarks/bench_connectome.py``). On fine grids both agree.
     fd_threshold_mm : float, default 0.5
         Framewise-displacement threshold of ``strategy="scrubbing"``.
     mask : str, os.PathLike or nibabel image, optional
@@ -994,6 +1094,12 @@ def extract_timeseries(
     _check_finite(img, in_mask, what)
     strategy = _check_strategy(strategy)
     spec = _load_atlas(atlas, labels, radius_mm, img, what)
+    if sphere_voxels not in SPHERE_VOXELS:
+        raise InputError(
+            f"sphere_voxels={sphere_voxels!r} is not one of {list(SPHERE_VOXELS)}: 'partial' "
+            "weighs voxels by their volume inside each sphere, 'binary' is nilearn's "
+            "NiftiSpheresMasker."
+        )
     confound_values, confounds_used, sample_mask = _confounds(
         confounds, bold, strategy, fd_threshold_mm, n_volumes, what
     )
@@ -1008,14 +1114,18 @@ def extract_timeseries(
     )
     where = "inside the mask" if in_mask is not None else "in the image"
     nodes = spec.nodes
+    weights = None
     if spec.kind == "spheres":
-        members = _sphere_coverage(
+        cover = _sphere_weights if sphere_voxels == "partial" else _sphere_coverage
+        members = cover(
             nodes[["x_mm", "y_mm", "z_mm"]].to_numpy(float),
             nodes["radius_mm"].to_numpy(float),
             candidates,
             img.affine,
             shape,
         )
+        if sphere_voxels == "partial":
+            members, weights = [m for m, _ in members], [w for _, w in members]
         sizes = np.array([m.size for m in members])
         flat = np.concatenate(members).astype(np.int64) if sizes.sum() else np.zeros(0, np.int64)
         varying = _voxel_varies(series(flat)) if flat.size else np.zeros(0, bool)
@@ -1050,16 +1160,17 @@ def extract_timeseries(
     n_kept = n_volumes if sample_mask is None else len(sample_mask)
     out = np.full((n_kept, len(nodes)), np.nan)
     if ok.any():
-        out[:, ok] = _run_maskers(
-            spec,
-            nodes,
-            ok,
-            img,
-            mask_img,
-            confound_values,
-            sample_mask,
-            _masker_kwargs(detrend, low_pass_hz, high_pass_hz, standardize, tr),
-        )
+        kwargs = _masker_kwargs(detrend, low_pass_hz, high_pass_hz, standardize, tr)
+        if weights is not None:
+            keep = np.flatnonzero(ok)
+            out[:, ok] = _weighted_signals(
+                data_4d, shape, [members[i] for i in keep], [weights[i] for i in keep],
+                confound_values, sample_mask, kwargs,
+            )
+        else:
+            out[:, ok] = _run_maskers(
+                spec, nodes, ok, img, mask_img, confound_values, sample_mask, kwargs
+            )
     if (~ok).any():
         shown = "; ".join(
             f"node {int(i)} ({nodes['label'].iat[i]}): {nodes['flag_reason'].iat[i]}"
