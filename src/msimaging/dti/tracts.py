@@ -33,7 +33,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -912,8 +912,6 @@ def clean_bundle(
         The kept streamlines (same order), with ``parameters["n_cleaned"]`` the number
         removed.
     """
-    from dataclasses import replace
-
     from dipy.tracking.streamline import Streamlines, length, set_number_of_points
 
     distance_threshold = _check_positive(distance_threshold, "distance_threshold")
@@ -1128,17 +1126,20 @@ def tract_profiles(
                     stacklevel=2,
                 )
                 weights = np.full((n, n_nodes), 1.0 / n)
-        inside = tract.tracked_region if within_tracked else None
+        masked = None
+        if n and within_tracked and tract.tracked_region is not None:
+            masked = _masked_profiler(tract.tracked_region, lines, reference.affine, n_nodes,
+                                      weights)
         for metric, data in loaded.items():
             if n == 0:
                 values = np.full(n_nodes, np.nan)
-            elif inside is None:
+            elif masked is None:
                 values = afq_profile(
                     data, lines, reference.affine, n_points=n_nodes,
                     weights=weights,
                 )
             else:
-                values = _masked_profile(data, inside, lines, reference.affine, n_nodes, weights)
+                values = masked(data)
             rows.append(
                 pd.DataFrame(
                     {
@@ -1159,28 +1160,34 @@ def tract_profiles(
     return out[_PROFILE_COLUMNS]
 
 
-def _masked_profile(
-    data: np.ndarray,
+def _masked_profiler(
     inside: np.ndarray,
     lines: Any,
     affine: np.ndarray,
     n_nodes: int,
     weights: np.ndarray | None,
-) -> np.ndarray:
-    """Weighted profile of ``data`` interpolated only from the voxels of ``inside``."""
+) -> Any:
+    """A function ``data -> weighted profile`` interpolating only from the voxels of
+    ``inside``; the resampling and the interpolation weights are computed once per tract and
+    shared by every map."""
     from dipy.tracking.streamline import set_number_of_points, values_from_volume
 
     resampled = set_number_of_points(lines, nb_points=n_nodes)
-    share = inside.astype(np.float64)
-    numerator = np.asarray(values_from_volume(np.where(inside, data, 0.0), resampled, affine))
-    denominator = np.asarray(values_from_volume(share, resampled, affine))
+    denominator = np.asarray(values_from_volume(inside.astype(np.float64), resampled, affine))
     good = denominator > 1e-6
-    samples = np.where(good, numerator / np.where(good, denominator, 1.0), 0.0)
-    w = np.ones(samples.shape) if weights is None else np.asarray(weights, np.float64)
+    w = np.ones(good.shape) if weights is None else np.asarray(weights, np.float64)
     w = np.where(good, w, 0.0)
     total = w.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (w * samples).sum(axis=0) / total, np.nan)
+    share = np.where(good, w / np.where(good, denominator, 1.0), 0.0)
+
+    def profile(data: np.ndarray) -> np.ndarray:
+        numerator = np.asarray(
+            values_from_volume(np.where(inside, data, 0.0), resampled, affine)
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, (share * numerator).sum(axis=0) / total, np.nan)
+
+    return profile
 
 
 def _trim_to_region(lines: Any, region: np.ndarray, affine: np.ndarray) -> Any:

@@ -829,19 +829,26 @@ def _sphere_coverage(
     ijk = np.stack(np.unravel_index(voxels, shape), axis=1).astype(float)
     tree = cKDTree(ijk @ affine[:3, :3].T + affine[:3, 3])
     within = tree.query_ball_point(xyz, r=radii)
-    nearest = np.rint(xyz @ np.linalg.inv(affine)[:3, :3].T + np.linalg.inv(affine)[:3, 3])
-    nearest = nearest.astype(np.int64)
+    flat = _nearest_candidate(xyz, voxels, affine, shape)
+    none = np.empty(0, np.int64)
+    return [
+        np.union1d(voxels[np.asarray(w, np.int64)], flat[i : i + 1] if flat[i] >= 0 else none)
+        for i, w in enumerate(within)
+    ]
+
+
+def _nearest_candidate(xyz: np.ndarray, voxels: np.ndarray, affine: np.ndarray, shape):
+    """Flat index of the voxel nearest to each centre, or -1 when that voxel is not among the
+    candidate ``voxels`` (sorted flat indices) or lies off the grid."""
+    inverse = np.linalg.inv(affine)
+    nearest = np.rint(xyz @ inverse[:3, :3].T + inverse[:3, 3]).astype(np.int64)
     inside = np.all((nearest >= 0) & (nearest < np.array(shape)), axis=1)
     flat = np.full(len(xyz), -1, np.int64)
     flat[inside] = np.ravel_multi_index(nearest[inside].T, shape)
-    position = np.searchsorted(voxels, flat)
-    candidate = (flat >= 0) & (position < voxels.size)
-    candidate[candidate] = voxels[position[candidate]] == flat[candidate]
-    none = np.empty(0, np.int64)
-    return [
-        np.union1d(voxels[np.asarray(w, np.int64)], flat[i : i + 1] if candidate[i] else none)
-        for i, w in enumerate(within)
-    ]
+    position = np.minimum(np.searchsorted(voxels, flat), max(voxels.size - 1, 0))
+    found = (flat >= 0) & (voxels.size > 0)
+    found[found] = voxels[position[found]] == flat[found]
+    return np.where(found, flat, -1)
 
 
 def _sphere_weights(
@@ -868,13 +875,15 @@ def _sphere_weights(
         points = world[column[part], None, :] + offsets[None]
         distance2 = ((points - xyz[node[part], None, :]) ** 2).sum(axis=2)
         fraction[part] = (distance2 <= radii[node[part], None] ** 2).mean(axis=1)
-    nearest = _sphere_coverage(xyz, np.zeros(len(xyz)), voxels, affine, shape)
+    nearest = _nearest_candidate(xyz, voxels, affine, shape)
+    bounds = np.cumsum([0] + [len(n) for n in near])  # pairs are grouped by node
     out = []
     for i in range(len(xyz)):
-        mine = (node == i) & (fraction > 0)
-        flat, weight = voxels[column[mine]], fraction[mine]
-        if flat.size == 0 and nearest[i].size:
-            flat, weight = nearest[i], np.ones(nearest[i].size)
+        part = slice(bounds[i], bounds[i + 1])
+        positive = fraction[part] > 0
+        flat, weight = voxels[column[part][positive]], fraction[part][positive]
+        if flat.size == 0 and nearest[i] >= 0:
+            flat, weight = nearest[i : i + 1], np.ones(1)
         order = np.argsort(flat)
         out.append((flat[order], weight[order]))
     return out
