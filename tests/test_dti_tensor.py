@@ -59,6 +59,13 @@ def _noise_free_tensors(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return evals, evecs
 
 
+def _fsl(bvecs: np.ndarray) -> np.ndarray:
+    """The FSL .bvec directions for voxel-frame ``bvecs`` on AFFINE: FSL reads an image whose
+    affine has a positive determinant with its first axis reversed, so x is negated."""
+    assert np.linalg.det(AFFINE[:3, :3]) > 0
+    return bvecs * np.array([-1.0, 1.0, 1.0])
+
+
 def _scheme(kind: str) -> tuple[np.ndarray, np.ndarray]:
     if kind == "single-shell":
         return gradient_scheme(n_b0=1, n_directions=32, bvals_s_mm2=(1000.0,), seed=1)
@@ -76,7 +83,8 @@ def noise_free(request):
     )
     img = nib.Nifti1Image(signal.reshape(4, 4, 2, -1).astype(np.float32), AFFINE)
     mask = nib.Nifti1Image(np.ones((4, 4, 2), np.uint8), AFFINE)
-    return img, bvals, bvecs, mask, evals.reshape(4, 4, 2, 3), evecs.reshape(4, 4, 2, 3, 3)
+    # Signals are simulated in the voxel frame (dipy); msimaging reads FSL .bvec directions.
+    return img, bvals, _fsl(bvecs), mask, evals.reshape(4, 4, 2, 3), evecs.reshape(4, 4, 2, 3, 3)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +105,7 @@ def noisy():
         name: TensorModel(gtab, fit_method=name).fit(data.astype(np.float64))
         for name in ("WLS", "OLS")
     }
-    return img, bvals, bvecs, mask, dipy_fits
+    return img, bvals, _fsl(bvecs), mask, dipy_fits
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +173,9 @@ def test_eigenvalue_floor_matches_dipy():
     signal = single_tensor(gtab, 1000.0, evals=evals, evecs=np.eye(3))
     data = np.tile(signal, (2, 2, 2, 1))
     img = nib.Nifti1Image(data, AFFINE)
-    fit = fit_tensor(img, bvals, bvecs, nib.Nifti1Image(np.ones((2, 2, 2), np.uint8), AFFINE))
+    fit = fit_tensor(
+        img, bvals, _fsl(bvecs), nib.Nifti1Image(np.ones((2, 2, 2), np.uint8), AFFINE)
+    )
     reference = TensorModel(gtab).fit(data)
     floor = 1e-6 / -design_matrix(gtab).min()  # dipy's min_diffusivity
     assert 0.9e-9 < floor < 1.1e-9
@@ -173,6 +183,30 @@ def test_eigenvalue_floor_matches_dipy():
     np.testing.assert_allclose(_data(fit, "rd"), (0.5e-3 + floor) / 2, rtol=1e-6)
     np.testing.assert_allclose(_data(fit, "fa"), reference.fa, atol=FA_TOL)
     np.testing.assert_allclose(_data(fit, "md"), reference.md, rtol=1e-6)
+    assert fit.n_negative_eigenvalue_voxels == 8
+
+
+@pytest.mark.parametrize("method", ["wls", "ols", "dipy-wls", "dipy-ols", "restore"])
+def test_negative_eigenvalue_voxels_are_flagged_and_clipped_by_every_method(method):
+    """7 voxels with a planted negative eigenvalue, 1 positive definite: exactly 7 flagged,
+    and every method reports the clipped (non-negative) eigenvalue in RD."""
+    bvals, bvecs = _scheme("single-shell")
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    data = np.tile(
+        single_tensor(gtab, 1000.0, evals=np.array([1.5e-3, 0.5e-3, -0.2e-3])), (2, 2, 2, 1)
+    )
+    data[0, 0, 0] = single_tensor(gtab, 1000.0, evals=np.array([1.5e-3, 0.5e-3, 0.2e-3]))
+    planted = np.ones((2, 2, 2), bool)
+    planted[0, 0, 0] = False
+    kwargs = {"sigma": 1.0} if method == "restore" else {}
+    fit = fit_tensor(
+        nib.Nifti1Image(data, AFFINE), bvals, _fsl(bvecs),
+        nib.Nifti1Image(np.ones((2, 2, 2), np.uint8), AFFINE), method=method, **kwargs,
+    )
+    np.testing.assert_array_equal(_data(fit, "negative_eigenvalue").astype(bool), planted)
+    assert fit.n_negative_eigenvalue_voxels == 7 and fit.n_nonpositive_signal_voxels == 0
+    np.testing.assert_allclose(_data(fit, "rd")[planted], 0.25e-3, rtol=1e-4)
+    np.testing.assert_allclose(_data(fit, "rd")[0, 0, 0], 0.35e-3, rtol=1e-4)
 
 
 def test_closed_form_eigen_decomposition_matches_eigh():
@@ -331,9 +365,19 @@ def test_non_positive_dw_values_are_floored_with_a_warning(noise_free):
     dw = np.flatnonzero(bvals > 50)
     data[0, 0, 0, dw[:2]] = 0.0
     data[2, 1, 1, dw[5]] = -1.0
-    with pytest.warns(MSImagingWarning, match="3 signal value"):
+    data[3, 3, 1, dw[3]] = 0.5e-4  # positive but below min_signal: floored, not non-positive
+    with pytest.warns(MSImagingWarning, match=r"4 signal value.*\(2 voxel\(s\) with a value <= 0"):
         fit = fit_tensor(nib.Nifti1Image(data, AFFINE), bvals, bvecs, mask)
-    assert fit.n_floored == 3
+    assert fit.n_floored == 4
+    expected = np.zeros((4, 4, 2), bool)
+    expected[0, 0, 0] = expected[2, 1, 1] = True
+    np.testing.assert_array_equal(_data(fit, "nonpositive_signal").astype(bool), expected)
+    assert fit.counts == {
+        "n_voxels": 32,
+        "n_floored_values": 4,
+        "n_nonpositive_signal_voxels": 2,
+        "n_negative_eigenvalue_voxels": fit.n_negative_eigenvalue_voxels,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fit_tensor(img, bvals, bvecs, mask).n_floored == 0
@@ -383,3 +427,69 @@ def test_restore_estimates_sigma_when_not_given():
             mask,
             method="restore",
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient frames: FSL .bvec convention, voxel frame, world frame
+# --------------------------------------------------------------------------------------------
+def _oblique_affine(flip_x: bool) -> np.ndarray:
+    """2 mm oblique grid (20° about z, 10° about x); ``flip_x`` makes the determinant > 0."""
+    rotation = Rotation.from_euler("zx", [20, 10], degrees=True).as_matrix()
+    mirror = np.diag([1.0 if flip_x else -1.0, 1.0, 1.0])  # LAS-like (det < 0) by default
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ mirror * 2.0
+    affine[:3, 3] = [90.0, -100.0, -60.0]
+    return affine
+
+
+@pytest.mark.parametrize("det_positive", [False, True])
+def test_fsl_bvecs_give_the_planted_world_direction_on_oblique_grids(det_positive):
+    """Tensors planted along world axes; the FSL .bvec built by hand from FSL's definition
+    (image axes, x reversed when det > 0) must give v1_world along the planted axis; the same
+    file read as voxel-frame (skipping the flip) mirrors it when det > 0."""
+    affine = _oblique_affine(det_positive)
+    assert (np.linalg.det(affine[:3, :3]) > 0) == det_positive
+    rotation = affine[:3, :3] / 2.0  # voxel -> world for this shear-free grid
+    bvals, world_bvecs = _scheme("single-shell")
+    voxel_bvecs = world_bvecs @ rotation  # rows: Rᵀ g
+    fsl_bvecs = voxel_bvecs * np.array([-1.0 if det_positive else 1.0, 1.0, 1.0])
+    gtab = gradient_table(bvals, bvecs=voxel_bvecs)
+    world_axes = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.6, 0.8, 0.0]])
+    signal = []
+    for axis in world_axes:
+        frame = Rotation.align_vectors([axis], [[1.0, 0, 0]])[0].as_matrix()  # e1 = axis
+        evecs_voxel = rotation.T @ frame
+        signal.append(single_tensor(gtab, 1000.0, evals=[1.7e-3, 0.3e-3, 0.3e-3],
+                                    evecs=evecs_voxel))
+    data = np.asarray(signal, np.float32).reshape(4, 1, 1, -1)
+    img = nib.Nifti1Image(data, affine)
+    mask = nib.Nifti1Image(np.ones((4, 1, 1), np.uint8), affine)
+
+    fit = fit_tensor(img, bvals, fsl_bvecs, mask)
+    v1_world = np.asanyarray(fit.v1_world.dataobj)[:, 0, 0].astype(np.float64)
+    np.testing.assert_allclose(np.abs(np.sum(v1_world * world_axes, axis=1)), 1.0, atol=1e-5)
+    v1_voxel = np.asanyarray(fit.v1.dataobj)[:, 0, 0].astype(np.float64)
+    np.testing.assert_allclose(np.abs(np.sum(v1_voxel * (world_axes @ rotation), 1)), 1.0,
+                               atol=1e-5)
+    # The same directions given in the world frame or the voxel frame agree.
+    for given, convention in ((world_bvecs, "world"), (voxel_bvecs, "voxel")):
+        other = fit_tensor(img, bvals, given, mask, bvec_convention=convention)
+        np.testing.assert_allclose(
+            np.abs(np.sum(np.asanyarray(other.v1_world.dataobj)[:, 0, 0] * v1_world, 1)), 1.0,
+            atol=1e-5,
+        )
+    # Skipping FSL's flip (reading the .bvec as voxel-frame) is right only when det < 0.
+    skipped = fit_tensor(img, bvals, fsl_bvecs, mask, bvec_convention="voxel")
+    dots = np.abs(np.sum(np.asanyarray(skipped.v1_world.dataobj)[:, 0, 0] * world_axes, 1))
+    if det_positive:
+        assert dots.min() < 0.9  # mirrored: the oblique axes are no longer found
+    else:
+        np.testing.assert_allclose(dots, 1.0, atol=1e-5)
+
+
+def test_bvec_convention_is_checked(noise_free):
+    img, bvals, bvecs, mask, _, _ = noise_free
+    with pytest.raises(InputError, match=r"bvec_convention='mrtrix'.*'fsl'.*'voxel'.*'world'"):
+        fit_tensor(img, bvals, bvecs, mask, bvec_convention="mrtrix")
+    with pytest.raises(InputError, match="do not pass bvals=/bvecs=/bvec_convention="):
+        fit_tensor(load_dwi(img, bvals, bvecs), bvec_convention="fsl")

@@ -10,9 +10,22 @@ import numpy as np
 import pytest
 
 from msimaging.errors import InputError
-from msimaging.io import DWI, check_same_grid, load_dwi, load_image, load_mask
+from msimaging.io import (
+    DWI,
+    bvecs_from_voxel,
+    bvecs_to_voxel,
+    check_same_grid,
+    fsl_flips_x,
+    load_dwi,
+    load_image,
+    load_mask,
+    voxel_to_world_rotation,
+)
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+# FSL reads an image whose affine has a positive determinant (like AFFINE) with its first
+# axis reversed, so an FSL .bvec's x component is the negated voxel-frame x.
+FSL_TO_VOXEL = np.array([-1.0, 1.0, 1.0])
 
 
 def _bvecs(n_dirs: int, seed: int = 0) -> np.ndarray:
@@ -50,7 +63,9 @@ def test_load_dwi_reads_sidecars_and_returns_exact_table(dwi_files):
     dwi = load_dwi(path)
     assert isinstance(dwi, DWI)
     np.testing.assert_array_equal(dwi.bvals, bvals)
-    np.testing.assert_allclose(dwi.bvecs, vecs, atol=1e-7)
+    np.testing.assert_allclose(dwi.bvecs, vecs * FSL_TO_VOXEL, atol=1e-7)
+    np.testing.assert_allclose(dwi.bvecs_in("fsl"), vecs, atol=1e-7)
+    assert dwi.bvec_convention == "fsl" and any("x negated" in n for n in dwi.notes)
     np.testing.assert_array_equal(np.asanyarray(dwi.img.dataobj), data)
     np.testing.assert_array_equal(dwi.b0_mask, bvals <= 50)
     assert dwi.source == str(path)
@@ -63,7 +78,7 @@ def test_load_dwi_accepts_nx3_bvecs_and_normalises_within_tolerance(dwi_files):
     scaled = vecs * 1.02  # 2% off unit norm: a rounding-level deviation
     dwi = load_dwi(path, bvals, scaled)  # Nx3 array
     np.testing.assert_allclose(np.linalg.norm(dwi.bvecs[bvals > 50], axis=1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(dwi.bvecs, vecs, atol=1e-12)
+    np.testing.assert_allclose(dwi.bvecs, vecs * FSL_TO_VOXEL, atol=1e-12)
     assert dwi.notes and "normalised" in dwi.notes[0]
 
 
@@ -242,3 +257,61 @@ def test_valid_inputs_raise_no_warning(dwi_files):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dwi(path)
+
+
+# --- gradient frames -------------------------------------------------------------------------
+
+
+def _oblique(det_positive: bool, zooms=(2.0, 2.5, 3.0)) -> np.ndarray:
+    """An oblique affine (rotation of 30° about (1, 2, 3)) with anisotropic voxels."""
+    axis = np.array([1.0, 2.0, 3.0]) / np.sqrt(14.0)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    angle = np.deg2rad(30.0)
+    rotation = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([zooms[0] * (1 if det_positive else -1), *zooms[1:]])
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    return affine, rotation
+
+
+@pytest.mark.parametrize("det_positive", [False, True])
+def test_bvec_frames_follow_fsl_definition_on_oblique_grids(tmp_path, det_positive):
+    """A physical (world) gradient direction written to an FSL .bvec by FSL's definition
+    (image axes, x reversed when det > 0) is read back as that world direction."""
+    affine, rotation = _oblique(det_positive)
+    mirror = np.diag([1.0 if det_positive else -1.0, 1.0, 1.0])
+    voxel_to_world = rotation @ mirror  # the affine's columns divided by the voxel sizes
+    np.testing.assert_allclose(voxel_to_world_rotation(affine), voxel_to_world, atol=1e-12)
+    assert fsl_flips_x(affine) == det_positive
+    world = np.vstack([np.zeros(3), _bvecs(6, seed=3)])
+    voxel = world @ voxel_to_world  # rows: Rᵀ g
+    fsl = voxel * (FSL_TO_VOXEL if det_positive else 1.0)
+    bvals = np.array([0.0] + [1000.0] * 6)
+    img = nib.Nifti1Image(np.ones((3, 3, 3, 7), np.float32), affine)
+    path = _save(tmp_path, "sub-01_dwi.nii.gz", np.ones((3, 3, 3, 7), np.float32), affine)
+    np.savetxt(tmp_path / "sub-01_dwi.bval", bvals[None], fmt="%g")
+    np.savetxt(tmp_path / "sub-01_dwi.bvec", fsl.T, fmt="%.10f")
+    dwi = load_dwi(path)
+    np.testing.assert_allclose(dwi.bvecs, voxel, atol=1e-9)
+    np.testing.assert_allclose(dwi.bvecs_in("world"), world, atol=1e-9)
+    np.testing.assert_allclose(dwi.bvecs_in("fsl"), fsl, atol=1e-9)
+    for given, convention in ((voxel, "voxel"), (world, "world"), (fsl, "fsl")):
+        again = load_dwi(img, bvals, given, bvec_convention=convention)
+        np.testing.assert_allclose(again.bvecs, voxel, atol=1e-9)
+        assert again.bvec_convention == convention
+        np.testing.assert_allclose(
+            bvecs_from_voxel(bvecs_to_voxel(given, affine, convention), affine, convention),
+            given, atol=1e-12,
+        )
+    # dipy's gradient table is in the voxel frame.
+    np.testing.assert_allclose(dwi.gradient_table().bvecs, voxel, atol=1e-9)
+
+
+def test_bvec_convention_and_affine_are_checked(dwi_files):
+    path = dwi_files[0]
+    with pytest.raises(InputError, match=r"bvec_convention='ras'.*choose 'fsl'"):
+        load_dwi(path, bvec_convention="ras")
+    with pytest.raises(InputError, match="affine is singular"):
+        fsl_flips_x(np.diag([2.0, 0.0, 2.0, 1.0]))
+    with pytest.raises(InputError, match=r"affine must be a finite \(4, 4\)"):
+        voxel_to_world_rotation(np.eye(2))

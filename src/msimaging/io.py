@@ -6,6 +6,14 @@ argument, says what is wrong and how to fix it: a corrupt file, a 3-D image pass
 mask on another grid never reaches numpy as a cryptic traceback or a silent wrong number.
 
 Inputs are never modified: loaders return new in-memory images.
+
+Gradient frames. b-vectors are read in FSL's convention by default (the ``.bvec`` of FSL,
+BIDS, dcm2niix and MRtrix3 ``-fslgrad``: along the image axes, the x component negated when
+the affine's determinant is positive, because FSL reads such images with the first axis
+reversed) and held in :class:`DWI` in the **voxel frame** (the image's i, j, k axes, dipy's
+convention). :func:`voxel_to_world_rotation` turns voxel-frame directions into world
+(scanner RAS+) directions; :func:`bvecs_to_voxel` / :func:`bvecs_from_voxel` convert between
+the ``"fsl"``, ``"voxel"`` and ``"world"`` conventions.
 """
 
 from __future__ import annotations
@@ -25,19 +33,27 @@ if TYPE_CHECKING:
     from dipy.core.gradients import GradientTable
 
 __all__ = [
+    "BVEC_CONVENTIONS",
     "DWI",
     "ImageLike",
+    "bvecs_from_voxel",
+    "bvecs_to_voxel",
     "check_same_grid",
     "describe",
+    "fsl_flips_x",
     "load_dwi",
     "load_image",
     "load_mask",
     "read_bvals_bvecs",
+    "voxel_to_world_rotation",
 ]
 
 ImageLike = str | os.PathLike | nib.spatialimages.SpatialImage
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+#: How b-vectors given to :func:`load_dwi` are to be read (see :func:`bvecs_to_voxel`).
+BVEC_CONVENTIONS = ("fsl", "voxel", "world")
 
 
 def describe(img: Any, name: str) -> str:
@@ -352,6 +368,130 @@ def read_bvals_bvecs(
     return bvals_arr, bvecs_arr
 
 
+def _linear_part(affine: Any, name: str = "affine") -> np.ndarray:
+    try:
+        matrix = np.asarray(affine, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a numeric (4, 4) or (3, 3) matrix ({exc}).") from exc
+    if matrix.shape not in ((4, 4), (3, 3)) or not np.all(np.isfinite(matrix)):
+        raise InputError(
+            f"{name} must be a finite (4, 4) voxel-to-world matrix (or its (3, 3) linear "
+            f"part), got shape {matrix.shape}; pass the image's affine (img.affine)."
+        )
+    linear = matrix[:3, :3]
+    if not abs(np.linalg.det(linear)) > 1e-12:
+        raise InputError(
+            f"{name} is singular (determinant {np.linalg.det(linear):.3g}): the image has no "
+            "valid orientation; fix the header (qform/sform) of the file."
+        )
+    return linear
+
+
+def fsl_flips_x(affine: Any) -> bool:
+    """Whether FSL reads the image with its first voxel axis reversed.
+
+    FSL treats every image as radiological (voxel-to-world determinant < 0); an image whose
+    affine has a positive determinant is read with its first (i) axis reversed, and the x
+    component of an FSL ``.bvec`` refers to that reversed axis. MRtrix3 (``-fslgrad``),
+    dcm2niix and FSL's FDT documentation follow the same rule.
+
+    Parameters
+    ----------
+    affine : array_like, shape (4, 4) or (3, 3)
+        Voxel-to-world matrix of the image the b-vectors belong to.
+
+    Returns
+    -------
+    bool
+        True when ``det(affine[:3, :3]) > 0``.
+    """
+    return bool(np.linalg.det(_linear_part(affine)) > 0)
+
+
+def voxel_to_world_rotation(affine: Any) -> np.ndarray:
+    """Orthogonal matrix taking directions in the voxel frame to the world frame.
+
+    The voxel frame has its axes along the image's voxel axes i, j, k (unit length, so voxel
+    sizes do not matter); the world frame is the affine's output space (for NIfTI, scanner
+    or template RAS+ mm). The matrix is the orthogonal polar factor of ``affine[:3, :3]``:
+    exactly ``affine[:3, :3] / voxel_sizes`` for any affine without shear (oblique or not,
+    determinant of either sign), and the nearest orthogonal matrix otherwise.
+
+    Parameters
+    ----------
+    affine : array_like, shape (4, 4) or (3, 3)
+        Voxel-to-world matrix.
+
+    Returns
+    -------
+    ndarray, shape (3, 3)
+        ``R`` with ``world = R @ voxel`` (``det(R)`` has the sign of ``det(affine)``).
+    """
+    u, _, vt = np.linalg.svd(_linear_part(affine))
+    return u @ vt
+
+
+def _check_convention(convention: object) -> str:
+    if convention not in BVEC_CONVENTIONS:
+        raise InputError(
+            f"bvec_convention={convention!r} is not known; choose 'fsl' (FSL/BIDS .bvec: "
+            "image axes, x reversed when the affine's determinant is positive; the default), "
+            "'voxel' (image axes as stored, dipy's convention) or 'world' (scanner/world "
+            "axes of the affine, as in MRtrix3's -grad tables)."
+        )
+    return str(convention)
+
+
+def _flip_x(vectors: np.ndarray) -> np.ndarray:
+    out = np.array(vectors, dtype=float, copy=True)
+    out[:, 0] = -out[:, 0]
+    return out
+
+
+def bvecs_to_voxel(bvecs: Any, affine: Any, convention: str = "fsl") -> np.ndarray:
+    """Convert gradient directions (N, 3) to the image's voxel frame.
+
+    Parameters
+    ----------
+    bvecs : array_like, shape (N, 3)
+        Directions, one row per volume.
+    affine : array_like, shape (4, 4)
+        Voxel-to-world matrix of the image the directions belong to.
+    convention : {"fsl", "voxel", "world"}
+        ``"fsl"``: FSL's ``.bvec`` convention (also BIDS, dcm2niix, MRtrix3 ``-fslgrad``):
+        image axes, with x negated when ``det(affine[:3, :3]) > 0`` (see
+        :func:`fsl_flips_x`); ``"voxel"``: already in the voxel frame (dipy's
+        ``gradient_table`` convention); ``"world"``: in the world frame of the affine.
+
+    Returns
+    -------
+    ndarray, shape (N, 3)
+        Directions in the voxel frame (a new array).
+    """
+    convention = _check_convention(convention)
+    vectors = np.asarray(bvecs, dtype=float)
+    if convention == "voxel":
+        return vectors.copy()
+    if convention == "world":
+        return vectors @ voxel_to_world_rotation(affine)  # rows: Rᵀ g
+    return _flip_x(vectors) if fsl_flips_x(affine) else vectors.copy()
+
+
+def bvecs_from_voxel(bvecs: Any, affine: Any, convention: str = "fsl") -> np.ndarray:
+    """Inverse of :func:`bvecs_to_voxel`: voxel-frame directions (N, 3) to ``convention``.
+
+    Use ``convention="fsl"`` to write a ``.bvec`` file that FSL, MRtrix3 and msimaging read
+    back as the same physical directions (rows of the result are the file's columns).
+    """
+    convention = _check_convention(convention)
+    vectors = np.asarray(bvecs, dtype=float)
+    if convention == "voxel":
+        return vectors.copy()
+    if convention == "world":
+        return vectors @ voxel_to_world_rotation(affine).T  # rows: R g
+    return _flip_x(vectors) if fsl_flips_x(affine) else vectors.copy()
+
+
 @dataclass(frozen=True)
 class DWI:
     """A validated diffusion-weighted series with its gradient table.
@@ -363,11 +503,18 @@ class DWI:
     bvals : ndarray, shape (N,)
         b-values in s/mm².
     bvecs : ndarray, shape (N, 3)
-        Unit gradient directions (zero rows allowed for b0 volumes).
+        Unit gradient directions **in the voxel frame** (the image's i, j, k axes; zero rows
+        allowed for b0 volumes), whatever convention they were given in: this is the frame
+        of dipy's ``gradient_table`` and of every tensor fitted from them.
+        :meth:`bvecs_in` gives them in the world or FSL convention.
     b0_threshold : float
         Volumes with b-value at or below it count as b0.
     source : str
         Where the data came from (file path or "in-memory image").
+    notes : tuple of str
+        What was adjusted on loading (normalised vectors, an FSL x flip).
+    bvec_convention : {"fsl", "voxel", "world"}
+        The convention the b-vectors were read in (see :func:`bvecs_to_voxel`).
     """
 
     img: nib.Nifti1Image
@@ -376,6 +523,16 @@ class DWI:
     b0_threshold: float
     source: str = "in-memory image"
     notes: tuple[str, ...] = field(default=())
+    bvec_convention: str = "voxel"
+
+    def bvecs_in(self, convention: str = "world") -> np.ndarray:
+        """The gradient directions (N, 3) in ``"world"`` (default), ``"fsl"`` or ``"voxel"``.
+
+        ``"world"`` is the affine's output frame (scanner RAS+ for NIfTI): the physical
+        direction of each gradient. ``"fsl"`` is what a ``.bvec`` file for this image must
+        hold (write its transpose).
+        """
+        return bvecs_from_voxel(self.bvecs, self.img.affine, convention)
 
     @property
     def b0_mask(self) -> np.ndarray:
@@ -387,7 +544,8 @@ class DWI:
         return int(self.bvals.size)
 
     def gradient_table(self) -> GradientTable:
-        """The dipy gradient table of this series (dipy is imported here, on first use)."""
+        """The dipy gradient table of this series, in the voxel frame as dipy expects (dipy is
+        imported here, on first use)."""
         from dipy.core.gradients import gradient_table
 
         return gradient_table(self.bvals, bvecs=self.bvecs, b0_threshold=self.b0_threshold)
@@ -407,6 +565,7 @@ def load_dwi(
     *,
     b0_threshold: float = 50.0,
     bvec_norm_tolerance: float = 0.05,
+    bvec_convention: str = "fsl",
 ) -> DWI:
     """Load and validate a diffusion-weighted series and its gradient table.
 
@@ -416,17 +575,27 @@ def load_dwi(
         4-D diffusion series.
     bvals, bvecs : path or array, optional
         FSL-style b-values (one row) and b-vectors (3xN or Nx3). When omitted and ``dwi`` is a
-        path, the ``.bval``/``.bvec`` files with the same stem are used.
+        path, the ``.bval``/``.bvec`` files with the same stem are used. Files and arrays are
+        read alike, in the convention ``bvec_convention``.
     b0_threshold : float
         b-values (s/mm²) at or below this count as b0 volumes; at least one is required.
     bvec_norm_tolerance : float
         b-vectors of diffusion-weighted volumes whose norm differs from 1 by at most this are
         normalised; larger deviations are rejected.
+    bvec_convention : {"fsl", "voxel", "world"}
+        Frame of the given b-vectors. ``"fsl"`` (default): FSL's ``.bvec`` convention, which
+        BIDS, dcm2niix and MRtrix3 (``-fslgrad``) share: directions along the image axes,
+        with the x component referring to the reversed first axis when the affine's
+        determinant is positive (FSL reads every image as radiological), so the voxel-frame
+        directions are the file's with x negated when ``det(affine[:3, :3]) > 0``.
+        ``"voxel"``: already along the image axes as stored (dipy's convention: what
+        ``dipy.core.gradients.gradient_table`` expects). ``"world"``: physical directions in
+        the affine's world frame (scanner RAS+; MRtrix3's ``-grad`` tables are in this frame).
 
     Returns
     -------
     DWI
-        The image (data loaded), b-values (N,) and unit b-vectors (N, 3).
+        The image (data loaded), b-values (N,) and unit b-vectors (N, 3) in the voxel frame.
 
     Raises
     ------
@@ -435,6 +604,7 @@ def load_dwi(
         zero or non-unit b-vectors at b > ``b0_threshold``; no b0 volume; negative b-values.
     """
     what = describe(dwi, "dwi")
+    bvec_convention = _check_convention(bvec_convention)
     if bvals is None or bvecs is None:
         if _sidecar(dwi, ".bval") is None:
             raise InputError(
@@ -502,6 +672,15 @@ def load_dwi(
     if (np.abs(norms[~b0] - 1.0) > 1e-6).any():
         deviation = float(np.max(np.abs(norms[~b0] - 1.0)))
         notes.append(f"b-vectors normalised (largest norm deviation {deviation:.2g})")
+    try:
+        unit = bvecs_to_voxel(unit, img.affine, bvec_convention)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from exc
+    if bvec_convention == "fsl" and fsl_flips_x(img.affine):
+        notes.append(
+            "FSL b-vectors: x negated to the voxel frame (affine determinant > 0, which FSL "
+            "reads with the first axis reversed)"
+        )
     if isinstance(dwi, str | os.PathLike):
         source = os.fspath(dwi)
     else:
@@ -513,4 +692,5 @@ def load_dwi(
         b0_threshold=float(b0_threshold),
         source=source,
         notes=tuple(notes),
+        bvec_convention=bvec_convention,
     )

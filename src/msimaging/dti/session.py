@@ -272,7 +272,15 @@ def _write(
     if participant is None:
         raise InputError("participant_id is required to write derivatives (writer=...).")
     sources = [series.source] if series.source != "in-memory image" else []
-    parameters = {"FitMethod": method, "BrainMask": fit.mask_source}
+    # The zero/negative-value policy of fit_tensor, counted inside the brain mask.
+    quality = {
+        "FittedVoxels": fit.n_voxels,
+        "FlooredSignalValues": int(fit.n_floored),
+        "NonPositiveSignalVoxels": fit.n_nonpositive_signal_voxels,
+        "NegativeEigenvalueVoxels": fit.n_negative_eigenvalue_voxels,
+        "BvecConvention": series.bvec_convention,
+    }
+    parameters = {"FitMethod": method, "BrainMask": fit.mask_source, **quality}
     out: dict[str, Path] = {}
     for param, img in fit.maps.items():
         out[param] = writer.write_dwimap(
@@ -282,7 +290,7 @@ def _write(
     out["brain_mask"] = writer.write_image(
         fit.mask,
         writer.path(participant, session, "dwi", "mask", ".nii.gz", desc="brain"),
-        sidecar={"Type": "Brain", "Sources": sources},
+        sidecar={"Type": "Brain", "Sources": sources, **quality},
     )
     for roi in rois:
         label = roi.label.replace("_", "")
@@ -302,7 +310,7 @@ def _write(
     out["table"] = writer.write_table(
         table, participant, session, "dwi", "stats", model="tensor", desc="nawm",
         sidecar={"Description": "Tensor metrics in normal-appearing white matter",
-                 "FitMethod": method, "PerilesionalMarginMM": margin_mm},
+                 "FitMethod": method, "PerilesionalMarginMM": margin_mm, **quality},
     )
     return out
 

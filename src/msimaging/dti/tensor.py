@@ -14,12 +14,31 @@ Two engines share one interface:
 * ``method="dipy-wls"``, ``"dipy-ols"``, ``"nlls"``, ``"restore"``: dipy's
   ``TensorModel(gtab, fit_method=...)``, run chunk by chunk on the same floored signals.
 
-Both engines treat signals and eigenvalues the same way as dipy: signals below ``min_signal``
-(default dipy's 1e-4) are raised to it, and eigenvalues below ``1e-6 / max(B)`` (dipy's
-``min_diffusivity``, with ``B`` the b-matrix entries in s/mm², i.e. 1e-9 mm²/s at b=1000) are
-clipped to it. dipy floors both silently; here floored signals are counted and reported with a
-warning, and the eigenvalue floor is documented (it only touches voxels whose fitted tensor has
-a negative or near-zero eigenvalue, i.e. noise or non-brain).
+Zero and negative values, one policy for every method (dipy's, so that the maps equal
+dipy's; here nothing is silent):
+
+* **Signals.** Every signal value in the mask below ``min_signal`` (default dipy's 1e-4, i.e.
+  in practice the zeros and negative values of real b=1000 data, from scanner clipping or
+  noise floors) is raised to it before the logarithm. The values are counted
+  (``TensorFit.n_floored``), and so are the voxels holding at least one value <= 0
+  (``TensorFit.nonpositive_signal`` map, ``n_nonpositive_signal_voxels``); a warning says
+  so. Why a floor and not dropping the volume: the log-linear fits need every volume in
+  every voxel of a chunk, and a floored value still tells the fit "very low signal".
+* **Eigenvalues.** Eigenvalues below ``1e-6 / max(B)`` (dipy's ``min_diffusivity``, ``B`` the
+  b-matrix entries in s/mm², i.e. 1e-9 mm²/s at b=1000) are clipped to it, and FA, MD, AD, RD
+  are computed from the clipped values (as dipy does; RESTORE, which dipy does not clip, is
+  clipped here too). Why: with a negative eigenvalue FA can exceed 1 and MD is biased low;
+  the clipped tensor is the nearest physically possible one. Voxels whose fitted tensor had
+  its smallest eigenvalue at or below the floor (not positive definite) are flagged
+  (``TensorFit.negative_eigenvalue`` map) and counted (``n_negative_eigenvalue_voxels``): on
+  real data they are noise, CSF or partial volume, and their eigenvectors are unreliable.
+
+Frames. The tensor is fitted in the **voxel frame** of the DWI (the b-vectors of
+:class:`msimaging.io.DWI`, read from FSL's convention by default), so ``TensorFit.v1`` and
+the RGB channels of ``colour_fa`` follow the image axes i, j, k (what dipy's tracking and
+viewers such as FSLeyes expect); ``TensorFit.v1_world`` gives the principal direction in
+the world frame of the affine (scanner RAS+ for NIfTI: x = left-right, y = posterior-anterior,
+z = inferior-superior for a head-first supine scan).
 """
 
 from __future__ import annotations
@@ -33,7 +52,14 @@ import nibabel as nib
 import numpy as np
 
 from msimaging.errors import InputError, MSImagingWarning
-from msimaging.io import DWI, ImageLike, describe, load_dwi, load_mask
+from msimaging.io import (
+    DWI,
+    ImageLike,
+    describe,
+    load_dwi,
+    load_mask,
+    voxel_to_world_rotation,
+)
 
 __all__ = ["METHODS", "TensorFit", "fit_tensor"]
 
@@ -66,10 +92,11 @@ class TensorFit:
         Mean, axial (λ1) and radial ((λ2 + λ3) / 2) diffusivity, in mm²/s when the b-values
         are in s/mm².
     v1 : nibabel.Nifti1Image
-        4-D (x, y, z, 3): unit principal eigenvector in the frame of the b-vectors (its sign
-        is arbitrary).
+        4-D (x, y, z, 3): unit principal eigenvector in the **voxel frame** (components along
+        the image axes i, j, k; its sign is arbitrary). See :attr:`v1_world` for the world
+        frame.
     colour_fa : nibabel.Nifti1Image
-        4-D (x, y, z, 3) RGB: ``|v1| * FA``.
+        4-D (x, y, z, 3) RGB: ``|v1| * FA`` (voxel frame: red = i axis).
     residual : nibabel.Nifti1Image
         Quality map: root-mean-square difference between the measured (floored) signal and
         the signal predicted by the fitted tensor, divided by the fitted S0 (dimensionless;
@@ -82,6 +109,11 @@ class TensorFit:
         ``"given"`` or ``"median_otsu"`` (computed from the mean b0, see :func:`fit_tensor`).
     n_floored : int
         Number of signal values in the mask raised to ``min_signal`` before the fit.
+    nonpositive_signal : nibabel.Nifti1Image or None
+        uint8 0/1: mask voxels with at least one signal value <= 0 (any volume).
+    negative_eigenvalue : nibabel.Nifti1Image or None
+        uint8 0/1: mask voxels whose fitted tensor was not positive definite (smallest
+        eigenvalue at or below the eigenvalue floor, then clipped to it).
     """
 
     fa: nib.Nifti1Image
@@ -95,6 +127,37 @@ class TensorFit:
     method: str
     mask_source: str
     n_floored: int
+    nonpositive_signal: nib.Nifti1Image | None = None
+    negative_eigenvalue: nib.Nifti1Image | None = None
+
+    @property
+    def v1_world(self) -> nib.Nifti1Image:
+        """4-D (x, y, z, 3) float32: unit principal eigenvector in the **world frame** of the
+        affine (scanner RAS+ mm axes for NIfTI), ``R @ v1`` with ``R`` from
+        :func:`msimaging.io.voxel_to_world_rotation`; sign arbitrary, 0 outside the mask."""
+        rotation = voxel_to_world_rotation(self.v1.affine)
+        v1 = np.asanyarray(self.v1.dataobj).astype(np.float64)
+        return _image((v1 @ rotation.T).astype(np.float32), self.v1)
+
+    @property
+    def n_nonpositive_signal_voxels(self) -> int:
+        """Mask voxels with at least one signal value <= 0."""
+        return _count(self.nonpositive_signal)
+
+    @property
+    def n_negative_eigenvalue_voxels(self) -> int:
+        """Mask voxels whose fitted tensor was not positive definite (eigenvalue clipped)."""
+        return _count(self.negative_eigenvalue)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Quality counts for sidecars: fitted voxels, floored values, flagged voxels."""
+        return {
+            "n_voxels": self.n_voxels,
+            "n_floored_values": int(self.n_floored),
+            "n_nonpositive_signal_voxels": self.n_nonpositive_signal_voxels,
+            "n_negative_eigenvalue_voxels": self.n_negative_eigenvalue_voxels,
+        }
 
     @property
     def maps(self) -> dict[str, nib.Nifti1Image]:
@@ -124,6 +187,7 @@ def fit_tensor(
     chunk_voxels: int = 50_000,
     min_signal: float | None = None,
     sigma: float | None = None,
+    bvec_convention: str | None = None,
 ) -> TensorFit:
     """Fit a diffusion tensor in every brain voxel.
 
@@ -135,7 +199,8 @@ def fit_tensor(
         ``b0_threshold`` is used).
     bvals, bvecs : path or array, optional
         FSL-style b-values (s/mm²) and b-vectors, as in :func:`~msimaging.io.load_dwi`; by
-        default the ``.bval``/``.bvec`` files next to a ``.nii``/``.nii.gz`` path.
+        default the ``.bval``/``.bvec`` files next to a ``.nii``/``.nii.gz`` path. Arrays
+        follow the same convention as files (``bvec_convention``, FSL by default).
     mask : str, os.PathLike or nibabel image, optional
         Binary 3-D brain mask on the DWI grid. Without it, a mask is computed with dipy's
         ``median_otsu`` on the mean b0 (``median_radius=2``, ``numpass=1``: cheap, meant for
@@ -161,6 +226,11 @@ def fit_tensor(
         default it is estimated with ``dipy.denoise.noise_estimate.estimate_sigma`` (``N=0``,
         i.e. Gaussian noise) on the b0 volumes, taking the median over them; pass it for
         multi-coil magnitude data or when the background is masked.
+    bvec_convention : {"fsl", "voxel", "world"}, optional
+        Frame of ``bvecs`` (see :func:`msimaging.io.load_dwi`); default ``"fsl"``: FSL's
+        ``.bvec`` convention, x negated for images whose affine has a positive determinant.
+        Not accepted with a loaded :class:`~msimaging.io.DWI` (its b-vectors are already in
+        the voxel frame).
 
     Returns
     -------
@@ -183,8 +253,10 @@ def fit_tensor(
     Notes
     -----
     Eigenvalues below ``1e-6 / max(B)`` (dipy's floor; B the b-matrix entries) are clipped to
-    it for every method except RESTORE (dipy's RESTORE does not clip), as dipy does; FA, MD,
-    AD and RD are computed from the clipped eigenvalues. The input array is never converted as
+    it for every method (as dipy does, and for RESTORE too, which dipy leaves unclipped); FA,
+    MD, AD and RD are computed from the clipped eigenvalues, and the voxels concerned are
+    flagged in ``TensorFit.negative_eigenvalue``. ``v1`` is in the voxel frame,
+    ``TensorFit.v1_world`` in the world frame. The input array is never converted as
     a whole: each chunk of voxels is copied to float64, so peak memory is the input array plus
     the output maps plus one chunk.
 
@@ -206,7 +278,7 @@ def fit_tensor(
         dwi_what = f"dwi '{dwi.source}'" if dwi.source != "in-memory image" else "dwi"
     else:
         dwi_what = describe(dwi, "dwi")
-    series = _as_dwi(dwi, bvals, bvecs, b0_threshold)
+    series = _as_dwi(dwi, bvals, bvecs, b0_threshold, bvec_convention)
     img = series.img
     data = np.asanyarray(img.dataobj)
     bvals_arr, bvecs_arr = series.bvals, series.bvecs
@@ -227,6 +299,10 @@ def fit_tensor(
     spatial = data.shape[:3]
     outputs = {name: np.zeros(spatial, np.float32) for name in ("fa", "md", "ad", "rd", "res")}
     v1_map = np.zeros((*spatial, 3), np.float32)
+    nonpositive = np.zeros(spatial, np.uint8)
+    not_positive_definite = np.zeros(spatial, np.uint8)
+    # Clipped eigenvalues equal the floor up to rounding: count those as at the floor too.
+    floor_or_below = min_diffusivity * (1.0 + 1e-9)
 
     engine = (
         _FastEngine(design, method)
@@ -237,14 +313,15 @@ def fit_tensor(
     for first in range(0, n_voxels, chunk_voxels):
         where = tuple(axis[first : first + chunk_voxels] for axis in voxels)
         signal = np.asarray(data[where], dtype=np.float64)
+        nonpositive[where] = np.any(signal <= 0, axis=1)
         low = signal < min_signal
         n_low = int(np.count_nonzero(low))
         if n_low:
             n_floored += n_low
             signal[low] = min_signal
         evals, v1, residual = engine.fit(signal)
-        if engine.clips:
-            np.maximum(evals, min_diffusivity, out=evals)
+        not_positive_definite[where] = evals.min(axis=1) <= floor_or_below
+        np.maximum(evals, min_diffusivity, out=evals)
         metrics = _metrics(evals)
         for name in ("fa", "md", "ad", "rd"):
             outputs[name][where] = metrics[name]
@@ -252,9 +329,11 @@ def fit_tensor(
         v1_map[where] = v1
 
     if n_floored:
+        n_nonpositive = int(np.count_nonzero(nonpositive))
         warnings.warn(
             f"{dwi_what}: {n_floored} signal value(s) inside the mask were below "
-            f"min_signal={min_signal:g} (zeros or negative values, e.g. from scanner clipping "
+            f"min_signal={min_signal:g} ({n_nonpositive} voxel(s) with a value <= 0; "
+            "zeros or negative values, e.g. from scanner clipping "
             "or background in the mask) and were raised to it before the log-linear fit "
             "(dipy does the same silently). Many such values mean the mask includes "
             "background or the data are mis-scaled; check them or tighten the mask.",
@@ -275,6 +354,8 @@ def fit_tensor(
         method=method,
         mask_source=mask_source,
         n_floored=n_floored,
+        nonpositive_signal=_image(nonpositive, img),
+        negative_eigenvalue=_image(not_positive_definite, img),
     )
 
 
@@ -320,15 +401,23 @@ def _check_min_signal(min_signal: object) -> float:
     return value
 
 
-def _as_dwi(dwi: ImageLike | DWI, bvals: Any, bvecs: Any, b0_threshold: float) -> DWI:
+def _as_dwi(
+    dwi: ImageLike | DWI,
+    bvals: Any,
+    bvecs: Any,
+    b0_threshold: float,
+    bvec_convention: str | None,
+) -> DWI:
     if isinstance(dwi, DWI):
-        if bvals is not None or bvecs is not None:
+        if bvals is not None or bvecs is not None or bvec_convention is not None:
             raise InputError(
-                "dwi is a loaded msimaging.io.DWI, which carries its own gradient table; do "
-                "not pass bvals=/bvecs= with it (or pass the image instead of the DWI)."
+                "dwi is a loaded msimaging.io.DWI, which carries its own gradient table (in "
+                "the voxel frame); do not pass bvals=/bvecs=/bvec_convention= with it (or "
+                "pass the image instead of the DWI)."
             )
         return dwi
-    return load_dwi(dwi, bvals, bvecs, b0_threshold=b0_threshold)
+    convention = "fsl" if bvec_convention is None else bvec_convention
+    return load_dwi(dwi, bvals, bvecs, b0_threshold=b0_threshold, bvec_convention=convention)
 
 
 def _check_directions(
@@ -415,7 +504,6 @@ def _mean_b0(data: np.ndarray, b0_index: np.ndarray) -> np.ndarray:
 class _FastEngine:
     """Vectorised OLS/WLS: one pseudo-inverse (OLS), then batched 7x7 Cholesky solves (WLS)."""
 
-    clips = True
 
     def __init__(self, design: np.ndarray, method: str) -> None:
         # Column equilibration keeps the 7x7 normal equations well conditioned (b ~ 1000).
@@ -515,7 +603,6 @@ def _solve_spd(upper: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarr
 class _DipyEngine:
     """dipy's TensorModel on one chunk of (already floored) signals."""
 
-    clips = False  # dipy applies its own eigenvalue floor (none for RESTORE)
 
     def __init__(
         self,
@@ -629,6 +716,10 @@ def _metrics(evals: np.ndarray) -> dict[str, np.ndarray]:
     spread2 = (l1 - l2) ** 2 + (l2 - l3) ** 2 + (l3 - l1) ** 2
     fa = np.sqrt(0.5 * np.divide(spread2, norm2, out=np.zeros_like(norm2), where=norm2 > 0))
     return {"fa": fa, "md": (l1 + l2 + l3) / 3.0, "ad": l1, "rd": (l2 + l3) / 2.0}
+
+
+def _count(mask: nib.Nifti1Image | None) -> int:
+    return 0 if mask is None else int(np.count_nonzero(np.asanyarray(mask.dataobj)))
 
 
 def _image(array: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:

@@ -652,6 +652,7 @@ def _write_dwi(
     shape, affine, bvals, bvecs, rd_scale, snr, rng,
 ) -> dict[str, Any]:
     from msimaging.datasets.synthetic.lesions import rasterise_lesions
+    from msimaging.io import bvecs_from_voxel
 
     sub = f"sub-{participant}"
     geometry = _cached(cache, ("dwi", id(space)), _dwi_geometry, space, anatomy, shape, affine)
@@ -685,8 +686,11 @@ def _write_dwi(
     stem = bids_name(participant, ses, "dwi", ".nii.gz").removesuffix(".nii.gz")
     _save(_image(signal.reshape(*shape, -1), affine), dwi_dir / f"{stem}.nii.gz")
     (dwi_dir / f"{stem}.bval").write_text(" ".join(f"{b:g}" for b in bvals) + "\n")
+    # Signals were simulated with voxel-frame gradients; the .bvec follows FSL's convention
+    # (x negated on this det > 0 grid), as every FSL/BIDS reader expects.
+    fsl_bvecs = bvecs_from_voxel(bvecs, affine, "fsl")
     (dwi_dir / f"{stem}.bvec").write_text(
-        "\n".join(" ".join(f"{v:.8f}" for v in row) for row in bvecs.T) + "\n"
+        "\n".join(" ".join(f"{v:.8f}" for v in row) for row in fsl_bvecs.T) + "\n"
     )
     _json(
         dwi_dir / f"{stem}.json",
