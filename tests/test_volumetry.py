@@ -178,6 +178,11 @@ def test_connectivity_of_two_touching_cubes(touch, expected):
     assert len(vol.lesion_table(_img(mask), connectivity=6)) == expected[0]
 
 
+# The phantom is drawn in the synthetic study's label values and an in-memory image has no
+# dseg.tsv, so its convention is given explicitly (no default guesses it).
+SYN = "synthetic"
+
+
 def _phantom():
     """A labelled phantom (synthetic convention) with known lesion classes.
 
@@ -201,11 +206,11 @@ def _phantom():
 
 def test_classes_on_a_phantom_are_exclusive_and_sum_to_totals():
     seg, lesion = _phantom()
-    table = vol.lesion_table(_img(lesion), _img(seg))
+    table = vol.lesion_table(_img(lesion), _img(seg), labels=SYN)
     assert sorted(table["location"]) == [
         "deep_wm", "deep_wm", "infratentorial", "juxtacortical", "periventricular"
     ]
-    summary = vol.classify_lesions(_img(lesion), _img(seg)).set_index("location")
+    summary = vol.classify_lesions(_img(lesion), _img(seg), labels=SYN).set_index("location")
     assert summary.loc["total", "count"] == 5
     assert summary.loc["total", "n_voxels"] == int(lesion.sum())
     assert summary.drop(index="total")["n_voxels"].sum() == int(lesion.sum())
@@ -217,31 +222,37 @@ def test_contact_tolerance_and_lst_ai_order():
     seg, lesion = _phantom()
     deep = np.zeros_like(lesion)
     deep[16:18, 12:15, 15:18] = 1  # x 16..17: two voxels of WM between it and the ventricles
-    assert vol.lesion_table(_img(deep), _img(seg))["location"].tolist() == ["deep_wm"]
-    near = vol.lesion_table(_img(deep), _img(seg), contact_mm=3.0)["location"].tolist()
+    assert vol.lesion_table(_img(deep), _img(seg), labels=SYN)["location"].tolist() == [
+        "deep_wm"
+    ]
+    near = vol.lesion_table(_img(deep), _img(seg), labels=SYN, contact_mm=3.0)
+    near = near["location"].tolist()
     assert near == ["periventricular"]
     # A brainstem lesion reaching the cerebral WM above and the cortex at its side.
     seg2 = seg.copy()
     seg2[8:10, 5:25, 1:6] = 2
     both = np.zeros_like(lesion)
     both[10:13, 10:13, 2:5] = 1
-    assert vol.lesion_table(_img(both), _img(seg2))["location"].tolist() == ["infratentorial"]
-    lst = vol.lesion_table(_img(both), _img(seg2), order="lst-ai")["location"].tolist()
+    assert vol.lesion_table(_img(both), _img(seg2), labels=SYN)["location"].tolist() == [
+        "infratentorial"
+    ]
+    lst = vol.lesion_table(_img(both), _img(seg2), labels=SYN, order="lst-ai")
+    lst = lst["location"].tolist()
     assert lst == ["juxtacortical"]
 
 
 def test_empty_lesion_mask_gives_zeros_not_nan():
     seg, _ = _phantom()
     empty = np.zeros(seg.shape, np.uint8)
-    summary = vol.classify_lesions(_img(empty), _img(seg))
+    summary = vol.classify_lesions(_img(empty), _img(seg), labels=SYN)
     assert len(summary) == 5
     numeric = summary[["count", "n_voxels", "volume_mm3", "volume_ml", "load_pct_icv",
                        "load_pct_wm"]]
     assert (numeric.to_numpy() == 0).all() and not numeric.isna().any().any()
-    assert len(vol.lesion_table(_img(empty), _img(seg))) == 0
+    assert len(vol.lesion_table(_img(empty), _img(seg), labels=SYN)) == 0
     tracks = vol.match_lesions([_img(empty), _img(empty)])
     assert len(tracks) == 0
-    volumes = vol.tissue_volumes(_img(seg), _img(empty)).set_index("region")
+    volumes = vol.tissue_volumes(_img(seg), _img(empty), labels=SYN).set_index("region")
     assert volumes.loc["abnormal_wm", "volume_ml"] == 0.0
 
 
@@ -250,7 +261,7 @@ def test_random_images_classes_always_partition_the_lesions():
     seg, _ = _phantom()
     for _ in range(5):
         lesion = (rng.random(seg.shape) < 0.02) & np.isin(seg, (2, 3, 6))
-        summary = vol.classify_lesions(_img(lesion.astype(np.uint8)), _img(seg))
+        summary = vol.classify_lesions(_img(lesion.astype(np.uint8)), _img(seg), labels=SYN)
         summary = summary.set_index("location")
         assert summary.loc["total", "n_voxels"] == int(lesion.sum())
         assert summary.drop(index="total")[["count", "n_voxels"]].sum().tolist() == [
@@ -450,15 +461,15 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     shifted.affine[0, 3] = 5.0
     shifted = nib.Nifti1Image(lesion, shifted.affine)
     with pytest.raises(InputError, match="not on the grid"):
-        vol.tissue_volumes(_img(seg), shifted)
+        vol.tissue_volumes(_img(seg), shifted, labels=SYN)
     with pytest.raises(InputError, match="not on the grid"):
-        vol.lesion_table(shifted, _img(seg))
+        vol.lesion_table(shifted, _img(seg), labels=SYN)
     prob = lesion.astype(np.float32) * 0.8
     path = tmp_path / "sub-01_lesionprob.nii.gz"
     nib.save(_img(prob), path)
     with pytest.raises(InputError, match=r"lesionprob.*threshold"):
         vol.lesion_table(path, _img(seg))
-    assert len(vol.lesion_table(path, _img(seg), threshold=0.5)) == 5
+    assert len(vol.lesion_table(path, _img(seg), labels=SYN, threshold=0.5)) == 5
     with pytest.raises(InputError, match="fsl_fast"):
         vol.tissue_volumes(_img(seg), labels="spm12")
     with pytest.raises(InputError, match="connectivity"):
@@ -482,11 +493,11 @@ def test_lesion_voxels_outside_the_brain_warn_and_are_counted_apart():
     lesion = lesion.copy()
     lesion[0, 0, 0:3] = 1  # background
     with pytest.warns(MSImagingWarning, match="outside the brain"):
-        table = vol.tissue_volumes(_img(seg), _img(lesion)).set_index("region")
+        table = vol.tissue_volumes(_img(seg), _img(lesion), labels=SYN).set_index("region")
     assert table.loc["lesion_outside_brain", "n_voxels"] == 3
     assert table.loc["abnormal_wm", "n_voxels"] == int(lesion.sum()) - 3
     with pytest.warns(MSImagingWarning, match="outside the brain"):
-        lesions = vol.lesion_table(_img(lesion), _img(seg))
+        lesions = vol.lesion_table(_img(lesion), _img(seg), labels=SYN)
     assert len(lesions) == 5 and lesions.attrs["outside_brain_mm3"] == 3.0
 
 
@@ -498,8 +509,8 @@ def test_inputs_are_not_modified(tmp_path):
     before = {k: p.read_bytes() for k, p in paths.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        vol.tissue_volumes(paths["seg"], paths["lesion"])
-        vol.classify_lesions(paths["lesion"], paths["seg"])
+        vol.tissue_volumes(paths["seg"], paths["lesion"], labels=SYN)
+        vol.classify_lesions(paths["lesion"], paths["seg"], labels=SYN)
         vol.match_lesions([paths["lesion"], paths["lesion"]])
     assert {k: p.read_bytes() for k, p in paths.items()} == before
 

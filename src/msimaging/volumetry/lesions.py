@@ -43,7 +43,7 @@ from scipy.spatial.distance import cdist
 
 from msimaging.errors import InputError, MSImagingWarning
 from msimaging.io import ImageLike, load_mask
-from msimaging.volumetry.labels import (
+from msimaging.segmentation import (
     CSF_CLASSES,
     INFRATENTORIAL_CLASSES,
     TISSUE_CLASSES,
@@ -289,7 +289,7 @@ def lesion_table(
     lesion_mask: ImageLike,
     seg: ImageLike | None = None,
     *,
-    labels: Any = "synthetic",
+    labels: Any = None,
     connectivity: int = 26,
     min_size: str | None = None,
     min_volume_mm3: float | None = None,
@@ -311,8 +311,9 @@ def lesion_table(
         Label image on the mask's grid; needed for the location class (which uses the
         lateral ventricles, cortex, brainstem and cerebellum, so a GM/WM/CSF-only
         segmentation such as FAST cannot classify). Without it ``location`` is ``"unknown"``.
-    labels : str, LabelConvention or mapping
-        Label convention of ``seg`` (see :func:`msimaging.volumetry.tissue_volumes`).
+    labels : str, LabelConvention or mapping, optional
+        Label convention of ``seg``; default from the dataset (``dseg.tsv``, else detected;
+        see :func:`msimaging.volumetry.tissue_volumes`).
     connectivity, min_size, min_volume_mm3, min_extent_mm, min_voxels, threshold
         As in :func:`label_lesions`.
     contact_mm : float, optional
@@ -340,7 +341,7 @@ def lesion_table(
 
 
 def _lesions(
-    lesion_mask, seg, *, labels="synthetic", connectivity=26, min_size=None,
+    lesion_mask, seg, *, labels=None, connectivity=26, min_size=None,
     min_volume_mm3=None, min_extent_mm=None, min_voxels=None, threshold=None, contact_mm=None,
     order="mcdonald",
 ) -> tuple[pd.DataFrame, np.ndarray, nib.Nifti1Image]:
@@ -398,7 +399,7 @@ def classify_lesions(
     lesion_mask: ImageLike,
     seg: ImageLike,
     *,
-    labels: Any = "synthetic",
+    labels: Any = None,
     connectivity: int = 26,
     min_size: str | None = None,
     min_volume_mm3: float | None = None,

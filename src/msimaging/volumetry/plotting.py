@@ -57,7 +57,7 @@ def plot_lesions(
     lesion_mask: ImageLike,
     seg: ImageLike | None = None,
     *,
-    labels: Any = "synthetic",
+    labels: Any = None,
     n_slices: int = 8,
     title: str | None = None,
     path: Any = None,
@@ -74,8 +74,9 @@ def plot_lesions(
     seg : image, optional
         Segmentation for the location classes (see :func:`lesion_table`); without it every
         lesion is drawn in one colour.
-    labels : str, LabelConvention or mapping
-        Label convention of ``seg``.
+    labels : str, LabelConvention or mapping, optional
+        Label convention of ``seg`` (default: from the dataset's ``dseg.tsv``, else
+        detected; see :func:`msimaging.segmentation.resolve_convention`).
     n_slices : int
         Number of axial slices, spread over the slices that hold lesions.
     title : str, optional

@@ -15,6 +15,7 @@ import pandas as pd
 
 from msimaging.errors import InputError
 from msimaging.io import ImageLike, describe
+from msimaging.segmentation import resolve_convention
 from msimaging.volumetry.lesions import lesion_load, lesion_table
 from msimaging.volumetry.tissue import tissue_volumes
 
@@ -68,7 +69,7 @@ def volumetry_session(
     seg: ImageLike,
     lesion_mask: ImageLike,
     *,
-    labels: Any = "synthetic",
+    labels: Any = None,
     participant_id: str | None = None,
     session_id: str | None = None,
     writer: Any = None,
@@ -82,8 +83,10 @@ def volumetry_session(
         Label image (see :func:`tissue_volumes` for conventions).
     lesion_mask : image
         Lesion mask on the segmentation's grid.
-    labels : str, LabelConvention or mapping
-        Label convention of ``seg``.
+    labels : str, LabelConvention or mapping, optional
+        Label convention of ``seg``. Default: from the dataset (the segmentation's BIDS
+        ``dseg.tsv``, else detected from its values, else an error listing them; see
+        :func:`msimaging.segmentation.resolve_convention`). Explicit labels win.
     participant_id, session_id : str, optional
         Copied into every row; ``participant_id`` is required with a writer.
     writer : DerivativesWriter, optional
@@ -97,6 +100,8 @@ def volumetry_session(
     VolumetrySession
     """
     started = time.perf_counter()
+    # Resolve the convention once (table read or detection), then share it.
+    labels = resolve_convention(seg, labels)
     volumes = tissue_volumes(
         seg, lesion_mask, labels=labels, participant_id=participant_id, session_id=session_id,
         lesion_threshold=lesion_options.get("threshold"),
@@ -112,8 +117,8 @@ def volumetry_session(
             raise InputError("participant_id is required to write derivatives (writer=...).")
         sources = [describe(seg, "seg"), describe(lesion_mask, "lesion_mask")]
         parameters = {
-            "LabelConvention": getattr(labels, "name", labels if isinstance(labels, str)
-                                       else "custom"),
+            "LabelConvention": labels.name,
+            "LabelConventionSource": labels.source,
             **{k: v for k, v in lesion_options.items() if v is not None},
         }
         for key, df, suffix, desc, text in (

@@ -26,13 +26,13 @@ from scipy import ndimage
 
 from msimaging.errors import InputError, MSImagingWarning
 from msimaging.io import ImageLike, check_same_grid, describe, load_image, load_mask
-from msimaging.volumetry.labels import (
+from msimaging.segmentation import (
     CSF_CLASSES,
     GM_CLASSES,
     TISSUE_CLASSES,
     WM_CLASSES,
     LabelConvention,
-    label_convention,
+    load_segmentation,
 )
 
 __all__ = ["REGIONS", "tissue_volumes", "volume_change"]
@@ -69,38 +69,17 @@ def voxel_volume_mm3(img: nib.spatialimages.SpatialImage) -> float:
 
 
 def class_image(
-    seg: ImageLike, labels: Any, *, name: str = "seg"
+    seg: ImageLike, labels: Any = None, *, name: str = "seg"
 ) -> tuple[np.ndarray, nib.Nifti1Image, LabelConvention]:
     """Tissue-class index per voxel (index into TISSUE_CLASSES; len(TISSUE_CLASSES) = background).
 
-    Raises InputError for non-integer values, negative values and label values the convention
-    does not know (listing them).
+    The convention is resolved by :func:`msimaging.segmentation.resolve_convention`
+    (``labels`` > the dataset's ``dseg.tsv`` > detection from the values > error). Raises
+    InputError for non-integer values, negative values and label values the convention does
+    not know (listing them).
     """
-    convention = label_convention(labels)
-    what = describe(seg, name)
-    img = load_image(seg, name=name, ndim=3)
-    data = np.asanyarray(img.dataobj)
-    if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
-        raise InputError(
-            f"{what} has non-integer values, so it is not a label image. For probability "
-            "maps pass a mapping {'GM': img, 'WM': img, 'CSF': img} as seg instead."
-        )
-    data = data.astype(np.int64)
-    if data.min() < 0:
-        raise InputError(f"{what} has negative label values; a label image holds values >= 0.")
-    max_label = int(data.max())
-    lookup = convention.lookup(max(max_label, max(convention.values, default=0)))
-    classes = lookup[data]
-    if (classes < 0).any():
-        unknown = np.unique(data[classes < 0])
-        shown = ", ".join(str(v) for v in unknown[:10])
-        raise InputError(
-            f"{what} contains label values the {convention.name!r} convention does not know: "
-            f"{shown}{' ...' if unknown.size > 10 else ''}. Check that labels= names the "
-            "segmentation's convention (supported: synthetic, freesurfer/aseg, synthseg, samseg, "
-            "fmriprep, fsl_fast) or pass a mapping tissue class -> label values."
-        )
-    return classes.astype(np.int16), img, convention
+    segmentation = load_segmentation(seg, labels, name=name)
+    return segmentation.classes, segmentation.img, segmentation.convention
 
 
 def _lesion(lesion_mask, threshold, reference, ref_name) -> np.ndarray | None:
@@ -165,7 +144,7 @@ def tissue_volumes(
     seg: ImageLike | Mapping[str, ImageLike],
     lesion_mask: ImageLike | None = None,
     *,
-    labels: Any = "synthetic",
+    labels: Any = None,
     lesion_threshold: float | None = None,
     margin_mm: float = 0.0,
     regions: tuple[str, ...] | None = None,
@@ -182,12 +161,15 @@ def tissue_volumes(
         probabilities x voxel volume).
     lesion_mask : image, optional
         Lesion mask on the segmentation's grid. Lesion voxels count as abnormal WM whatever
-        the segmentation labels them. Lesions labelled in the segmentation itself (synthetic
-        label 8, FreeSurfer WM-hypointensities 77–79, SAMSEG 99) are always included.
-    labels : str, LabelConvention or mapping
-        Label convention of a label image: ``"synthetic"``, ``"freesurfer"`` (``"aseg"``),
-        ``"synthseg"``, ``"samseg"``, ``"fmriprep"``, ``"fsl_fast"``, or a mapping
-        tissue class -> label values (see :mod:`msimaging.volumetry.labels`).
+        the segmentation labels them. Lesions labelled in the segmentation itself (FreeSurfer
+        WM-hypointensities 77–79, SAMSEG 99, a ``Lesion`` row of the dseg.tsv) are always
+        included.
+    labels : str, LabelConvention or mapping, optional
+        Label convention of a label image: ``"freesurfer"`` (``"aseg"``), ``"synthseg"``,
+        ``"samseg"``, ``"fmriprep"``, ``"fsl_fast"``, ``"synthetic"``, or a mapping
+        tissue class -> label values. Default: from the dataset, i.e. the segmentation's BIDS
+        ``dseg.tsv`` (label names), else detected from the label values, else an error
+        (see :func:`msimaging.segmentation.resolve_convention`).
     lesion_threshold : float, optional
         Binarise a lesion probability map at this value (required for non-binary masks).
     margin_mm : float
