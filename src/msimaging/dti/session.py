@@ -17,7 +17,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from msimaging import registration
+from msimaging.derivatives import sidecar_path
 from msimaging.dti.rois import ROI, nawm_rois, roi_stats
 from msimaging.dti.tensor import TensorFit, fit_tensor
 from msimaging.dti.tracts import (
@@ -38,8 +41,9 @@ from msimaging.dti.tracts import (
     tract_metrics,
     tract_profiles,
 )
-from msimaging.errors import InputError
-from msimaging.io import DWI, ImageLike, load_dwi, load_image
+from msimaging.errors import InputError, MSImagingWarning
+from msimaging.io import DWI, ImageLike, describe, load_dwi, load_image
+from msimaging.segmentation import TissueMask, white_matter
 
 __all__ = ["DTISession", "TractStage", "dti_session", "tract_session"]
 
@@ -69,6 +73,12 @@ class DTISession:
         DWI world mm -> MNI mm (used for the hemisphere split and to place tract ROIs).
     lesion_mask : nibabel image or None
         The lesion mask on the DWI grid (voxels > ``lesion_fraction`` lesion).
+    wm_source : str
+        What the white matter was made from (file, label convention and its source, WM
+        label values, or probability threshold) and its voxel counts.
+    nawm_definition : str
+        How NAWM was defined, e.g. ``"NAWM = WM minus lesion mask"`` or
+        ``"no lesion mask: NAWM = WM"`` (also written to the table's sidecar).
     seconds : dict
         Wall time of each step.
     outputs : dict
@@ -86,6 +96,8 @@ class DTISession:
     lesion_mask: nib.Nifti1Image | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
+    wm_source: str = ""
+    nawm_definition: str = ""
 
     def __repr__(self) -> str:
         nawm = {r.label: r.n_voxels for r in self.rois}
@@ -136,9 +148,11 @@ def _to_dwi(
 def dti_session(
     dwi: ImageLike | DWI,
     t1w: ImageLike,
-    wm_mask: ImageLike,
+    wm_mask: ImageLike | None = None,
     lesion_mask: ImageLike | None = None,
     *,
+    seg: ImageLike | None = None,
+    labels: Any = None,
     bvals: Any = None,
     bvecs: Any = None,
     participant_id: str | None = None,
@@ -163,10 +177,19 @@ def dti_session(
         Diffusion series; ``bvals``/``bvecs`` as in :func:`msimaging.io.load_dwi`.
     t1w : path or image
         The visit's T1-weighted image (brain-extracted or not; see ``brain_mask``).
-    wm_mask : path or image
-        White-matter mask on the T1w grid, or a probability map with ``wm_threshold``.
+    wm_mask : path or image, optional
+        White matter on the T1w grid: a 0/1 mask, a probability map (BIDS
+        ``label-WM_probseg``, thresholded at ``wm_threshold``, default 0.5) or a label image
+        (as ``seg``). Give ``wm_mask`` or ``seg``.
     lesion_mask : path or image, optional
-        Binary lesion mask on the T1w grid.
+        Binary lesion mask on the T1w grid. Without one, NAWM = WM (lesions labelled in
+        ``seg`` itself are still outside WM) and the table's sidecar says so.
+    seg : path or image, optional
+        Segmentation on the T1w grid (``dseg``, ``desc-aseg_dseg``, FAST ``_seg`` ...): WM is
+        its ``cerebral_wm`` + ``wm`` classes (:func:`msimaging.segmentation.white_matter`).
+    labels : str, LabelConvention or mapping, optional
+        Label convention of ``seg``. Default: from the dataset (its BIDS ``dseg.tsv``, else
+        detected from the values; :func:`msimaging.segmentation.resolve_convention`).
     participant_id, session_id : str, optional
         Labels for the table and the derivative names.
     method : str
@@ -174,7 +197,7 @@ def dti_session(
     brain_mask : path or image, optional
         Brain mask on the DWI grid for the fit (default: ``median_otsu``).
     wm_threshold : float, optional
-        Threshold of a probability ``wm_mask``.
+        Threshold of a probability ``wm_mask`` (default 0.5: more likely WM than not).
     margin_mm : float
         Perilesional margin removed from the NAWM (mm).
     min_wm_fraction : float
@@ -215,6 +238,7 @@ def dti_session(
 
     series = dwi if isinstance(dwi, DWI) else load_dwi(dwi, bvals, bvecs)
     t1 = load_image(t1w, name="t1w", ndim=3)
+    wm = _white_matter(wm_mask, seg, labels, wm_threshold)  # fails fast, before any fit
     say("fitting tensors")
     fit = fit_tensor(series, mask=brain_mask, method=method)
     lap("fit_tensor")
@@ -224,7 +248,18 @@ def dti_session(
     if anat_to_dwi != "identity":
         say(f"registering T1w to DWI ({anat_to_dwi})")
         transform = registration.register_affine(t1, b0, transform=anat_to_dwi)
-    wm_dwi = _to_dwi(wm_mask, transform, b0, "wm_mask", wm_threshold, min_wm_fraction)
+    wm_dwi = _to_dwi(wm.img, transform, b0, "wm_mask", None, min_wm_fraction)
+    n_wm_dwi = int(np.count_nonzero(np.asanyarray(wm_dwi.dataobj)))
+    wm_source = (
+        f"WM mask from {wm.source}: {wm.n_voxels} voxels on the T1w grid, {n_wm_dwi} on the "
+        f"DWI grid (> {min_wm_fraction:g} WM)"
+    )
+    if n_wm_dwi == 0:
+        raise InputError(
+            f"{wm_source}. No DWI voxel is white matter after the T1w -> DWI step "
+            f"(anat_to_dwi={anat_to_dwi!r}): check that the T1w and the DWI show the same "
+            "head (registration), or lower min_wm_fraction for very coarse DWI."
+        )
     lesion_dwi = (
         None
         if lesion_mask is None
@@ -240,8 +275,22 @@ def dti_session(
     lap("mni_registration")
 
     say("NAWM regions and table")
-    rois = nawm_rois(wm_dwi, lesion_dwi, margin_mm=margin_mm, to_mni=dwi_to_mni)
+    if lesion_mask is None:
+        nawm_definition = "no lesion mask: NAWM = WM"
+        if wm.convention is not None and wm.convention.has("lesion"):
+            nawm_definition += " (voxels the segmentation labels as lesion are not WM)"
+    else:
+        nawm_definition = "NAWM = WM minus lesion mask" + (
+            f" and a {margin_mm:g} mm margin" if margin_mm > 0 else ""
+        )
+    try:
+        rois = nawm_rois(wm_dwi, lesion_dwi, margin_mm=margin_mm, to_mni=dwi_to_mni)
+    except InputError as exc:
+        # Name what the regions were built from: an empty or wrong WM is the usual cause.
+        raise InputError(f"{exc} Inputs: {wm_source}; {nawm_definition}.") from None
     table = roi_stats(fit, rois, participant_id=participant_id, session_id=session_id)
+    table.attrs["nawm_definition"] = nawm_definition
+    _check_wm_fa(table, wm_source)
     lap("rois")
 
     outputs: dict[str, Path] = {}
@@ -250,6 +299,11 @@ def dti_session(
             writer, series, fit, rois, table, transform, to_mni, participant_id, session_id,
             method, margin_mm,
         )
+        _add_to_sidecar(writer, outputs.get("table"), {
+            "WhiteMatter": wm_source,
+            "LesionMask": None if lesion_mask is None else describe(lesion_mask, "lesion_mask"),
+            "NAWMDefinition": nawm_definition,
+        })
         lap("write")
     return DTISession(
         participant_id=participant_id,
@@ -263,7 +317,57 @@ def dti_session(
         lesion_mask=lesion_dwi,
         seconds=seconds,
         outputs=outputs,
+        wm_source=wm_source,
+        nawm_definition=nawm_definition,
     )
+
+
+def _white_matter(wm_mask, seg, labels, threshold) -> TissueMask:
+    """The WM mask on the T1w grid from ``wm_mask`` or ``seg``, checked non-empty."""
+    if (wm_mask is None) == (seg is None):
+        raise InputError(
+            "dti_session needs the white matter from exactly one of wm_mask= (a 0/1 mask or "
+            "a label-WM_probseg probability map) and seg= (a segmentation such as dseg or "
+            f"desc-aseg_dseg); got {'neither' if wm_mask is None else 'both'}."
+        )
+    image, name = (wm_mask, "wm_mask") if seg is None else (seg, "seg")
+    wm = white_matter(image, labels, threshold=threshold, name=name)
+    if wm.n_voxels == 0:
+        raise InputError(
+            f"WM mask from {wm.source} has 0 voxels: nothing to measure. Check that the file "
+            "is the white matter (or the segmentation's convention: pass labels= or a "
+            "dseg.tsv naming its labels)."
+        )
+    return wm
+
+
+#: NAWM mean FA below this is not white matter (cortex and CSF are ~0.1-0.2).
+_MIN_WM_FA = 0.2
+
+
+def _check_wm_fa(table: pd.DataFrame, wm_source: str) -> None:
+    fa = table[(table["roi"] == "NAWM") & (table["metric"] == "fa")]["mean"]
+    if len(fa) and float(fa.iloc[0]) < _MIN_WM_FA:
+        warnings.warn(
+            f"NAWM mean FA is {float(fa.iloc[0]):.3f}, low for white matter (usually > 0.3): "
+            f"check that the WM is right ({wm_source}); a wrong label convention (e.g. "
+            "cortex or CSF labels taken as WM) or a failed T1w -> DWI registration gives this.",
+            MSImagingWarning,
+            stacklevel=3,
+        )
+
+
+def _add_to_sidecar(writer: Any, path: Path | None, extra: dict[str, Any]) -> None:
+    """Merge ``extra`` into the JSON sidecar of an already written file."""
+    if path is None:
+        return
+    side = sidecar_path(path)
+    try:
+        metadata = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+    except (OSError, ValueError):
+        metadata = {}
+    metadata.update(extra)
+    writer.write_sidecar(path, metadata)
 
 
 def _write(
