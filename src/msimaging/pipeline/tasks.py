@@ -40,9 +40,11 @@ _OPTIONAL = {"bold_mask"}
 DEFAULTS: dict[str, dict[str, Any]] = {
     # Tract figures (overlay + profiles) for each subject's first visit only: QC at a
     # fraction of the cost; "all" draws every visit, "none" none.
-    "dti": {"method": "wls", "margin_mm": 0.0, "wm_labels": [3], "figures": "first"},
+    # labels None: the segmentation's convention comes from the dataset (its dseg.tsv, else
+    # detected from the values; msimaging.segmentation); a name or mapping overrides it.
+    "dti": {"method": "wls", "margin_mm": 0.0, "labels": None, "figures": "first"},
     "fmri": {"atlas": "seitzman2018", "strategy": "simple", "kind": "correlation"},
-    "volumetry": {"labels": "synthetic"},
+    "volumetry": {"labels": None},
 }
 
 
@@ -215,17 +217,23 @@ def run_task(
 
 
 def _run_dti(session, inputs, writer, params, first_visit: bool) -> list[Path]:
-    import nibabel as nib
-    import numpy as np
-
     from msimaging.dti import dti_session, tract_session
+    from msimaging.errors import InputError
 
-    dseg = nib.load(inputs["dseg"])
-    labels = params["wm_labels"]  # synthetic dseg: 3 = cerebral WM
-    wm = nib.Nifti1Image(np.isin(np.asanyarray(dseg.dataobj), labels).astype(np.uint8),
-                         dseg.affine)
+    # White matter from the segmentation (convention from labels=, else the dataset), else
+    # from fMRIPrep/FAST's WM probability map; no lesion mask means NAWM = WM.
+    if "dseg" in inputs:
+        wm = {"seg": inputs["dseg"], "labels": params.get("labels")}
+    elif "probseg_WM" in inputs:
+        wm = {"wm_mask": inputs["probseg_WM"]}
+    else:
+        raise InputError(
+            f"{session.participant_id} {session.session_id or ''}: DTI needs the white matter: "
+            "a segmentation (dseg) or a label-WM_probseg; found "
+            f"{', '.join(k for k in inputs if k.startswith('probseg')) or 'neither'}."
+        )
     dti = dti_session(
-        inputs["dwi"], inputs["t1w"], wm, inputs["lesion_mask"],
+        inputs["dwi"], inputs["t1w"], lesion_mask=inputs.get("lesion_mask"), **wm,
         participant_id=session.participant_id, session_id=session.session_id, writer=writer,
         method=params["method"], margin_mm=params["margin_mm"],
     )
@@ -250,8 +258,16 @@ def _run_fmri(session, inputs, writer, params, first_visit: bool) -> list[Path]:
 
 
 def _run_volumetry(session, inputs, writer, params, first_visit: bool) -> list[Path]:
+    from msimaging.errors import InputError
     from msimaging.volumetry import volumetry_session
 
+    if "dseg" not in inputs:
+        raise InputError(
+            f"{session.participant_id} {session.session_id or ''}: volumetry needs a label "
+            "image (dseg: FreeSurfer/SynthSeg/SAMSEG aseg, fMRIPrep or FAST); probability maps "
+            "alone give no lesion locations. Found only "
+            f"{', '.join(k for k in inputs if k.startswith('probseg'))}."
+        )
     result = volumetry_session(
         inputs["dseg"], inputs["lesion_mask"], labels=params["labels"],
         participant_id=session.participant_id, session_id=session.session_id, writer=writer,
