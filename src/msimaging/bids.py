@@ -36,7 +36,7 @@ from msimaging.errors import BIDSError, InputError, MSImagingWarning
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["KINDS", "Session", "Study", "months_from_label"]
+__all__ = ["KINDS", "Session", "Study", "months_from_label", "parse_entities"]
 
 #: File kinds a :class:`Session` can hold, in table order.
 KINDS: tuple[str, ...] = (
@@ -161,6 +161,26 @@ class Session:
         _check_kind(kind, "kind")
         return bool(self.files.get(kind))
 
+    def find(
+        self, kind: str, *, pipeline: str | None = None, **entities: object
+    ) -> tuple[Path, ...]:
+        """Every file of ``kind`` carrying the given entities (none, one or several).
+
+        Unlike :meth:`get`, never raises for zero or several matches: the caller decides
+        (e.g. the pipeline narrows them with a user filter, then reports all at once).
+        Entity values compare as in :meth:`get` (``run=1`` matches ``run-01``).
+        """
+        _check_kind(kind, "kind")
+        wanted = {key: str(value) for key, value in entities.items()}
+        out = []
+        for path in self.files.get(kind, ()):
+            if pipeline is not None and self.origins.get(path) != pipeline:
+                continue
+            found = parse_entities(path.name)
+            if all(_same_value(found.get(key), value) for key, value in wanted.items()):
+                out.append(path)
+        return tuple(out)
+
     def get(self, kind: str, *, pipeline: str | None = None, **entities: object) -> Path:
         """The single file of ``kind`` matching the given BIDS entities.
 
@@ -260,6 +280,19 @@ def _check_kind(kind: object, argument: str) -> str:
             f"{', '.join(KINDS)}."
         )
     return kind
+
+
+def parse_entities(name: str | os.PathLike[str]) -> dict[str, str]:
+    """The BIDS entities of a file name (``{"sub": "01", "task": "rest", ...}``); ``{}`` when
+    the name is not a BIDS name.
+
+    Examples
+    --------
+    >>> parse_entities("sub-01_ses-M0_task-rest_space-MNI152NLin6Asym_desc-preproc_bold.nii.gz")
+    {'sub': '01', 'ses': 'M0', 'task': 'rest', 'space': 'MNI152NLin6Asym', 'desc': 'preproc'}
+    """
+    parsed = _parse_name(os.path.basename(os.fspath(name)))
+    return parsed[0] if parsed else {}
 
 
 def _parse_name(name: str) -> tuple[dict[str, str], str, str] | None:

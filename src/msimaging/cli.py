@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from msimaging._version import __version__
+from msimaging.derivatives import DerivativesLayout
 from msimaging.errors import BIDSError, InputError, LabelError, MSImagingError, OutputError
 
 __all__ = ["main"]
@@ -40,7 +41,8 @@ other commands:
                                   participant and group levels on it, printing the headline
                                   findings and the report's path
   msimaging synth OUTPUT_DIR      only generate the synthetic study (with its ground truth)
-  msimaging inventory BIDS_DIR    list subjects x visits and the files found
+  msimaging inventory BIDS_DIR    per visit: the files found, which analyses can run and, for
+                                  each missing input, the tool that makes it and its BIDS path
 
 examples:
   msimaging /data/trial /data/trial-msimaging participant --n-workers 2
@@ -48,6 +50,16 @@ examples:
       --modalities dti volumetry
   msimaging /data/trial /data/trial-msimaging group --nbs-tail right
   msimaging /data/trial /out participant --scheduler tcp://10.0.0.5:8786   # a Dask cluster
+  msimaging /data/trial /out participant --bids-filter dwi:dir=AP bold:task=rest,run=1
+
+choosing inputs when a visit has several files of a kind (e.g. DWI dir-AP and dir-PA):
+  --bids-filter NAME:ENTITY=VALUE[,ENTITY=VALUE] ...   NAME: t1w flair dwi bold dseg probseg
+                                  lesion_mask; ENTITY: task acq ce rec dir run echo space res
+                                  den desc label
+  --bids-filter-file FILE.json    fMRIPrep's spelling: {"dwi": {"direction": "AP"}}
+  --config: [inputs.dwi] dir = "AP"   (the command line wins over the file, the file over
+                                  the config)
+Options, config keys and values, labels and input choices are all checked before any work.
 
 Re-running skips every task whose outputs exist with the same inputs, parameters and version
 (--force recomputes). Failed visits are listed in OUTPUT_DIR/failures.tsv; logs are in
@@ -55,7 +67,8 @@ OUTPUT_DIR/logs/.
 
 exit codes: 0 ok; 1 some tasks failed (others completed); 16 input is not a usable BIDS
 dataset; 17 invalid or unknown participant/session label; 18 output folder unusable;
-64 usage error; 65 other invalid input.
+64 usage error (unknown option, atlas, config key or value); 65 other invalid input (e.g.
+several files match an input and no filter chooses).
 """
 
 
@@ -98,15 +111,23 @@ def build_app_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", help="where msimaging writes its derivatives")
     parser.add_argument("analysis_level", choices=("participant", "group"),
                         help="participant: per-visit tasks; group: study tables, NBS, report")
-    parser.add_argument("--participant-label", nargs="+", metavar="LABEL",
+    parser.add_argument("--participant-label", "--participant_label", nargs="+",
+                        metavar="LABEL", dest="participant_label",
                         help="subjects to run (e.g. 01 02, with or without 'sub-'; default all)")
-    parser.add_argument("--session-label", nargs="+", metavar="LABEL",
-                        help="sessions to run (e.g. M0 M6; default all)")
+    parser.add_argument("--session-label", "--session_label", nargs="+", metavar="LABEL",
+                        dest="session_label",
+                        help="sessions to run (e.g. M0 M6; default all); each must exist")
     parser.add_argument("--modalities", nargs="+", choices=("dti", "fmri", "volumetry"),
                         default=["dti", "fmri", "volumetry"], help="default: all three")
-    parser.add_argument("--atlas", default="seitzman2018",
-                        help="fMRI node atlas: seitzman2018, power2011, dosenbach2010 or a "
-                        "label image path (default: %(default)s)")
+    parser.add_argument("--atlas", default=None,
+                        help="fMRI node atlas: seitzman2018, power2011, dosenbach2010 (MNI152 "
+                        "coordinates: need space-MNI152* BOLD) or a label image path "
+                        "(default: seitzman2018)")
+    parser.add_argument("--bids-filter", nargs="+", metavar="NAME:ENTITY=VALUE",
+                        help="choose inputs by BIDS entities when several match, e.g. "
+                        "dwi:dir=AP bold:task=rest,space=MNI152NLin2009cAsym")
+    parser.add_argument("--bids-filter-file", metavar="FILE",
+                        help='JSON filters (fMRIPrep spelling), e.g. {"dwi": {"dir": "AP"}}')
     parser.add_argument("--n-workers", type=int, default=None, metavar="N",
                         help="worker processes of the embedded Dask cluster (default: one per "
                         "core; 1 runs in this process)")
@@ -126,6 +147,9 @@ def build_app_parser() -> argparse.ArgumentParser:
 
 
 def _read_config(path: str | None) -> dict[str, Any]:
+    """The --config file, every section, key and value checked (ConfigError: exit 64)."""
+    from msimaging.pipeline.options import check_config
+
     if path is None:
         return {}
     file = Path(path)
@@ -140,32 +164,47 @@ def _read_config(path: str | None) -> dict[str, Any]:
             config = json.loads(file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"--config {path!r} cannot be parsed: {exc}") from exc
-    if not isinstance(config, dict):
-        raise InputError(f"--config {path!r} must hold a mapping modality -> parameters.")
-    unknown = set(config) - {"dti", "fmri", "volumetry", "group"}
-    if unknown:
-        raise InputError(
-            f"--config {path!r} has unknown sections {sorted(unknown)}; use dti, fmri, "
-            "volumetry and group."
-        )
-    return config
+    return check_config(config, f"--config {path!r}")
+
+
+def check_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Every option of a BIDS-App run checked, without reading the dataset (< 1 s).
+
+    Returns ``{"params": per-modality parameters, "group": group parameters, "filters":
+    input filters}``; raises ConfigError (exit 64) or LabelError (exit 17).
+    """
+    from msimaging.pipeline import check_labels
+    from msimaging.pipeline.inputs import merge_filters, parse_filter_args, read_filter_file
+    from msimaging.pipeline.options import check_atlas
+
+    config = _read_config(args.config)
+    params = {k: dict(v) for k, v in config.items() if k not in ("group", "inputs")}
+    if args.atlas is not None:  # the command line wins over the config file
+        params.setdefault("fmri", {})["atlas"] = check_atlas(args.atlas)
+    filters = merge_filters(
+        config.get("inputs", {}),
+        read_filter_file(args.bids_filter_file) if args.bids_filter_file else {},
+        parse_filter_args(args.bids_filter),
+    )
+    group = dict(config.get("group", {}))
+    if args.nbs_tail:
+        group["nbs_tail"] = args.nbs_tail
+    check_labels(args.participant_label, "participant label", "sub-")
+    check_labels(args.session_label, "session label", "ses-")
+    return {"params": params, "group": group, "filters": filters}
 
 
 def _run_app(args: argparse.Namespace) -> int:
-    from msimaging.pipeline import check_labels, run_group, run_participant
+    from msimaging.pipeline import run_group, run_participant
 
-    config = _read_config(args.config)
-    check_labels(args.participant_label, "participant label", "sub-")
-    check_labels(args.session_label, "session label", "ses-")
+    options = check_options(args)
     bids_dir, output_dir = Path(args.bids_dir), Path(args.output_dir)
     if args.analysis_level == "participant":
-        params = {k: dict(v) for k, v in config.items() if k != "group"}
-        params.setdefault("fmri", {}).setdefault("atlas", args.atlas)
         run = run_participant(
             bids_dir, output_dir, participant_label=args.participant_label,
-            session_label=args.session_label, modalities=args.modalities, params=params,
-            n_workers=args.n_workers, scheduler=args.scheduler, force=args.force,
-            progress=not args.no_progress,
+            session_label=args.session_label, modalities=args.modalities,
+            params=options["params"], filters=options["filters"], n_workers=args.n_workers,
+            scheduler=args.scheduler, force=args.force, progress=not args.no_progress,
         )
         _print_table("Participant tasks:", run.summary())
         print(f"\nlog: {run.log}")
@@ -174,10 +213,7 @@ def _run_app(args: argparse.Namespace) -> int:
                          f"{output_dir / 'failures.tsv'}):", run.failures)
             return EXIT_TASKS_FAILED
         return EXIT_OK
-    group = dict(config.get("group", {}))
-    if args.nbs_tail:
-        group["nbs_tail"] = args.nbs_tail
-    result = run_group(bids_dir, output_dir, progress=not args.no_progress, **group)
+    result = run_group(bids_dir, output_dir, progress=not args.no_progress, **options["group"])
     _print_group(result)
     return EXIT_OK
 
@@ -213,10 +249,44 @@ def _inventory(bids_dir: Path):
 
 
 def _cmd_inventory(args: argparse.Namespace) -> int:
+    from msimaging.pipeline.inputs import (
+        inventory,
+        merge_filters,
+        parse_filter_args,
+        read_filter_file,
+    )
+    from msimaging.pipeline.options import check_atlas
+
+    config = _read_config(args.config)
+    atlas = check_atlas(args.atlas) if args.atlas else config.get("fmri", {}).get(
+        "atlas", "seitzman2018")
+    filters = merge_filters(
+        config.get("inputs", {}),
+        read_filter_file(args.bids_filter_file) if args.bids_filter_file else {},
+        parse_filter_args(args.bids_filter),
+    )
     study, present = _inventory(Path(args.bids_dir))
     print(repr(study))
     _print_table("Sessions (visit time in months; files found):", present)
-    _print_table("Missing pieces (present elsewhere in the study):", study.missing())
+    visits, missing = inventory(study, modalities=args.modalities, filters=filters, atlas=atlas,
+                                params=config)
+    _print_table("Analyses per visit (ready, or what is missing):", visits)
+    if missing.empty:
+        print("\nEvery selected analysis can run at every visit.")
+    else:
+        print("\nMissing inputs: the tool that usually produces each, and where BIDS expects it "
+              "(relative to the dataset root):")
+        for row in missing.itertuples():
+            where = f"{row.participant_id} {row.session_id or ''}".strip()
+            if row.input:
+                print(f"  {where} {row.modality}: {row.input} - from {row.produced_by}\n"
+                      f"      expected at {row.expected_path}")
+            else:
+                print(f"  {where} {row.modality}: {row.problem}")
+    if study.problems:
+        print("\nFiles found but not usable:")
+        for problem in study.problems:
+            print(f"  {problem}")
     return EXIT_OK
 
 
@@ -300,7 +370,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _check_against_truth(deriv: Path, truth: dict) -> None:
     import pandas as pd
 
-    load = deriv / "group" / "volumetry_lesion_load.tsv"
+    load = DerivativesLayout(deriv).group_table("volumetry_lesion_load")
     if load.is_file():
         table = pd.read_csv(load, sep="\t").set_index(["participant_id", "session_id",
                                                        "location"])
@@ -315,7 +385,7 @@ def _check_against_truth(deriv: Path, truth: dict) -> None:
                 )
                 exact += bool(same)
         print(f"  lesion counts per class equal the planted truth at {exact}/{total} visits")
-    tracks = deriv / "group" / "volumetry_lesion_tracks.tsv"
+    tracks = DerivativesLayout(deriv).group_table("volumetry_lesion_tracks")
     if tracks.is_file():
         got = pd.read_csv(tracks, sep="\t")["category"].value_counts().sort_index()
         planted = pd.Series(
@@ -334,7 +404,7 @@ def _headline(deriv: Path, group) -> None:
 
     print("\n  Headline findings (exact tests; planted: left-NAWM RD -8% at M6, right "
           "unchanged; a subnetwork rising at M6):")
-    nawm_path = deriv / "group" / "dti_nawm.tsv"
+    nawm_path = DerivativesLayout(deriv).group_table("dti_nawm")
     if nawm_path.is_file():
         nawm = pd.read_csv(nawm_path, sep="\t")
         table = nawm[(nawm.metric == "rd") & nawm.roi.isin(["NAWM_left", "NAWM_right"])]
@@ -355,7 +425,7 @@ def _headline(deriv: Path, group) -> None:
               f"{group.nbs.smallest_p:.4g}), hubs {[int(h) for h in best.hubs]}")
     elif group.nbs is not None:
         print("    NBS M0 < M6: no suprathreshold component")
-    load_path = deriv / "group" / "volumetry_lesion_load.tsv"
+    load_path = DerivativesLayout(deriv).group_table("volumetry_lesion_load")
     if load_path.is_file():
         loads = pd.read_csv(load_path, sep="\t")
         total = loads[loads.location == "total"].pivot_table(
@@ -387,13 +457,24 @@ def build_command_parser() -> argparse.ArgumentParser:
                        help="session labels (months)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_synth)
-    inv = sub.add_parser("inventory", help="list subjects x visits and the files found")
+    inv = sub.add_parser("inventory", help="per visit: files found, analyses that can run, and "
+                         "where each missing input comes from")
     inv.add_argument("bids_dir", help="root of the BIDS dataset")
+    inv.add_argument("--modalities", nargs="+", choices=("dti", "fmri", "volumetry"),
+                     default=["dti", "fmri", "volumetry"])
+    inv.add_argument("--atlas", default=None, help="as for the participant level")
+    inv.add_argument("--bids-filter", nargs="+", metavar="NAME:ENTITY=VALUE")
+    inv.add_argument("--bids-filter-file", metavar="FILE")
+    inv.add_argument("--config", metavar="FILE")
     inv.set_defaults(func=_cmd_inventory)
     return parser
 
 
 def _exit_code(exc: MSImagingError) -> int:
+    from msimaging.pipeline.options import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
     if isinstance(exc, OutputError):
         return EXIT_OUTPUT
     if isinstance(exc, LabelError):

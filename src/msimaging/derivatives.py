@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTITIES",
+    "GROUP_TABLES",
+    "PARTICIPANT_OUTPUTS",
+    "DerivativesLayout",
     "DerivativesWriter",
+    "OutputKind",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -1126,3 +1131,168 @@ class DerivativesWriter:
         if text is not None:
             atomic_write_text(sidecar_path(target), text)
         return target
+
+
+# --------------------------------------------------------------------------------------------
+# The layout of msimaging's derivatives folder, for readers (pipeline, report, command line)
+# --------------------------------------------------------------------------------------------
+
+_BIDS_FILE = re.compile(
+    r"^(?P<entities>sub-[A-Za-z0-9]+(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)*)"
+    r"_(?P<suffix>[A-Za-z0-9]+)(?P<extension>(?:\.[A-Za-z0-9]+)+)$"
+)
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """One kind of per-visit output file, described by its BIDS parts instead of a glob.
+
+    Parameters
+    ----------
+    datatype : str
+        Folder under the visit (``"anat"``, ``"dwi"``, ``"func"``).
+    suffix, extension : str
+        BIDS suffix and extension, e.g. ``"stats"`` and ``".tsv"``.
+    entities : tuple of (str, str)
+        Entity values the name must carry, e.g. ``(("model", "tensor"), ("desc", "nawm"))``.
+    """
+
+    datatype: str
+    suffix: str
+    extension: str
+    entities: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, name: str) -> bool:
+        """Whether the file name ``name`` is an output of this kind."""
+        match = _BIDS_FILE.match(name)
+        if match is None or match["suffix"] != self.suffix or match["extension"] != self.extension:
+            return False
+        found = dict(pair.split("-", 1) for pair in match["entities"].split("_"))
+        return all(found.get(key) == value for key, value in self.entities)
+
+
+#: Per-visit outputs the group level gathers, by the name of the study table they feed.
+PARTICIPANT_OUTPUTS: Mapping[str, OutputKind] = {
+    "dti_nawm": OutputKind("dwi", "stats", ".tsv", (("model", "tensor"), ("desc", "nawm"))),
+    "dti_tracts": OutputKind("dwi", "stats", ".tsv", (("model", "tensor"), ("desc", "tracts"))),
+    "volumetry_tissue": OutputKind("anat", "volumes", ".tsv", (("desc", "tissue"),)),
+    "volumetry_lesion_load": OutputKind("anat", "lesions", ".tsv", (("desc", "load"),)),
+    "fmri_connectome": OutputKind("func", "relmat", ".tsv"),
+}
+
+#: Study tables written under ``group/`` (``<name>.tsv`` + ``<name>.json``).
+GROUP_TABLES: tuple[str, ...] = (
+    "sessions",
+    "participant_tasks",
+    "dti_nawm",
+    "dti_tracts",
+    "volumetry_tissue",
+    "volumetry_lesion_load",
+    "volumetry_lesion_tracks",
+    "volumetry_lesion_registration",
+    "fmri_nbs_components",
+    "fmri_nbs_edges",
+    "excluded",
+)
+
+
+class DerivativesLayout:
+    """Where things are in an msimaging derivatives folder: the one description readers use.
+
+    Writers put files there (:class:`DerivativesWriter`); the pipeline, the report and the
+    command line read them back through this class instead of each spelling its own globs.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The msimaging derivatives folder.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = _absolute(root, "root")
+
+    def __repr__(self) -> str:
+        return f"DerivativesLayout({str(self.root)!r})"
+
+    @property
+    def group_dir(self) -> Path:
+        """``group/``: the study tables."""
+        return self.root / "group"
+
+    @property
+    def figures_dir(self) -> Path:
+        """``figures/``: study and QC figures."""
+        return self.root / "figures"
+
+    @property
+    def logs_dir(self) -> Path:
+        """``logs/``: one log per run."""
+        return self.root / "logs"
+
+    @property
+    def failures(self) -> Path:
+        """``failures.tsv``: the participant tasks that failed in the last run."""
+        return self.root / "failures.tsv"
+
+    @property
+    def report(self) -> Path:
+        """``report.html``: the study report."""
+        return self.root / "report.html"
+
+    def group_table(self, name: str) -> Path:
+        """``group/<name>.tsv`` for one of :data:`GROUP_TABLES` (or another valid name)."""
+        stem = name.removesuffix(".tsv")
+        if not _GROUP_NAME.fullmatch(stem):
+            raise InputError(
+                f"group table name {name!r} is not valid; known tables: {', '.join(GROUP_TABLES)}."
+            )
+        return self.group_dir / f"{stem}.tsv"
+
+    def session_dir(self, participant: str, session: str | None) -> Path:
+        """``sub-<p>[/ses-<s>]``: the folder of one visit."""
+        folder = self.root / f"sub-{_subject_label(participant)}"
+        ses = _session_label(session)
+        return folder if ses is None else folder / f"ses-{ses}"
+
+    def provenance(self, participant: str, session: str | None, modality: str) -> Path:
+        """Provenance record of one participant-level task (in the visit folder)."""
+        stem = "_".join(
+            x for x in (f"sub-{_subject_label(participant)}",
+                        None if session is None else f"ses-{_session_label(session)}") if x
+        )
+        return self.session_dir(participant, session) / f"{stem}_desc-{modality}_provenance.json"
+
+    def participant_outputs(self, kind: str | OutputKind) -> list[Path]:
+        """Every per-visit file of ``kind`` (a name of :data:`PARTICIPANT_OUTPUTS` or an
+        :class:`OutputKind`), in ``sub-*/ses-*/<datatype>/`` and ``sub-*/<datatype>/``,
+        sorted by path. One ``os.scandir`` per folder, no recursive glob."""
+        if isinstance(kind, str):
+            if kind not in PARTICIPANT_OUTPUTS:
+                raise InputError(
+                    f"unknown output kind {kind!r}; known: {', '.join(PARTICIPANT_OUTPUTS)}."
+                )
+            kind = PARTICIPANT_OUTPUTS[kind]
+        found: list[Path] = []
+        for subject in _visible_dirs(self.root, "sub-"):
+            folders = [subject / kind.datatype]
+            folders += [ses / kind.datatype for ses in _visible_dirs(subject, "ses-")]
+            for folder in folders:
+                found += [folder / name for name in _visible_files(folder) if kind.matches(name)]
+        return sorted(found)
+
+
+def _visible_dirs(folder: Path, prefix: str) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(e.path) for e in entries
+                          if e.name.startswith(prefix) and e.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _visible_files(folder: Path) -> list[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return [e.name for e in entries if e.name[0] != "." and not e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []

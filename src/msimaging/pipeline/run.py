@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from msimaging.derivatives import DerivativesWriter, atomic_write_text
+from msimaging.derivatives import DerivativesLayout, DerivativesWriter, atomic_write_text
 from msimaging.errors import BIDSError, InputError, LabelError
 from msimaging.pipeline.tasks import MODALITIES, Task, TaskOutcome, is_up_to_date, run_task
 
@@ -84,15 +84,64 @@ def check_labels(labels: Iterable[str] | None, what: str, prefix: str) -> list[s
     return out
 
 
+def _check_known(asked: list[str] | None, found: Sequence[str], what: str, bids_dir) -> None:
+    """Every asked label must exist: a partly unknown list is an error naming the unknown."""
+    if not asked:
+        return
+    missing = [label for label in asked if label not in set(found)]
+    if missing:
+        shown = ", ".join(sorted(set(found), key=str)[:30])
+        raise LabelError(
+            f"{what}(s) {', '.join(missing)} not found in {bids_dir} (of {', '.join(asked)} "
+            f"asked); the dataset has {shown}. Check the spelling, or leave them out."
+        )
+
+
 def plan_tasks(
     bids_dir: str | os.PathLike[str],
     *,
     participant_label: Sequence[str] | None = None,
     session_label: Sequence[str] | None = None,
     modalities: Sequence[str] = tuple(MODALITIES),
+    params: dict[str, Any] | None = None,
+    filters: dict[str, dict[str, str | None]] | None = None,
+    study: Any = None,
 ) -> list[Task]:
-    """Tasks for the selected subjects, sessions and modalities (in study order)."""
+    """Tasks for the selected subjects, sessions and modalities (in study order), each with
+    its input files resolved from one scan of the dataset.
+
+    Parameters
+    ----------
+    bids_dir : path
+        The BIDS dataset.
+    participant_label, session_label : sequence of str, optional
+        Labels with or without ``sub-``/``ses-``. Every one must exist (a session label must
+        exist for at least one selected participant).
+    modalities : sequence of {"dti", "fmri", "volumetry"}
+    params : dict, optional
+        Per-modality parameters (the fMRI atlas and confound strategy decide inputs).
+    filters : dict, optional
+        Input filters ``{"dwi": {"dir": "AP"}, "bold": {"task": "rest"}}`` (see
+        :mod:`msimaging.pipeline.inputs`).
+    study : msimaging.bids.Study, optional
+        An already scanned study of ``bids_dir`` (else it is scanned here, once).
+
+    Raises
+    ------
+    LabelError
+        Invalid or unknown participant/session labels.
+    InputChoiceError
+        Several files match an input at some visit, a filter matches nothing, or BOLD runs are
+        not in the atlas's space: listed together, before any task runs.
+    """
     from msimaging.bids import Study
+    from msimaging.pipeline.inputs import (
+        InputChoiceError,
+        InputNotFoundError,
+        check_filters_match,
+        resolve_inputs,
+    )
+    from msimaging.pipeline.tasks import effective_params
 
     for modality in modalities:
         if modality not in MODALITIES:
@@ -101,22 +150,40 @@ def plan_tasks(
             )
     participants = check_labels(participant_label, "participant label", "sub-")
     sessions = check_labels(session_label, "session label", "ses-")
-    study = Study(bids_dir)
-    found = {s.participant_id for s in study}
-    if participants:
-        missing = sorted(set(participants) - found)
-        if missing:
-            raise LabelError(
-                f"participant(s) {', '.join(missing)} not found in {bids_dir}; the dataset has "
-                f"{', '.join(sorted(found))}."
-            )
-    tasks = [
-        Task(s.participant_id, s.session_id, modality)
-        for s in study
-        if (participants is None or s.participant_id in participants)
-        and (sessions is None or s.session_id in sessions)
-        for modality in modalities
-    ]
+    if study is None:
+        study = Study(bids_dir)
+    _check_known(participants, [s.participant_id for s in study], "participant", bids_dir)
+    chosen = [s for s in study if participants is None or s.participant_id in participants]
+    _check_known(sessions, [str(s.session_id) for s in chosen], "session", bids_dir)
+    filters = filters or {}
+    check_filters_match(study, filters)
+    first = {}
+    for s in study:  # earliest visit of each subject, over all its visits
+        if s.participant_id not in first or s.months < first[s.participant_id].months:
+            first[s.participant_id] = s
+    tasks, problems = [], []
+    for s in chosen:
+        if sessions is not None and s.session_id not in sessions:
+            continue
+        for modality in modalities:
+            settings = effective_params(modality, params)
+            inputs, error = {}, ""
+            try:
+                inputs = resolve_inputs(s, modality, filters=filters,
+                                        atlas=settings.get("atlas"), params=settings)
+            except InputNotFoundError as exc:
+                error = str(exc)
+            except InputChoiceError as exc:
+                problems.append(f"{modality}: {exc}")
+            tasks.append(Task(s.participant_id, s.session_id, modality,
+                              tuple((k, str(v)) for k, v in inputs.items()),
+                              first[s.participant_id].session_id == s.session_id, error))
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise InputChoiceError(
+            f"inputs cannot be chosen at {len(problems)} task(s){more}, nothing was run:\n  "
+            + "\n  ".join(problems[:10])
+        )
     if not tasks:
         raise BIDSError(
             f"no session of {bids_dir} matches participant {participant_label} and session "
@@ -127,7 +194,7 @@ def plan_tasks(
 
 def _logger(output: Path, level: str) -> tuple[logging.Logger, Path]:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = output / "logs" / f"{stamp}_{level}.log"
+    path = DerivativesLayout(output).logs_dir / f"{stamp}_{level}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"msimaging.run.{stamp}.{level}")
     logger.setLevel(logging.INFO)
@@ -162,6 +229,8 @@ def run_participant(
     scheduler: str | None = None,
     force: bool = False,
     progress: bool = True,
+    filters: dict[str, dict[str, str | None]] | None = None,
+    study: Any = None,
 ) -> ParticipantRun:
     """Run the participant level: every (subject, visit, modality) task, resumably.
 
@@ -185,6 +254,11 @@ def run_participant(
         Recompute tasks whose outputs are up to date.
     progress : bool
         Show a progress bar (tqdm) on stderr.
+    filters : dict, optional
+        Input filters when a visit has several files of a kind, e.g.
+        ``{"dwi": {"dir": "AP"}}`` (see :mod:`msimaging.pipeline.inputs`).
+    study : msimaging.bids.Study, optional
+        The dataset already scanned (e.g. by the command line's checks); else scanned here.
 
     Returns
     -------
@@ -192,14 +266,14 @@ def run_participant(
     """
     started = time.perf_counter()
     output = Path(output_dir).resolve()
-    DerivativesWriter(output, input_datasets=[bids_dir])  # refuses output inside the input
+    # Everything is checked (labels, inputs, spaces) before the output folder is touched
+    # and before any cluster starts; the dataset is scanned once, here.
     tasks = plan_tasks(bids_dir, participant_label=participant_label,
-                       session_label=session_label, modalities=modalities)
+                       session_label=session_label, modalities=modalities, params=params,
+                       filters=filters, study=study)
+    DerivativesWriter(output, input_datasets=[bids_dir])  # refuses output inside the input
     logger, log_path = _logger(output, "participant")
-    from msimaging.bids import Study
-
-    study = Study(bids_dir)
-    skipped = [] if force else [t for t in tasks if is_up_to_date(t, study, output, params)]
+    skipped = [] if force else [t for t in tasks if is_up_to_date(t, output, params)]
     done = set(skipped)
     todo = [t for t in tasks if t not in done]
     n_workers = max(1, min(n_workers or os.cpu_count() or 1, max(len(todo), 1)))
@@ -235,7 +309,7 @@ def run_participant(
                        for r in table.itertuples()]
     table = table.sort_values("_order").drop(columns="_order").reset_index(drop=True)
     failures = table.loc[table["status"] == "failed", _FAILURE_COLUMNS].reset_index(drop=True)
-    atomic_write_text(output / "failures.tsv",
+    atomic_write_text(DerivativesLayout(output).failures,
                       failures.to_csv(sep="\t", index=False, na_rep="n/a"))
     writer = DerivativesWriter(output, input_datasets=[bids_dir])
     writer.write_group_table(table, "participant_tasks",

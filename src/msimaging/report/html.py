@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from msimaging._version import __version__
-from msimaging.derivatives import atomic_write_text, read_table
+from msimaging.derivatives import DerivativesLayout, atomic_write_text, read_table
 from msimaging.errors import InputError, MSImagingWarning
 from msimaging.stats import VisitComparison, compare_visits, read_phenotype
 
@@ -167,7 +167,7 @@ def _compare(table: pd.DataFrame, notes: list[str], **kwargs: Any) -> VisitCompa
 
 
 def _read_group(folder: Path, name: str) -> pd.DataFrame | None:
-    path = folder / "group" / f"{name}.tsv"
+    path = DerivativesLayout(folder).group_table(name)
     if not path.is_file():
         return None
     return read_table(path, dtype={"participant_id": str, "session_id": str})
@@ -203,7 +203,7 @@ def _missing(what: str) -> str:
 
 
 def _saved_figures(folder: Path, pattern: str) -> list[Path]:
-    return sorted((folder / "figures").glob(pattern))
+    return sorted(DerivativesLayout(folder).figures_dir.glob(pattern))
 
 
 def _section_dti(folder: Path, sessions, alpha: float, notes: list[str]) -> str:
@@ -368,7 +368,7 @@ def _versions() -> dict[str, str]:
 def _methods(folder: Path, alpha: float) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     nbs = ""
-    sidecar = folder / "group" / "fmri_nbs_components.json"
+    sidecar = DerivativesLayout(folder).group_table("fmri_nbs_components").with_suffix(".json")
     if sidecar.is_file():
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -434,7 +434,7 @@ def build_report(
     if bids_dir is None:
         bids_dir = _input_dataset(folder)
     bids_path = Path(bids_dir) if bids_dir is not None else None
-    out_path = Path(output) if output is not None else folder / "report.html"
+    out_path = Path(output) if output is not None else DerivativesLayout(folder).report
     sessions = _read_group(folder, "sessions")
     notes: list[str] = []
     cohort = ['<h2 id="cohort">Cohort and visits</h2>']
