@@ -19,17 +19,18 @@ from typing import Any
 
 import pandas as pd
 
-from msimaging.derivatives import DerivativesWriter, read_table
+from msimaging.derivatives import (
+    PARTICIPANT_OUTPUTS,
+    DerivativesLayout,
+    DerivativesWriter,
+    read_table,
+)
 from msimaging.errors import InputError, MSImagingWarning
 
 __all__ = ["GroupRun", "run_group"]
 
-_TABLES = {
-    "dti_nawm": ("dwi", "*_model-tensor_desc-nawm_stats.tsv"),
-    "dti_tracts": ("dwi", "*_model-tensor_desc-tracts_stats.tsv"),
-    "volumetry_tissue": ("anat", "*_desc-tissue_volumes.tsv"),
-    "volumetry_lesion_load": ("anat", "*_desc-load_lesions.tsv"),
-}
+# Study tables concatenated from per-visit tables (names of PARTICIPANT_OUTPUTS).
+_TABLES = ("dti_nawm", "dti_tracts", "volumetry_tissue", "volumetry_lesion_load")
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,9 @@ class GroupRun:
                 f"report={self.report})")
 
 
-def _gather(output: Path, datatype: str, pattern: str) -> pd.DataFrame:
+def _gather(output: Path, name: str) -> pd.DataFrame:
     frames = [read_table(p, dtype={"participant_id": str, "session_id": str})
-              for p in sorted(output.glob(f"sub-*/ses-*/{datatype}/{pattern}"))]
-    frames += [read_table(p, dtype={"participant_id": str, "session_id": str})
-               for p in sorted(output.glob(f"sub-*/{datatype}/{pattern}"))]
+              for p in DerivativesLayout(output).participant_outputs(name)]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -108,12 +107,13 @@ def run_group(
     }
     notes: list[str] = []
     excluded = _excluded(output, study)
-    for name, (datatype, pattern) in _TABLES.items():
-        frame = _gather(output, datatype, pattern)
+    for name in _TABLES:
+        frame = _gather(output, name)
         if not frame.empty:
             frame = frame.merge(sessions, on=["participant_id", "session_id"], how="left")
             tables[name] = writer.write_group_table(
-                frame, name, sidecar={"Description": f"All visits' {pattern} tables"})
+                frame, name, sidecar={"Description": "All visits' "
+                                      f"{PARTICIPANT_OUTPUTS[name]} tables"})
     tracks = _lesion_tracks(study, excluded, notes)
     if tracks is not None:
         tables["volumetry_lesion_tracks"] = writer.write_group_table(
@@ -135,7 +135,7 @@ def run_group(
 
 def _excluded(output: Path, study) -> pd.DataFrame:
     rows = []
-    failures = output / "failures.tsv"
+    failures = DerivativesLayout(output).failures
     if failures.is_file() and failures.stat().st_size:
         table = read_table(failures, dtype=str)
         for row in table.itertuples():
@@ -177,7 +177,7 @@ def _nbs(output, sessions, writer, tables, threshold_p, tail, n_permutations, pr
          notes):
     from msimaging.fmri import load_connectome, nbs_paired
 
-    relmats = sorted(output.glob("sub-*/ses-*/func/*_relmat.tsv"))
+    relmats = DerivativesLayout(output).participant_outputs("fmri_connectome")
     if not relmats:
         return None
     months = {(r.participant_id, r.session_id): r.months for r in sessions.itertuples()}

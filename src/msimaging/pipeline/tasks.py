@@ -1,6 +1,8 @@
 """Participant-level tasks: one per (subject, visit, modality), resumable and isolated.
 
-A task reads its inputs from the BIDS dataset, calls the library (:func:`dti_session` +
+A task carries the paths of its inputs, resolved once in the parent process from the run's one
+:class:`~msimaging.bids.Study` (:func:`msimaging.pipeline.plan_tasks`), so a worker never scans
+the dataset. It calls the library (:func:`dti_session` +
 :func:`tract_session`, :func:`extract_timeseries` + :func:`connectivity`,
 :func:`volumetry_session`) and writes derivatives through :class:`DerivativesWriter` (every
 file atomically). Last of all it writes a *provenance* record: the identity of every input
@@ -24,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from msimaging._version import __version__
-from msimaging.derivatives import DerivativesWriter, atomic_write_text
+from msimaging.derivatives import DerivativesLayout, DerivativesWriter, atomic_write_text
 
 __all__ = ["MODALITIES", "Task", "TaskOutcome", "is_up_to_date", "provenance_path", "run_task"]
 
-#: Modalities a participant-level task can run, and the BIDS kinds each needs.
+#: Modalities a participant-level task can run, and the BIDS kinds each reads (see
+#: :func:`msimaging.pipeline.inputs.resolve_inputs` for which are optional).
 MODALITIES: dict[str, tuple[str, ...]] = {
-    "dti": ("dwi", "t1w", "dseg", "lesion_mask"),
+    "dti": ("dwi", "t1w", "dseg", "probseg", "lesion_mask"),
     "fmri": ("bold_preproc", "confounds", "bold_mask"),
-    "volumetry": ("dseg", "lesion_mask"),
+    "volumetry": ("dseg", "probseg", "lesion_mask"),
 }
-_OPTIONAL = {"bold_mask"}
 #: Default parameters per modality; the provenance records the effective (merged) ones, so
 #: a value given explicitly and the same default are the same run.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -55,15 +57,38 @@ def effective_params(modality: str, params: dict[str, Any] | None) -> dict[str, 
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of participant-level work."""
+    """One unit of participant-level work, with everything it needs to run on a worker.
+
+    Parameters
+    ----------
+    participant_id, session_id, modality : str
+        Which visit and analysis.
+    inputs : tuple of (str, str)
+        ``(role, absolute path)`` of every input file (see
+        :func:`msimaging.pipeline.inputs.resolve_inputs`); their identity enters the
+        provenance record.
+    first_visit : bool
+        Whether this is the subject's earliest visit (QC figures are drawn there).
+    error : str
+        Why the inputs could not be found at planning time; the task then fails with this
+        message (as an ``InputNotFoundError``) without running, and the others run.
+    """
 
     participant_id: str
     session_id: str | None
     modality: str
+    inputs: tuple[tuple[str, str], ...] = ()
+    first_visit: bool = False
+    error: str = ""
 
     @property
     def name(self) -> str:
         return " ".join(x for x in (self.participant_id, self.session_id, self.modality) if x)
+
+    @property
+    def input_paths(self) -> dict[str, Path]:
+        """``{role: Path}`` of the inputs."""
+        return {role: Path(path) for role, path in self.inputs}
 
 
 @dataclass
@@ -90,30 +115,13 @@ class TaskOutcome:
 
 def provenance_path(output_dir: Path, task: Task) -> Path:
     """Where a task's provenance record lives (inside the subject/session folder)."""
-    folder = output_dir / task.participant_id
-    if task.session_id:
-        folder = folder / task.session_id
-    stem = "_".join(x for x in (task.participant_id, task.session_id) if x)
-    return folder / f"{stem}_desc-{task.modality}_provenance.json"
+    return DerivativesLayout(output_dir).provenance(task.participant_id, task.session_id,
+                                                    task.modality)
 
 
 def _identity(path: Path) -> dict[str, Any]:
     st = path.stat()
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _inputs(session: Any, modality: str) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for kind in MODALITIES[modality]:
-        if kind in _OPTIONAL and not session.has(kind):
-            continue
-        files[kind] = session.get(kind)  # raises a clear BIDSError/InputError when missing
-    if modality == "dti":
-        for ext in (".bval", ".bvec"):
-            side = Path(str(files["dwi"]).replace(".nii.gz", ext).replace(".nii", ext))
-            if side.exists():
-                files[f"dwi{ext}"] = side
-    return files
 
 
 def _record(inputs: dict[str, Path], params: dict[str, Any], outputs: list[Path]) -> dict:
@@ -154,17 +162,22 @@ def _peak_rss_mb() -> float:
 
 
 def is_up_to_date(
-    task: Task, study: Any, output_dir: str | os.PathLike[str], params: dict[str, Any] | None
+    task: Task, output_dir: str | os.PathLike[str], params: dict[str, Any] | None
 ) -> bool:
     """Whether ``task`` can be skipped: its provenance matches inputs, parameters, version
     and outputs. Cheap (file metadata only), so the scheduler never sees finished tasks."""
-    try:
-        session = study.session(task.participant_id, task.session_id)
-        inputs = _inputs(session, task.modality)
-    except Exception:
-        return False  # let the task run and report the problem
-    return _up_to_date(provenance_path(Path(output_dir), task), inputs,
+    if task.error:
+        return False  # let the task fail and report the problem
+    return _up_to_date(provenance_path(Path(output_dir), task), task.input_paths,
                        effective_params(task.modality, params))
+
+
+class _Visit:
+    """What a runner needs to know of the visit (the BIDS Session is not shipped to workers)."""
+
+    def __init__(self, participant_id: str, session_id: str | None) -> None:
+        self.participant_id = participant_id
+        self.session_id = session_id
 
 
 def run_task(
@@ -175,18 +188,21 @@ def run_task(
     *,
     force: bool = False,
 ) -> TaskOutcome:
-    """Run one task (or skip it when its outputs are up to date); never raises."""
-    from msimaging.bids import Study
+    """Run one task (or skip it when its outputs are up to date); never raises.
+
+    Reads only the files the task carries (no scan of ``bids_dir``, which is recorded as the
+    source dataset of the outputs)."""
+    from msimaging.pipeline.inputs import InputNotFoundError
 
     started = time.perf_counter()
     outcome = TaskOutcome(task.participant_id, task.session_id, task.modality, "failed")
     output = Path(output_dir)
     try:
-        study = Study(bids_dir)
-        session = study.session(task.participant_id, task.session_id)
-        own = [s for s in study if s.participant_id == task.participant_id]
-        first_visit = min(own, key=lambda s: s.months).session_id == session.session_id
-        inputs = _inputs(session, task.modality)
+        if task.error:
+            raise InputNotFoundError(task.error)
+        session = _Visit(task.participant_id, task.session_id)
+        first_visit = task.first_visit
+        inputs = task.input_paths
         prov = provenance_path(output, task)
         settings = effective_params(task.modality, params)
         if not force and _up_to_date(prov, inputs, settings):
@@ -244,17 +260,35 @@ def _run_dti(session, inputs, writer, params, first_visit: bool) -> list[Path]:
 
 
 def _run_fmri(session, inputs, writer, params, first_visit: bool) -> list[Path]:
+    from msimaging.bids import parse_entities
     from msimaging.fmri import connectivity, extract_timeseries
 
     atlas = params["atlas"]
     series = extract_timeseries(
-        inputs["bold_preproc"], atlas, confounds=inputs.get("confounds"),
-        strategy=params["strategy"], mask=inputs.get("bold_mask"),
+        inputs["bold_preproc"], str(inputs.get("atlas", atlas)),
+        confounds=inputs.get("confounds"), strategy=params["strategy"],
+        mask=inputs.get("bold_mask"),
     )
     conn = connectivity(series, kind=params["kind"], fisher_z=True)
-    path = conn.save(writer, atlas=atlas.capitalize().replace("_", ""), task="rest",
+    # Output names carry the input run's real task- (a task-fa run is not "rest").
+    task = parse_entities(inputs["bold_preproc"]).get("task")
+    path = conn.save(writer, atlas=_atlas_label(atlas), task=task,
                      participant_id=session.participant_id, session_id=session.session_id)
     return [path]
+
+
+def _atlas_label(atlas: str) -> str:
+    """``seitzman2018`` -> ``Seitzman2018``; a label image: its ``atlas-`` entity, else the
+    letters and digits of its file name."""
+    import re
+
+    name = Path(atlas).name
+    if name != atlas or name.endswith((".nii", ".nii.gz", ".mgz")):
+        stem = name.split(".")[0]
+        entities = dict(p.split("-", 1) for p in stem.split("_") if "-" in p)
+        label = re.sub(r"[^A-Za-z0-9]", "", entities.get("atlas") or stem)
+        return label[:1].upper() + label[1:]
+    return atlas.capitalize().replace("_", "")
 
 
 def _run_volumetry(session, inputs, writer, params, first_visit: bool) -> list[Path]:
