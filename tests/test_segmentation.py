@@ -278,6 +278,47 @@ def test_fsl_fast_is_detected_by_anatomy(tmp_path, zooms):
         sg.resolve_convention(_save(odd, tmp_path / "odd.nii.gz"))
 
 
+_REAL_T1W = (Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "ms_lesions"
+             / "patient07_mni" / "T1w.nii.gz")
+
+
+@pytest.mark.skipif(not _REAL_T1W.is_file(), reason="real MS T1w not available")
+def test_three_class_order_is_recovered_on_a_real_brain():
+    """A real brain-extracted MS T1w (Lesjak et al. 2017), split into three intensity classes
+    (1-D k-means: CSF dark, GM mid, WM bright) and written in FAST's and in fMRIPrep's order:
+    the depth rule must name each, whatever the ventricles' size."""
+    img = nib.load(_REAL_T1W)
+    t1 = np.asanyarray(img.dataobj).astype(np.float32)
+    brain = t1 > 0
+    values = t1[brain]
+    centres = np.percentile(values, [10, 50, 90])
+    for _ in range(20):
+        nearest = np.argmin(np.abs(values[:, None] - centres[None]), axis=1)
+        centres = np.array([values[nearest == k].mean() for k in range(3)])
+    rank = np.argsort(np.argsort(centres))[nearest]  # 0 CSF, 1 GM, 2 WM
+    for name, codes in (("fsl_fast", (1, 2, 3)), ("fmriprep", (3, 1, 2))):
+        data = np.zeros(t1.shape, np.int16)
+        data[brain] = np.asarray(codes)[rank]
+        assert sg.detect_convention(data, zooms=img.header.get_zooms()[:3]).name == name
+
+
+def test_volumetry_session_on_fast_leaves_locations_unknown(tmp_path):
+    head, planted = _head(order=("csf", "gm", "wm"), values=(1, 2, 3))
+    seg = _save(head, tmp_path / "T1_brain_seg.nii.gz")
+    lesion = np.zeros(head.shape, np.uint8)
+    lesion[18:21, 18:21, 24:26] = 1   # 18 voxels of WM (r 4.5-6.6)
+    lesion[22:24, 12:14, 20:22] = 1   # 8 voxels of WM
+    assert (head[lesion > 0] == 3).all()
+    lesion_path = _save(lesion, tmp_path / "lesion.nii.gz")
+    result = vol.volumetry_session(seg, lesion_path)
+    assert result.lesions["location"].tolist() == ["unknown", "unknown"]
+    load = result.load.set_index("location")
+    assert load.loc["total", "count"] == 2 and load.loc["total", "n_voxels"] == 26
+    assert load.drop(index="total")["count"].sum() == 0  # no class claimed
+    volumes = result.volumes.set_index("region")["n_voxels"]
+    assert volumes["abnormal_wm"] == 26 and volumes["nawm"] == planted["wm"] - 26
+
+
 # --------------------------------------------------------------------------------------------
 # Precedence: labels= > dseg.tsv > detection
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """msimaging.volumetry — tissue volumes and T2 lesions from any segmentation, offline.
 
 - :func:`tissue_volumes`: hard (label image) or soft (probability maps) volumes in mL and as a
-  fraction of ICV, for FreeSurfer/SynthSeg/SAMSEG, fMRIPrep, FSL FAST, the synthetic study or
-  a custom label table (:mod:`msimaging.volumetry.labels`); :func:`volume_change` from baseline.
+  fraction of ICV, for FreeSurfer/SynthSeg/SAMSEG, fMRIPrep, FSL FAST or any segmentation with
+  a BIDS ``dseg.tsv``; the label convention comes from the dataset unless ``labels=`` is given
+  (:mod:`msimaging.segmentation`); :func:`volume_change` from baseline.
 - :func:`label_lesions`, :func:`lesion_table`, :func:`classify_lesions`: lesions as connected
   components, one row per lesion, location classes and lesion load per class.
 - :func:`match_lesions`: lesion tracks across visits (new, disappeared, enlarging, ...).

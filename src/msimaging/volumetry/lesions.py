@@ -300,6 +300,7 @@ def lesion_table(
     order: str = "mcdonald",
     participant_id: str | None = None,
     session_id: str | None = None,
+    locations: bool = True,
 ) -> pd.DataFrame:
     """One row per lesion: id, volume, centroid, long-axis extent and location class.
 
@@ -322,6 +323,10 @@ def lesion_table(
         Class order (see the module docstring).
     participant_id, session_id : str, optional
         Copied into every row.
+    locations : bool
+        Derive location classes from ``seg`` (default). False: ``seg`` only removes lesion
+        voxels outside the brain and every ``location`` is ``"unknown"``; for GM/WM/CSF-only
+        segmentations (FAST, fMRIPrep ``dseg``), which cannot tell the classes apart.
 
     Returns
     -------
@@ -333,7 +338,7 @@ def lesion_table(
     table, _, _ = _lesions(
         lesion_mask, seg, labels=labels, connectivity=connectivity, min_size=min_size,
         min_volume_mm3=min_volume_mm3, min_extent_mm=min_extent_mm, min_voxels=min_voxels,
-        threshold=threshold, contact_mm=contact_mm, order=order,
+        threshold=threshold, contact_mm=contact_mm, order=order, locations=locations,
     )
     table["participant_id"] = participant_id
     table["session_id"] = session_id
@@ -343,13 +348,15 @@ def lesion_table(
 def _lesions(
     lesion_mask, seg, *, labels=None, connectivity=26, min_size=None,
     min_volume_mm3=None, min_extent_mm=None, min_voxels=None, threshold=None, contact_mm=None,
-    order="mcdonald",
+    order="mcdonald", locations=True,
 ) -> tuple[pd.DataFrame, np.ndarray, nib.Nifti1Image]:
     """The lesion table, the lesion-id array it numbers, and the mask image."""
     order = _check_order(order)
     contact = _check_contact(contact_mm)
     limits = _size_limits(min_size, min_volume_mm3, min_extent_mm, min_voxels)
     mask, img, classes, convention, n_out = _prepare(lesion_mask, seg, labels, threshold)
+    if classes is not None and not locations:
+        classes = None  # outside-brain voxels are already removed; no location classes
     if classes is not None:
         missing = [
             c for c in ("lateral_ventricles", "cortical_gm", "brainstem", "cerebellum")
@@ -359,8 +366,8 @@ def _lesions(
             raise InputError(
                 f"seg (labels={convention.name!r}) has no {', '.join(missing)} label, which "
                 "the lesion location rules need. Use a segmentation that labels them "
-                "(FreeSurfer aseg, SynthSeg, SAMSEG, the synthetic study) or pass seg=None "
-                "for a table without locations."
+                "(FreeSurfer aseg, SynthSeg, SAMSEG, the synthetic study) or pass "
+                "locations=False (or seg=None) for a table without locations."
             )
     affine = np.asarray(img.affine)
     ids, n, removed = _label(mask, affine, connectivity, limits)

@@ -21,6 +21,9 @@ from msimaging.volumetry.tissue import tissue_volumes
 
 __all__ = ["VolumetrySession", "volumetry_session"]
 
+#: Classes the lesion location rules need (see :mod:`msimaging.volumetry.lesions`).
+_LOCATION_CLASSES = ("lateral_ventricles", "cortical_gm", "brainstem", "cerebellum")
+
 
 @dataclass(frozen=True)
 class VolumetrySession:
@@ -80,7 +83,9 @@ def volumetry_session(
     Parameters
     ----------
     seg : image
-        Label image (see :func:`tissue_volumes` for conventions).
+        Label image (see :func:`tissue_volumes` for conventions). With a GM/WM/CSF-only
+        convention (FSL FAST, fMRIPrep ``dseg``) lesions get location ``"unknown"`` (the
+        rules need ventricles, cortex, brainstem and cerebellum) and the sidecar says so.
     lesion_mask : image
         Lesion mask on the segmentation's grid.
     labels : str, LabelConvention or mapping, optional
@@ -106,9 +111,12 @@ def volumetry_session(
         seg, lesion_mask, labels=labels, participant_id=participant_id, session_id=session_id,
         lesion_threshold=lesion_options.get("threshold"),
     )
+    # GM/WM/CSF-only conventions (FAST, fMRIPrep dseg) cannot place lesions: the table then
+    # says "unknown" rather than failing the visit or guessing.
+    locations = labels.has(*_LOCATION_CLASSES)
     lesions = lesion_table(
         lesion_mask, seg, labels=labels, participant_id=participant_id, session_id=session_id,
-        **lesion_options,
+        locations=locations, **lesion_options,
     )
     load = lesion_load(lesions, volumes, participant_id=participant_id, session_id=session_id)
     outputs: dict[str, Path] = {}
@@ -119,6 +127,10 @@ def volumetry_session(
         parameters = {
             "LabelConvention": labels.name,
             "LabelConventionSource": labels.source,
+            "LesionLocations": "derived" if locations else (
+                "not derived: the segmentation has no "
+                f"{'/'.join(c for c in _LOCATION_CLASSES if not labels.has(c))} label"
+            ),
             **{k: v for k, v in lesion_options.items() if v is not None},
         }
         for key, df, suffix, desc, text in (
