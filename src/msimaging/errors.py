@@ -17,6 +17,8 @@ __all__ = [
     "MSImagingError",
     "MSImagingWarning",
     "OutputError",
+    "RegistrationError",
+    "RegistrationWarning",
 ]
 
 
@@ -50,3 +52,18 @@ class DependencyError(MSImagingError, ImportError):
 
 class MSImagingWarning(UserWarning):
     """Something was inferred or adjusted that the user should know about."""
+
+
+class RegistrationError(MSImagingError, RuntimeError):
+    """A registration converged to an implausible transform (it failed its sanity check).
+
+    The failed transform, with its measured ``quality``, is on the ``transform`` attribute.
+    """
+
+    def __init__(self, message: str, transform: object = None) -> None:
+        super().__init__(message)
+        self.transform = transform
+
+
+class RegistrationWarning(MSImagingWarning):
+    """A registration failed its sanity check and the caller asked for a warning, not an error."""

@@ -268,8 +268,11 @@ def dti_session(
     lap("anat_to_dwi")
 
     say(f"registering the MNI template to T1w ({mni_registration})")
-    template = registration.mni_template("t1", resolution_mm=template_resolution_mm)
-    to_mni = registration.register_affine(template, t1, transform=mni_registration)
+    # Brain-extracted, sanity-checked (RegistrationError when implausible); to_mni.quality
+    # holds the measured scales / rotation / Dice for the sidecar.
+    to_mni = registration.register_to_mni(
+        t1, transform=mni_registration, resolution_mm=template_resolution_mm
+    )
     dwi_to_anat = np.eye(4) if transform is None else np.asarray(transform.matrix)
     dwi_to_mni = np.asarray(to_mni.matrix) @ dwi_to_anat
     lap("mni_registration")
