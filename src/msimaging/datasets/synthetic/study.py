@@ -168,6 +168,7 @@ class Effects:
     within_network_r: float = 0.35
     between_network_r: float = 0.05
     bold_motion_scale: float = 1.0
+    head_scale_drift: float = 0.0
 
     def fraction(self, months: float) -> float:
         """Share of the full effect reached at ``months`` (linear, capped at 1)."""
@@ -333,7 +334,11 @@ def make_synthetic_study(
         ``effect_months``; default 0.3, half of it at month 3), ``effect_months`` (6),
         ``head_motion`` (small head-position changes between visits; False),
         ``second_shell`` (add b=2000; False), ``lesions_per_class`` (preset value),
-        ``within_network_r`` (0.35), ``between_network_r`` (0.05), ``bold_motion_scale`` (1).
+        ``within_network_r`` (0.35), ``between_network_r`` (0.05), ``bold_motion_scale`` (1),
+        ``head_scale_drift`` (relative scale change of the head's image at each later visit
+        vs the first, drawn per axis from [-d, -d/2] or [d/2, d], e.g. 0.01 for the ~1 %
+        gradient-calibration drift of real scanners; 0 = none; independent of
+        ``head_motion``).
 
     Returns
     -------
@@ -360,6 +365,12 @@ def make_synthetic_study(
         )
     cfg = PRESETS[preset]
     eff = Effects(**effects)
+    drift = eff.head_scale_drift
+    if isinstance(drift, bool) or not isinstance(drift, int | float) or not 0 <= drift <= 0.1:
+        raise InputError(
+            f"head_scale_drift must be a relative scale change between 0 and 0.1 (e.g. 0.01 "
+            f"for 1 %), got {drift!r}."
+        )
     if eff.lesions_per_class is not None:
         cfg = replace(cfg, lesions_per_class=eff.lesions_per_class)
     say = progress or (lambda message: None)
@@ -411,11 +422,17 @@ def make_synthetic_study(
         base = random_subject_space(rng)
         spaces = [base]
         for _ in sessions[1:]:
-            spaces.append(
+            space = (
                 base.moved(rng.uniform(-1.5, 1.5, 3), rng.uniform(-1.5, 1.5, 3))
                 if eff.head_motion
                 else base
             )
+            if eff.head_scale_drift:
+                # Scanner scale drift: the image of the head is scaled by 1 + delta per axis
+                # (|delta| between d/2 and d), so visits differ by an affine, not a rigid map.
+                delta = eff.head_scale_drift * rng.uniform(0.5, 1.0, 3) * rng.choice([-1, 1], 3)
+                space = replace(space, scale=space.scale * (1.0 + delta))
+            spaces.append(space)
         _tsv(
             root / sub / f"{sub}_sessions.tsv",
             pd.DataFrame({"session_id": [f"ses-{s}" for s in sessions], "months": months}),
