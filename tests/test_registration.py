@@ -316,3 +316,25 @@ def test_load_transform_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(InputError, match="cannot be read as JSON"):
         reg.load_transform(bad)
+
+
+def test_masks_are_used_not_dropped(study):
+    # dipy ignores masks (with a warning) when it samples sparsely; register_affine must not.
+    import warnings
+
+    b0 = study["b0"]
+    data = b0.get_fdata()
+    # A mask over one half of the head only: the metric then sees half the voxels.
+    half = np.zeros(b0.shape, np.uint8)
+    half[: b0.shape[0] // 2] = 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Mm]ask.*")
+        masked = reg.register_affine(
+            study["t1"], b0, transform="rigid", static_mask=nib.Nifti1Image(half, b0.affine)
+        )
+    assert data[half > 0].any()
+    # Still the identity (same session), now estimated from half the head.
+    tissue = study["truth_tissue"]
+    points = _world(tissue, np.asanyarray(tissue.dataobj) > 0)
+    error_mm = np.linalg.norm(masked.transform_points(points) - points, axis=1)
+    assert error_mm.mean() < float(tissue.header.get_zooms()[0])
