@@ -95,7 +95,9 @@ def make_phantom() -> Phantom:
     dwi = nib.Nifti1Image(signal.reshape(N, N, N, -1), AFFINE)
     brain = np.zeros((N, N, N), np.uint8)
     brain[1:-1, 1:-1, 1:-1] = 1
-    fit = fit_tensor(dwi, bvals, bvecs, nib.Nifti1Image(brain, AFFINE))
+    # The signal was simulated with gradients along the image axes: the voxel frame, not
+    # FSL's (which negates x on this det > 0 grid).
+    fit = fit_tensor(dwi, bvals, bvecs, nib.Nifti1Image(brain, AFFINE), bvec_convention="voxel")
     return Phantom(fit, tube.reshape(N, N, N), t[nearest].reshape(N, N, N))
 
 
