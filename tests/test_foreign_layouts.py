@@ -11,7 +11,7 @@ The pipeline runs with no ``params``: every task must succeed, and tissue volume
 counts and volumes per location, lesion centroids and NAWM FA/MD must equal the truth within
 the tolerances of the synthetic-study tests (volumes to a tenth of a voxel, test_volumetry;
 NAWM FA ±0.01 and MD ±1 %, test_dti_session). Cost: volumetry and fMRI on 2 subjects x 3
-visits per layout, DTI (registration: ~7 s a visit) on 9 visits in all.
+visits per layout, DTI (registration: 7-20 s a visit) on 6 visits in all.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SUBJECTS = ("sub-01", "sub-02")
 #: Visits of sub-01 whose DTI task runs, per layout (index into the layout's sessions).
 DTI_VISITS = {
-    "freesurfer": (0, 1, 2),
+    "freesurfer": (0, 2),
     "fmriprep": (0,),
     "fsl_fast": (0,),
-    "oblique_pos": (0, 2),
-    "oblique_neg": (0, 2),
+    "oblique_pos": (0,),
+    "oblique_neg": (2,),
 }
 #: Layouts whose WM is cerebral WM only, so the NAWM truth applies (FAST's WM holds the
 #: brainstem too: its DTI task must succeed, but the planted NAWM is another region).
@@ -259,18 +259,27 @@ def test_lesion_counts_and_volumes_per_location_equal_truth(runs, layout):
         sub, ses = visit.participant_id, visit.session_id
         load = _read(_output(out, sub, ses, "*desc-load_lesions.tsv")).set_index("location")
         truth = visit.lesions
+        # Volumes to a tenth of a voxel: oblique affines are stored in float32, so the voxel
+        # volume read back differs from the planted one by ~1e-7 (relative).
+        tolerance_mm3 = 100.0 * visit.voxel_ml
+
+        def same(count, volume, expected, tolerance_mm3=tolerance_mm3):
+            return count == expected["count"] and (
+                abs(volume - expected["volume_mm3"]) < tolerance_mm3)
+
         total = load.loc["total"]
-        if (total["count"], round(total["volume_mm3"], 3)) != (truth["count"],
-                                                                round(truth["volume_mm3"], 3)):
+        if not same(total["count"], total["volume_mm3"], truth):
             errors.append(f"{sub} {ses} total: {total['count']} lesions "
                           f"{total['volume_mm3']:.1f} mm3, truth {truth['count']} "
                           f"{truth['volume_mm3']:.1f} mm3")
         for location, expected in (truth["by_class"] or {}).items():
-            row = load.loc[location] if location in load.index else None
-            got = None if row is None else (row["count"], round(row["volume_mm3"], 3))
-            if got != (expected["count"], round(expected["volume_mm3"], 3)):
-                errors.append(f"{sub} {ses} {location}: {got}, truth "
-                              f"{expected['count']} lesions {expected['volume_mm3']:.1f} mm3")
+            if location not in load.index:
+                errors.append(f"{sub} {ses} {location}: missing, truth {expected}")
+            elif not same(load.loc[location, "count"], load.loc[location, "volume_mm3"],
+                          expected):
+                errors.append(f"{sub} {ses} {location}: {load.loc[location, 'count']} lesions "
+                              f"{load.loc[location, 'volume_mm3']:.1f} mm3, truth "
+                              f"{expected['count']} {expected['volume_mm3']:.1f} mm3")
         if truth["by_class"] is None:
             # FAST has no ventricles, no cortex/deep-GM split, no infratentorial label: the
             # location classes cannot be derived, so none may be claimed.
