@@ -1057,8 +1057,13 @@ def register_to_mni(
       and an oblique (e.g. AC-PC aligned) acquisition can add its own tilt.
     - ``determinant`` > 0: a mirror image means a wrong left-right label in the header.
     - ``brain_dice`` (template brain mask moved onto the subject grid vs the subject brain
-      found in step 2, over the subject's field of view) >= 0.6: a right registration gives
-      0.8-0.9 against a brain mask and ~0.7 against a whole-head ``median_otsu`` mask.
+      found in step 2, over the subject's field of view) >= 0.6: right registrations
+      measured 0.96-0.98 against brain masks (synthetic T1w, real b0 slab, real T1w) and
+      0.78 against the skull-stripped mask of a whole-head phantom (whose CSF rim the strip
+      leaves out); a scrambled image gave 0.003.
+
+    Only gross failures are caught (an axis collapsed, a wrong turn, the template off the
+    brain): a registration a centimetre off with plausible scales passes.
     """
     start = time.perf_counter()
     _check_choice(transform, ("rigid", "rigid+scaling", "affine"), "transform")
