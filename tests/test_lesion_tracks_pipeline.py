@@ -160,3 +160,27 @@ def test_visit_transforms_recover_the_planted_head_placement(drift_study, tmp_pa
         # The fitted scales follow the planted drift (a rigid fit would leave it all).
         assert np.abs(fitted_scales - true_scales).mean() < 0.5 * np.abs(true_scales - 1).mean()
         assert len([n for n in notes if "affine, MI" in n]) == len(quality)
+
+
+def test_min_overlap_pct_separates_lesions_that_only_touch():
+    from msimaging.errors import InputError
+
+    first = np.zeros((12, 12, 12), np.uint8)
+    later = np.zeros_like(first)
+    first[2:5, 2:5, 2:5] = 1  # 27 voxels
+    later[4:7, 4:7, 4:7] = 1  # another 27 voxels, sharing one corner voxel (1/27 = 3.7 %)
+    masks = [nib.Nifti1Image(m, np.eye(4)) for m in (first, later)]
+    assert list(vol.match_lesions(masks)["category"]) == ["stable"]
+    assert sorted(vol.match_lesions(masks, min_overlap_pct=10)["category"]) == [
+        "disappeared", "new"]
+    assert list(vol.match_lesions(masks, min_overlap_pct=3)["category"]) == ["stable"]
+    with pytest.raises(InputError, match="min_overlap_pct"):
+        vol.match_lesions(masks, min_overlap_pct=150)
+
+
+def test_head_scale_drift_is_checked(tmp_path):
+    from msimaging.datasets import make_synthetic_study
+    from msimaging.errors import InputError
+
+    with pytest.raises(InputError, match="head_scale_drift"):
+        make_synthetic_study(tmp_path / "x", preset="tiny", head_scale_drift=0.5)
