@@ -7,7 +7,8 @@ Subpackages are imported on first use, so ``import msimaging`` stays light::
 
 Layers (lower never imports higher): ``cli``/``report`` > ``pipeline`` >
 ``dti``/``fmri``/``volumetry``/``stats`` > ``datasets`` > shared core
-(``bids``, ``derivatives``, ``registration``, ``atlases``) > ``io`` > ``errors``.
+(``bids``, ``derivatives``, ``registration``, ``atlases``, ``segmentation``) > ``io`` >
+``errors``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "pipeline",
     "registration",
     "report",
+    "segmentation",
     "stats",
     "volumetry",
 ]
