@@ -197,7 +197,7 @@ def test_real_t1w_in_mni_space_comes_out_near_identity():
     # The patient's brain is smaller than the template's: the brain extents (0.5-99.5th
     # percentiles of the brain voxels) give the expected per-axis scale without registration.
     img = nib.load(PATIENT_T1W)
-    mask = reg.mni_template("brain_mask", 1)
+    mask = reg.mni_template("brain_mask", 2)
 
     def extent_mm(image, inside):
         world = np.argwhere(inside) @ image.affine[:3, :3].T + image.affine[:3, 3]
