@@ -130,9 +130,16 @@ def test_mni_to_t1_affine_matches_truth(study, template, mni_to_t1):
         f"({native_error.mean() / voxel_mm:.3f} T1 voxel), native->MNI {mni_error.mean():.3f} "
         f"mm, max {max(native_error.max(), mni_error.max()):.3f} mm, {mni_to_t1.seconds:.2f} s"
     )
-    assert native_error.mean() < voxel_mm
-    assert mni_error.mean() < voxel_mm
-    np.testing.assert_allclose(mni_to_t1.matrix, inverse, atol=0.05)
+    # Accuracy where it matters, over the brain: mean landmark error under a tenth of a T1
+    # voxel, worst under a quarter (measured: 0.069 mm mean, 0.152 mm max at 4 mm voxels).
+    assert native_error.mean() < 0.1 * voxel_mm
+    assert mni_error.mean() < 0.1 * voxel_mm
+    assert max(native_error.max(), mni_error.max()) < 0.25 * voxel_mm
+    # Rotation/scale/shear part element by element (measured max difference 0.0015). The
+    # translation column is the error at world (0, 0, 0), outside the brain, where tiny
+    # linear-part differences are amplified: a 0.05 mm bound on it failed at 0.0504 mm while
+    # the landmark error over the brain was 0.069 mm; the landmark bounds above cover it.
+    np.testing.assert_allclose(mni_to_t1.matrix[:3, :3], inverse[:3, :3], atol=0.005)
 
 
 def test_wm_dice_on_dwi_grid(study, t1_to_dwi):

@@ -114,7 +114,7 @@ def run_group(
             tables[name] = writer.write_group_table(
                 frame, name, sidecar={"Description": "All visits' "
                                       f"{PARTICIPANT_OUTPUTS[name]} tables"})
-    tracks = _lesion_tracks(study, excluded, notes)
+    tracks = _lesion_tracks(study, excluded, notes, writer)
     if tracks is not None:
         tables["volumetry_lesion_tracks"] = writer.write_group_table(
             tracks, "volumetry_lesion_tracks",
