@@ -33,6 +33,7 @@ from typing import Any
 
 from msimaging.bids import parse_entities
 from msimaging.errors import InputError
+from msimaging.segmentation import find_label_table
 
 __all__ = [
     "FILTER_ENTITIES",
@@ -275,8 +276,11 @@ def _segmentation(session: Any, filters: Mapping[str, Mapping], required: bool
     dseg = _one(session, "dseg", dsegs, False, "dseg", wanted)
     if dseg is not None:
         out["dseg"] = dseg
-        table = dseg.with_name(dseg.name.replace(".nii.gz", ".tsv").replace(".nii", ".tsv"))
-        if table.is_file():
+        # The label table that names the labels (same stem, or inherited from a parent
+        # folder such as fMRIPrep's desc-aseg_dseg.tsv): part of the provenance, so editing
+        # it re-runs the task.
+        table = find_label_table(dseg)
+        if table is not None:
             out["dseg.tsv"] = table
     wanted = filters.get("probseg", {})
     by_label: dict[str, list[Path]] = {}
