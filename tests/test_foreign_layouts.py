@@ -163,7 +163,8 @@ def test_months_come_from_sessions_tsv(layouts, layout):
 
 
 def test_months_from_acq_time_alone(layouts, tmp_path):
-    """sessions.tsv with the BIDS-defined acq_time column only: months from the dates."""
+    """sessions.tsv with only the column the BIDS specification defines for visit times,
+    ``acq_time`` (ISO 8601 dates), and labels that encode no time: months from the dates."""
     study = layouts("freesurfer")
     root = tmp_path / "acq_time"
     shutil.copytree(study.root, root, ignore=shutil.ignore_patterns("*.nii.gz"))
@@ -197,6 +198,8 @@ _LESION_SPELLINGS = {
 
 @pytest.mark.parametrize("spelling", sorted(_LESION_SPELLINGS))
 def test_lesion_mask_spellings_are_found(tmp_path, spelling):
+    """Lesion masks named per the BIDS derivatives masks section, and as the fMRIPrep docs
+    ask users to name them (``sub-001_T1w_label-lesion_roi.nii.gz`` in raw ``anat``)."""
     root = tmp_path / "bids"
     (root / "sub-01" / "ses-01" / "anat").mkdir(parents=True)
     (root / "dataset_description.json").write_text(
