@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from msimaging.bids import KINDS, Session, Study, months_from_label
+from msimaging.bids import KINDS, Session, Study, months_from_label, parse_entities
 from msimaging.datasets.layout import make_example_layout
 from msimaging.errors import BIDSError, InputError, MSImagingWarning
 
@@ -317,6 +317,178 @@ def test_na_months_fall_back_to_the_label(tmp_path):
     tsv = "session_id\tmonths\nses-M0\t0\nses-M6\tn/a\n"
     root = write_tree(tmp_path, {**files, "sub-01/sub-01_sessions.tsv": tsv})
     assert Study(root).sessions["months_source"].tolist() == ["sessions.tsv", "label"]
+
+
+# -- months from acq_time (BIDS sessions file: "Session acquisition time", ISO 8601) ------------
+def _acq_time_tree(tmp_path, sessions: list[str], tsv: str) -> Path:
+    files = dict.fromkeys(anat_sessions("01", sessions), "")
+    return write_tree(tmp_path, {**files, "sub-01/sub-01_sessions.tsv": tsv})
+
+
+def test_months_from_acq_time_alone(tmp_path):
+    # Labels encode no time and are listed out of order; expected months worked by hand:
+    # 91 d 0.5 h / 30.4375 d = 2.99 -> 3.0; 364 d 22.5 h -> 11.99 -> 12.0; 45 d -> 1.48 -> 1.5.
+    tsv = (
+        "session_id\tacq_time\tage\n"
+        "ses-third\t2022-03-15T08:00:00\t41\n"
+        "ses-first\t2021-03-15T09:30:00\t40\n"
+        "ses-second\t2021-06-14T10:00:00\t40\n"
+        "ses-extra\t2021-04-29T09:30:00.250000\t40\n"
+    )
+    root = _acq_time_tree(tmp_path, ["third", "first", "second", "extra"], tsv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither the order nor the acq_time fallback warns
+        table = Study(root).sessions
+    assert table["session_id"].tolist() == ["ses-first", "ses-extra", "ses-second", "ses-third"]
+    assert table["months"].tolist() == [0.0, 1.5, 3.0, 12.0]
+    assert set(table["months_source"]) == {"sessions.tsv:acq_time"}
+
+
+def test_months_from_shifted_acq_time_with_utc_offsets(tmp_path):
+    # Anonymised dates (BIDS: shifted to 1925 or earlier). 1800 is not a leap year:
+    # 1 Jan -> 1 Mar is 59 days = 1.94 -> 1.9 months (60 days would give 2.0).
+    # 1800-01-31T00:00+02:00 is 1800-01-30T22:00Z: 29 d 22 h = 0.98 -> 1.0 month.
+    tsv = (
+        "session_id\tacq_time\n"
+        "ses-a\t1800-01-01T00:00:00Z\n"
+        "ses-b\t1800-01-31T00:00:00+02:00\n"
+        "ses-c\t1800-03-01\n"
+    )
+    root = _acq_time_tree(tmp_path, ["a", "b", "c"], tsv)
+    session = Study(root).session("01", "c")
+    assert (session.months, session.months_source) == (1.9, "sessions.tsv:acq_time")
+    assert Study(root).sessions["months"].tolist() == [0.0, 1.0, 1.9]
+
+
+def test_months_column_wins_over_acq_time(tmp_path):
+    tsv = "session_id\tacq_time\tmonths\nses-a\t2021-01-01T00:00:00\t0\nses-b\tgarbage\t6\n"
+    root = _acq_time_tree(tmp_path, ["a", "b"], tsv)
+    table = Study(root).sessions  # acq_time is not read at all, so its bad value is harmless
+    assert table["months"].tolist() == [0.0, 6.0]
+    assert set(table["months_source"]) == {"sessions.tsv"}
+
+
+def test_acq_time_baseline_is_the_earliest_listed_visit(tmp_path):
+    # ses-screen has no folder (its data are not shared) but still starts the clock: 30 days.
+    tsv = (
+        "session_id\tacq_time\n"
+        "ses-screen\t2020-01-01T10:00:00\n"
+        "ses-v1\t2020-01-31T10:00:00\n"
+        "ses-v2\t2020-04-30T10:00:00\n"
+    )
+    study = Study(_acq_time_tree(tmp_path, ["v1", "v2"], tsv))
+    assert study.sessions["months"].tolist() == [1.0, 3.9]  # 30 d -> 0.99; 120 d -> 3.94
+    assert any("ses-screen" in problem for problem in study.problems)
+
+
+@pytest.mark.parametrize(
+    ("second", "sessions"),
+    [("n/a", ["M0", "M6"]), (None, ["M0", "M6"])],  # n/a, or the session not listed at all
+)
+def test_partial_acq_time_is_ignored_with_a_warning(tmp_path, second, sessions):
+    rows = "ses-M0\t2021-01-01T00:00:00\n" + (f"ses-M6\t{second}\n" if second else "")
+    root = _acq_time_tree(tmp_path, sessions, "session_id\tacq_time\n" + rows)
+    with pytest.warns(MSImagingWarning, match="acq_time") as record:
+        table = Study(root).sessions
+    message = str(record[0].message)
+    assert "sub-01_sessions.tsv" in message and "ses-M6" in message and "ses-M0" not in message
+    # Not months from one clock for M0 and labels for M6: labels for both.
+    assert table["months"].tolist() == [0.0, 6.0]
+    assert set(table["months_source"]) == {"label"}
+
+
+def test_partial_acq_time_without_labels_falls_back_to_order(tmp_path):
+    tsv = "session_id\tacq_time\nses-b\t2021-01-01T00:00:00\nses-a\tn/a\n"
+    root = _acq_time_tree(tmp_path, ["a", "b"], tsv)
+    with pytest.warns(MSImagingWarning) as record:
+        table = Study(root).sessions
+    messages = [str(r.message) for r in record]
+    assert any("acq_time was ignored" in m for m in messages)
+    assert any("session order" in m for m in messages)
+    assert table["months"].tolist() == [0.0, 1.0]
+    assert set(table["months_source"]) == {"order"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2021-13-01T00:00:00", "03/04/2021", "yesterday", "10:00:00", "2021-02-30"],
+)
+def test_malformed_acq_time_raises_naming_file_line_column_and_value(tmp_path, value):
+    tsv = f"session_id\tacq_time\nses-a\t2021-01-01T00:00:00\nses-b\t{value}\n"
+    root = _acq_time_tree(tmp_path, ["a", "b"], tsv)
+    with pytest.raises(BIDSError, match=r"sub-01_sessions\.tsv, line 3") as error:
+        Study(root)
+    message = str(error.value)
+    assert "column 'acq_time'" in message and repr(value) in message
+    assert "YYYY-MM-DDThh:mm:ss" in message
+
+
+def test_identical_acq_times_are_a_problem(tmp_path):
+    tsv = "session_id\tacq_time\nses-a\t2021-01-01T09:00:00\nses-b\t2021-01-01T09:00:00\n"
+    study = Study(_acq_time_tree(tmp_path, ["a", "b"], tsv))
+    assert study.sessions["months"].tolist() == [0.0, 0.0]
+    assert any("both fall at 0 months" in problem for problem in study.problems)
+
+
+# -- lesion masks as the fMRIPrep / QSIPrep / ASLPrep docs name them --------------------------
+def test_parse_entities_skips_the_source_image_suffix_of_lesion_rois():
+    assert parse_entities("sub-001_T1w_label-lesion_roi.nii.gz") == {
+        "sub": "001",
+        "label": "lesion",
+    }
+    assert parse_entities("sub-01_ses-M0_FLAIR_space-orig_label-L_mask.nii.gz") == {
+        "sub": "01",
+        "ses": "M0",
+        "space": "orig",
+        "label": "L",
+    }
+    # Only for roi/mask files after a known image suffix: other odd names stay unparsed.
+    assert parse_entities("sub-01_foo_label-lesion_roi.nii.gz") == {}
+    assert parse_entities("sub-01_T1w_label-lesion_bold.nii.gz") == {}
+    assert parse_entities("sub-01_T1w_roi.nii.gz") == {}
+
+
+def test_lesion_rois_named_as_the_fmriprep_docs_ask(tmp_path):
+    anat = "sub-01/ses-M0/anat"
+    root = write_tree(
+        tmp_path,
+        {
+            f"{anat}/sub-01_ses-M0_T1w.nii.gz": "",
+            f"{anat}/sub-01_ses-M0_T1w_label-lesion_roi.nii.gz": "",
+            f"{anat}/sub-01_ses-M0_T1w_label-WM_roi.nii.gz": "",  # an roi, not a lesion
+            f"{anat}/sub-01_ses-M0_foo_label-lesion_roi.nii.gz": "",  # not a BIDS name
+            "sub-01/ses-M3/anat/sub-01_ses-M3_T1w.nii.gz": "",
+            "sub-01/ses-M3/anat/sub-01_ses-M6_T1w_label-lesion_roi.nii.gz": "",  # misplaced
+            # BIDS 1.4 / BEP003 derivative spelling, suffix roi.
+            "derivatives/lst/sub-01/ses-M3/anat/sub-01_ses-M3_label-lesion_roi.nii.gz": "",
+            ".bidsignore": "*lesion_roi.nii.gz\n",
+        },
+    )
+    study = Study(root)
+    first, second = study.session("01", "M0"), study.session("01", "M3")
+    assert first.get("lesion_mask") == root.absolute() / anat / (
+        "sub-01_ses-M0_T1w_label-lesion_roi.nii.gz"
+    )
+    assert [p.name for p in first.files["t1w"]] == ["sub-01_ses-M0_T1w.nii.gz"]
+    assert first.get("lesion_mask", pipeline="raw", label="lesion").parent.name == "anat"
+    assert second.get("lesion_mask").name == "sub-01_ses-M3_label-lesion_roi.nii.gz"
+    assert any(
+        "sub-01_ses-M6_T1w_label-lesion_roi" in p and "folder ses-M3" in p for p in study.problems
+    )
+
+
+def test_lesion_roi_entities_agree_with_pybids():
+    """pybids (what fMRIPrep uses to find the mask) reads the same entities and suffix."""
+    layout = pytest.importorskip("bids.layout")
+    name = "sub-01_ses-M0_T1w_label-lesion_roi.nii.gz"
+    theirs = layout.parse_file_entities(f"/sub-01/ses-M0/anat/{name}")
+    assert (theirs["subject"], theirs["session"], theirs["label"], theirs["suffix"]) == (
+        "01",
+        "M0",
+        "lesion",
+        "roi",
+    )
+    assert parse_entities(name) == {"sub": "01", "ses": "M0", "label": "lesion"}
 
 
 # -- root validation ---------------------------------------------------------------------------

@@ -12,10 +12,19 @@ regular expression and string comparisons: 1,000 sessions take well under a seco
 this module stays light (pandas is imported only when a table is asked for).
 
 Months since baseline are taken, per session, from (1) the ``months`` (else ``timepoint``)
-column of ``sub-<label>/sub-<label>_sessions.tsv``, else (2) the session label (``M0``,
-``M06``, ``month3``, ``baseline``, ``Y1``, ``week4``...; see :func:`months_from_label`), else
-(3) the session order, with a :class:`~msimaging.errors.MSImagingWarning`. The source used is
-kept in ``months_source`` (``"sessions.tsv"``, ``"label"`` or ``"order"``).
+column of ``sub-<label>/sub-<label>_sessions.tsv``; else (2) its ``acq_time`` column, the
+session acquisition time the BIDS specification defines for sessions files (ISO 8601
+``YYYY-MM-DDThh:mm:ss``, dates possibly shifted to 1925 or earlier for anonymisation, the same
+shift within a subject), used only when every session folder of the subject has one; else
+(3) the session label (``M0``, ``M06``, ``month3``, ``baseline``, ``Y1``, ``week4``...; see
+:func:`months_from_label`); else (4) the session order, with a
+:class:`~msimaging.errors.MSImagingWarning`. The source used is kept in ``months_source``
+(``"sessions.tsv"``, ``"sessions.tsv:acq_time"``, ``"label"`` or ``"order"``).
+
+Months from ``acq_time`` are the days since the subject's earliest ``acq_time`` divided by
+:data:`DAYS_PER_MONTH` (365.25 / 12), rounded to 0.1 month (about 3 days, finer than visit
+scheduling and coarser than the hour-level noise of scan times), so that tables, the
+"same months" check and reports all see the same value.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -36,7 +46,7 @@ from msimaging.errors import BIDSError, InputError, MSImagingWarning
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["KINDS", "Session", "Study", "months_from_label", "parse_entities"]
+__all__ = ["DAYS_PER_MONTH", "KINDS", "Session", "Study", "months_from_label", "parse_entities"]
 
 #: File kinds a :class:`Session` can hold, in table order.
 KINDS: tuple[str, ...] = (
@@ -62,6 +72,18 @@ _NAME_RE = re.compile(
     r"^(?P<entities>sub-[A-Za-z0-9]+(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)*)"
     r"_(?P<suffix>[A-Za-z0-9]+)(?P<extension>(?:\.[A-Za-z0-9]+)+)$"
 )
+# fMRIPrep, QSIPrep and ASLPrep tell users to put lesion masks in raw ``anat`` named after the
+# image they were drawn on, following the BEP003 draft: ``sub-001[_ses-X]_T1w_label-lesion_roi``
+# (listed in .bidsignore). The image suffix sits among the entities, which _NAME_RE rejects;
+# pybids, and so fMRIPrep, simply skips that bare token. Only for ``roi``/``mask`` files and a
+# known image suffix, so that other malformed names still fail to parse.
+_SOURCE_IMAGE_SUFFIXES = "T1w|T2w|FLAIR|PDw|T2starw|PD|T2star|inplaneT1|inplaneT2"
+_SOURCE_SUFFIX_NAME_RE = re.compile(
+    r"^(?P<entities>sub-[A-Za-z0-9]+(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)*)"
+    rf"_(?:{_SOURCE_IMAGE_SUFFIXES})"
+    r"(?P<more>(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)+)"
+    r"_(?P<suffix>roi|mask)(?P<extension>(?:\.[A-Za-z0-9]+)+)$"
+)
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 _MONTHS_LABEL_RE = re.compile(
     r"""^(?:
@@ -74,6 +96,11 @@ _MONTHS_LABEL_RE = re.compile(
 _MONTHS_PER_UNIT = {"m": 1.0, "y": 12.0, "w": 12.0 / 52.0}
 _NATURAL_SPLIT_RE = re.compile(r"(\d+)")
 _MISSING_VALUES = frozenset({"", "n/a", "na", "nan"})
+#: Mean Gregorian month, in days: months since baseline from ``acq_time`` differences.
+DAYS_PER_MONTH = 365.25 / 12.0
+# Months from ``acq_time`` keep one decimal (0.1 month, about 3 days).
+_ACQ_TIME_MONTHS_DECIMALS = 1
+_ACQ_TIME = "acq_time"
 
 
 def months_from_label(label: str) -> float | None:
@@ -121,7 +148,8 @@ class Session:
     months : float
         Months since baseline.
     months_source : str
-        Where ``months`` came from: ``"sessions.tsv"``, ``"label"`` or ``"order"``.
+        Where ``months`` came from: ``"sessions.tsv"`` (its ``months`` or ``timepoint``
+        column), ``"sessions.tsv:acq_time"``, ``"label"`` or ``"order"``.
     files : Mapping[str, tuple[Path, ...]]
         Files per kind (every name of :data:`KINDS` is a key; absent kinds map to ``()``).
         A ``dwi``/``dwi_preproc`` image is listed only when its ``.bval`` and ``.bvec``
@@ -296,11 +324,21 @@ def parse_entities(name: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def _parse_name(name: str) -> tuple[dict[str, str], str, str] | None:
-    """(entities, suffix, extension) of a BIDS file name, or None if it is not one."""
+    """(entities, suffix, extension) of a BIDS file name, or None if it is not one.
+
+    Also accepts the lesion-mask spelling of the fMRIPrep documentation,
+    ``sub-001[_ses-X]_T1w_label-lesion_roi.nii.gz``: the image suffix in the middle is
+    dropped, as pybids does (entities ``sub``, ``ses``, ``label``; suffix ``roi``).
+    """
     match = _NAME_RE.match(name)
     if match is None:
-        return None
-    entities = dict(pair.split("-", 1) for pair in match["entities"].split("_"))
+        match = _SOURCE_SUFFIX_NAME_RE.match(name)
+        if match is None:
+            return None
+        pairs = match["entities"].split("_") + match["more"][1:].split("_")
+    else:
+        pairs = match["entities"].split("_")
+    entities = dict(pair.split("-", 1) for pair in pairs)
     return entities, match["suffix"], match["extension"]
 
 
@@ -495,11 +533,13 @@ def _unreadable_folder(directory: str) -> BIDSError:
     )
 
 
-def _read_sessions_tsv(path: str) -> dict[str, float | None] | None:
-    """Months per session label (None where unknown) from a sessions.tsv.
+def _read_sessions_tsv(path: str) -> tuple[str, dict[str, float | datetime | None]] | None:
+    """(column, value per session label) from a sessions.tsv; None values where unknown.
 
-    Returns None when the file does not exist or has neither a ``months`` nor a
-    ``timepoint`` column (then labels are used). Raises BIDSError when it cannot be read.
+    The column is ``months``, else ``timepoint`` (values in months), else ``acq_time``
+    (naive datetimes, UTC when the file gives an offset). Returns None when the file does not
+    exist or has none of these columns (then labels are used). Raises BIDSError when it
+    cannot be read or a value of the column used is malformed.
     """
     try:
         with open(path, "rb") as stream:
@@ -541,10 +581,10 @@ def _read_sessions_tsv(path: str) -> dict[str, float | None] | None:
             f"{lines[0][1]!r}).{hint} The first row must be a tab-separated header such as "
             "'session_id<TAB>months'."
         )
-    column = "months" if "months" in header else "timepoint" if "timepoint" in header else None
+    column = next((name for name in ("months", "timepoint", _ACQ_TIME) if name in header), None)
     id_index = header.index("session_id")
     value_index = header.index(column) if column is not None else None
-    table: dict[str, float | None] = {}
+    table: dict[str, float | datetime | None] = {}
     for number, line in lines[1:]:
         fields = line.split("\t")
         if len(fields) != len(header):
@@ -566,14 +606,15 @@ def _read_sessions_tsv(path: str) -> dict[str, float | None] | None:
                 f"{path}, line {number}: session ses-{session} is listed twice. Keep one row "
                 "per session."
             )
-        table[session] = (
-            None
-            if value_index is None
-            else _months_value(fields[value_index], path, number, column or "")
-        )
+        if value_index is None:
+            table[session] = None
+        elif column == _ACQ_TIME:
+            table[session] = _acq_time_value(fields[value_index], path, number)
+        else:
+            table[session] = _months_value(fields[value_index], path, number, column or "")
     if column is None:
         return None
-    return table
+    return column, table
 
 
 def _months_value(text: str, path: str, line: int, column: str) -> float | None:
@@ -596,6 +637,39 @@ def _months_value(text: str, path: str, line: int, column: str) -> float | None:
             "months. Write a number such as 3 (or n/a when unknown)."
         )
     return months
+
+
+def _acq_time_value(text: str, path: str, line: int) -> datetime | None:
+    """One ``acq_time`` cell: a naive datetime (offsets converted to UTC), None for n/a."""
+    value = text.strip()
+    if value.lower() in _MISSING_VALUES:
+        return None
+    try:
+        # Python >= 3.11 reads the BIDS form YYYY-MM-DDThh:mm:ss[.ffffff][Z] and other ISO 8601
+        # variants (date only, +hh:mm offsets); years such as 1800 (shifted dates) are fine.
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BIDSError(
+            f"{path}, line {line}, column 'acq_time': {text!r} is not an ISO 8601 date-time. "
+            "Write it as YYYY-MM-DDThh:mm:ss (e.g. 2021-03-04T10:00:00; dates shifted for "
+            "anonymisation, e.g. 1867-06-15T13:45:30, are fine), n/a when unknown, or add a "
+            "'months' column with the months since baseline."
+        ) from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def _months_from_acq_time(times: Mapping[str, datetime]) -> dict[str, float]:
+    """Months since the earliest time, in mean Gregorian months, rounded to 0.1 month."""
+    earliest = min(times.values())
+    seconds_per_month = DAYS_PER_MONTH * 86400.0
+    return {
+        session: round(
+            (moment - earliest).total_seconds() / seconds_per_month, _ACQ_TIME_MONTHS_DECIMALS
+        )
+        for session, moment in times.items()
+    }
 
 
 def _check_root(bids_root: object) -> Path:
@@ -685,6 +759,35 @@ def _table(
     )
 
 
+@dataclass
+class _MonthsNotes:
+    """What month inference had to fall back on, gathered over subjects for one warning each.
+
+    ``by_order``: (subject label, sessions placed by order); ``acq_time_ignored``: (path of
+    the sessions.tsv, sessions without an acq_time).
+    """
+
+    by_order: list[tuple[str, list[str]]] = field(default_factory=list)
+    acq_time_ignored: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+def _warn_acq_time_ignored(ignored: list[tuple[str, list[str]]]) -> None:
+    shown = "; ".join(
+        f"{path} (no acq_time for {', '.join('ses-' + s for s in sessions)})"
+        for path, sessions in ignored[:10]
+    )
+    if len(ignored) > 10:
+        shown += f"; and {len(ignored) - 10} more subjects"
+    warnings.warn(
+        "Months since baseline are read from the acq_time column of a sessions.tsv only when "
+        f"every session of the subject has one, so acq_time was ignored for: {shown}. Months "
+        "come from the session labels (else the session order) instead. Fill in the missing "
+        "acq_time values (YYYY-MM-DDThh:mm:ss) or add a 'months' column.",
+        MSImagingWarning,
+        stacklevel=3,
+    )
+
+
 def _warn_months_from_order(by_order: list[tuple[str, list[str]]]) -> None:
     shown = "; ".join(
         f"sub-{label} (sessions {', '.join('ses-' + s for s in sessions)})"
@@ -720,16 +823,28 @@ class Study:
     ------
     BIDSError
         When the root is missing or has no ``sub-*`` folder, or a ``sessions.tsv`` cannot be
-        read. Missing files never raise: see :meth:`missing` and :attr:`problems`.
+        read or holds a malformed value in the column months are taken from (``months``,
+        ``timepoint`` or ``acq_time``; the message names file, line, column and value).
+        Missing files never raise: see :meth:`missing` and :attr:`problems`.
 
     Warns
     -----
     MSImagingWarning
-        When ``dataset_description.json`` is absent, and when months had to be inferred from
-        the session order.
+        When ``dataset_description.json`` is absent, when a ``sessions.tsv`` has ``acq_time``
+        but not for every session of its subject (``acq_time`` is then ignored for that
+        subject), and when months had to be inferred from the session order.
 
     Notes
     -----
+    Months since baseline come from the ``months``/``timepoint`` column of
+    ``sub-<label>_sessions.tsv``, else its ``acq_time`` column, else session labels, else
+    the session order (see the module documentation; the source is in ``months_source``).
+    From ``acq_time``: days since the subject's earliest listed ``acq_time`` / (365.25 / 12),
+    rounded to 0.1 month.
+
+    Raw ``anat`` lesion masks named as the fMRIPrep documentation asks,
+    ``sub-<label>[_ses-<label>]_T1w_label-lesion_roi.nii.gz``, are ``lesion_mask`` files.
+
     Derivative files in a subject-level ``sub-<label>/anat/`` folder (longitudinal anatomy
     from fMRIPrep or a segmentation tool) apply to every session of that subject, or only to
     session ``X`` when their name carries ``ses-X``.
@@ -782,19 +897,21 @@ class Study:
             )
         labels.sort(key=_natural_key)
         self._subjects = labels
-        by_order: list[tuple[str, list[str]]] = []
+        notes = _MonthsNotes()
         sessions: list[Session] = []
         for label in labels:
-            sessions.extend(self._discover_subject(label, problems, by_order))
+            sessions.extend(self._discover_subject(label, problems, notes))
         self._sessions = sessions
         self._index = {(s.participant_id, s.session_id): s for s in sessions}
         self._problems = problems
-        if by_order:
-            _warn_months_from_order(by_order)
+        if notes.acq_time_ignored:
+            _warn_acq_time_ignored(notes.acq_time_ignored)
+        if notes.by_order:
+            _warn_months_from_order(notes.by_order)
 
     # -- discovery -----------------------------------------------------------------------
     def _discover_subject(
-        self, label: str, problems: list[_Problem], by_order: list[tuple[str, list[str]]]
+        self, label: str, problems: list[_Problem], notes: _MonthsNotes
     ) -> list[Session]:
         participant_id = f"sub-{label}"
         subject_dir = os.path.join(self._root, participant_id)
@@ -813,7 +930,7 @@ class Study:
 
         if session_labels:
             found = self._find_session_files(label, entries, session_labels, problems)
-            months = self._session_months(subject_dir, label, session_labels, problems, by_order)
+            months = self._session_months(subject_dir, label, session_labels, problems, notes)
         else:
             found = self._find_sessionless_files(label, problems)
             months = {None: (0.0, "order")}
@@ -887,11 +1004,25 @@ class Study:
         label: str,
         session_labels: list[str],
         problems: list[_Problem],
-        by_order: list[tuple[str, list[str]]],
+        notes: _MonthsNotes,
     ) -> dict[str | None, tuple[float, str]]:
         participant_id = f"sub-{label}"
         tsv = os.path.join(subject_dir, f"{participant_id}_sessions.tsv")
-        table = _read_sessions_tsv(tsv) or {}
+        column, table = _read_sessions_tsv(tsv) or (None, {})
+        source = "sessions.tsv"
+        if column == _ACQ_TIME:
+            without = [session for session in session_labels if table.get(session) is None]
+            if without:
+                # Months from part of the visits plus labels for the rest would mix two
+                # clocks (and the baseline may be among the visits without a time).
+                notes.acq_time_ignored.append((tsv, without))
+                table = {session: None for session in table}
+            else:
+                # Baseline: the earliest visit listed, even one without a folder (a visit
+                # whose data are not shared still starts the subject's clock).
+                times = {s: value for s, value in table.items() if isinstance(value, datetime)}
+                table = _months_from_acq_time(times)
+                source = f"sessions.tsv:{_ACQ_TIME}"
         for session in table:
             if session not in session_labels:
                 problems.append(
@@ -908,7 +1039,7 @@ class Study:
         for position, session in enumerate(session_labels):
             value = table.get(session)
             if value is not None:
-                months[session] = (value, "sessions.tsv")
+                months[session] = (value, source)
                 continue
             value = months_from_label(session)
             if value is not None:
@@ -917,7 +1048,7 @@ class Study:
                 months[session] = (float(position), "order")
                 unresolved.append(session)
         if unresolved:
-            by_order.append((label, unresolved))
+            notes.by_order.append((label, unresolved))
         seen: dict[float, str] = {}
         for session in session_labels:
             value = months[session][0]
@@ -928,8 +1059,8 @@ class Study:
                         f"ses-{session}",
                         None,
                         f"{participant_id}: sessions "
-                        f"ses-{seen[value]} and ses-{session} both fall at {value:g} months; "
-                        f"fix the months column of {tsv}",
+                        f"ses-{seen[value]} and ses-{session} both fall at {value:g} months "
+                        f"({months[session][1]}); give them distinct months in {tsv}",
                     )
                 )
             else:
