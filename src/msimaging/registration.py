@@ -48,6 +48,7 @@ from msimaging.errors import InputError, RegistrationError, RegistrationWarning
 from msimaging.io import ImageLike, describe, load_image, load_mask
 
 __all__ = [
+    "MIN_MI_SAMPLES",
     "MNI_CHECK_BOUNDS",
     "TEMPLATE_KINDS",
     "TRANSFORM_KINDS",
@@ -64,6 +65,10 @@ __all__ = [
 
 #: Affine models of :func:`register_affine`, each estimated after the ones before it.
 TRANSFORM_KINDS: tuple[str, ...] = ("translation", "rigid", "rigid+scaling", "affine")
+#: Fewest voxels the mutual information of :func:`register_affine` samples by default
+#: (``sampling_proportion="auto"``): with fewer, its 32x32 joint histogram is too noisy for
+#: sub-millimetre fits.
+MIN_MI_SAMPLES = 100_000
 #: Maps :func:`mni_template` can return.
 TEMPLATE_KINDS: tuple[str, ...] = ("t1", "gm", "wm", "brain_mask")
 
@@ -606,7 +611,7 @@ def register_affine(
     level_iters: tuple[int, ...] = (10000, 1000, 100),
     sigmas: tuple[float, ...] = (3.0, 1.0, 0.0),
     factors: tuple[int, ...] = (4, 2, 1),
-    sampling_proportion: float | None = 0.25,
+    sampling_proportion: float | Literal["auto"] | None = "auto",
     init: str | AffineTransform | np.ndarray = "center_of_mass",
 ) -> AffineTransform:
     """Register ``moving`` onto ``static`` with mutual information (dipy ``AffineRegistration``).
@@ -633,12 +638,16 @@ def register_affine(
         Per pyramid level, coarse to fine: maximum optimiser iterations, Gaussian smoothing
         in voxels and downsampling factor. The optimiser normally converges long before the
         iteration limits.
-    sampling_proportion : float in (0, 1] or None, default=0.25
+    sampling_proportion : float in (0, 1], "auto" or None, default="auto"
         Share of static voxels used in the metric (dipy's sparse sampling: a regular grid with
         a jitter drawn from a fixed seed, so results are reproducible); None uses every voxel.
-        The default runs 2-3x faster than dense sampling; on the synthetic study it moved the
-        result by < 0.05 mm. With a mask every voxel is used (dipy ignores masks when it
-        samples sparsely).
+        "auto" samples a quarter of the voxels but never fewer than
+        :data:`MIN_MI_SAMPLES` (all voxels of small images). A quarter runs 2-3x faster than
+        dense sampling and moved a 2.5 mm registration by < 0.05 mm, but on a small image
+        (a 5 mm b0 of 48,000 voxels: 12,000 samples) the mutual-information histogram is too
+        noisy: the T1w -> b0 rigid fit was off by 1.4 mm on average (0.2 mm dense), enough
+        to put ventricle voxels into the NAWM. With a mask every voxel is used (dipy ignores
+        masks when it samples sparsely).
     init : {"center_of_mass", "identity"}, AffineTransform or (4, 4) array
         Starting point: align the intensity centres of mass, trust the world coordinates
         (images of one session share scanner space), or a previous static-mm -> moving-mm
@@ -663,11 +672,11 @@ def register_affine(
     _check_choice(metric, ("mi",), "metric")
     if isinstance(nbins, bool) or not isinstance(nbins, int | np.integer) or nbins < 4:
         raise InputError(f"nbins must be an integer >= 4, got {nbins!r}.")
-    if sampling_proportion is not None and not (
+    if sampling_proportion is not None and sampling_proportion != "auto" and not (
         isinstance(sampling_proportion, int | float) and 0 < sampling_proportion <= 1
     ):
         raise InputError(
-            f"sampling_proportion must be in (0, 1] or None (all voxels), got "
+            f"sampling_proportion must be in (0, 1], 'auto' or None (all voxels), got "
             f"{sampling_proportion!r}."
         )
     iters, sig, fac = _check_levels(level_iters, sigmas, factors)
@@ -689,6 +698,9 @@ def register_affine(
     static_shape, static_affine = _grid(static_img)
     moving_shape, moving_affine = _grid(moving_img)
 
+    if sampling_proportion == "auto":
+        share = max(0.25, MIN_MI_SAMPLES / static_data.size)
+        sampling_proportion = None if share >= 1 else share
     if masks:
         sampling_proportion = None  # dipy drops the masks (with a warning) when sampling
     start = time.perf_counter()
