@@ -271,11 +271,11 @@ def test_dataset_is_scanned_once_per_run(layout, tmp_path, monkeypatch):
                           n_workers=1, progress=False)
     assert len(run.tasks) == 8
     assert len(built) == 1  # not once per task
-    # Resume: the provenance still names every input file (paths carried by the task).
-    records = list((tmp_path / "out").rglob("*_provenance.json"))
-    for record in records:
-        inputs = json.loads(record.read_text())["inputs"]
-        assert all(Path(v["path"]).is_file() for v in inputs.values())
+    # The example layout's images are tiny placeholders, so every task stops when it reads
+    # its data: it got there with the paths it carried (each message names a dataset file),
+    # not by looking them up again. Provenance and resume on real data: test_pipeline.py.
+    assert (run.tasks["status"] == "failed").all()
+    assert all(str(layout) in message for message in run.tasks["message"])
 
 
 # -- D. inventory ----------------------------------------------------------------------------
@@ -306,3 +306,16 @@ def test_inventory_names_the_tool_and_bids_path_of_missing_inputs(layout, capsys
             "MNI152NLin2009cAsym_desc-preproc_bold.nii.gz") in out
     assert "LST-AI" in out and "sub-01_ses-M6_label-lesion_mask.nii.gz" in out
     assert "desc-aseg_dseg" in out and "FreeSurfer" in out and "fMRIPrep" in out
+
+
+def test_python_api_checks_the_atlas_before_any_work(layout, tmp_path):
+    """run_participant called from Python (no CLI checks): an unknown atlas name or a missing
+    label-image path is a typed error naming the known atlases, before anything is written."""
+    from msimaging.errors import InputError
+    from msimaging.pipeline import run_participant
+
+    for atlas in ("nowhere_atlas.nii.gz", "seitzman"):
+        with pytest.raises(InputError, match="seitzman2018"):
+            run_participant(layout, tmp_path / "out", modalities=["fmri"],
+                            params={"fmri": {"atlas": atlas}}, n_workers=1, progress=False)
+    _nothing_ran(tmp_path)

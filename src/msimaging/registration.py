@@ -1185,15 +1185,21 @@ def register_to_mni(
                 moving_img, static_brain, transform="rigid", init=start_matrix,
                 level_iters=(200,), sigmas=(2.0,), factors=(2,),
             )  # fmt: skip
-            candidates.append((coarse.metric_value or -np.inf, label, coarse))
+            mi = coarse.metric_value
+            candidates.append((-np.inf if mi is None else mi, label, coarse))
         _, label, best = max(candidates, key=lambda item: item[0])
         retry, retry_quality = register_from(best.matrix)
         attempts.append(
             {"start": label, "passed": retry_quality["passed"], "mi": retry.metric_value}
         )
-        if retry_quality["passed"] or (retry.metric_value or -np.inf) > (
-            result.metric_value or -np.inf
-        ):
+        # Neither passed: keep the one whose template brain overlaps the subject's brain
+        # better (both Dice values are measured against the same mask; their MI values are
+        # not comparable, being optimised on different static images).
+        def dice(q: dict[str, Any]) -> float:
+            value = q.get("brain_dice")
+            return -np.inf if value is None else float(value)
+
+        if retry_quality["passed"] or dice(retry_quality) > dice(quality):
             result, quality = retry, retry_quality
     seconds = time.perf_counter() - start
     quality.update(

@@ -420,7 +420,11 @@ def _check_overlap(atlas: Path, bold: Path, session: Any) -> None:
     import nibabel as nib
     import numpy as np
 
-    a_img, b_img = nib.load(atlas), nib.load(bold)
+    try:
+        a_img, b_img = nib.load(atlas), nib.load(bold)
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise InputError(f"{session.name}: cannot read the atlas {atlas} or the BOLD {bold} "
+                         f"({exc}); give a readable NIfTI label image.") from exc
     a_lo, a_hi = _bounds_mm(a_img.shape, a_img.affine)
     b_lo, b_hi = _bounds_mm(b_img.shape, b_img.affine)
     inter = np.prod(np.clip(np.minimum(a_hi, b_hi) - np.maximum(a_lo, b_lo), 0, None))

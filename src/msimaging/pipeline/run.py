@@ -161,6 +161,14 @@ def plan_tasks(
     for s in study:  # earliest visit of each subject, over all its visits
         if s.participant_id not in first or s.months < first[s.participant_id].months:
             first[s.participant_id] = s
+    # The atlas is checked once (a known name in canonical form, or a readable label image)
+    # also when run_participant is called from Python, where no CLI check ran.
+    atlas = None
+    if "fmri" in modalities:
+        from msimaging.pipeline.options import check_atlas
+
+        atlas = check_atlas(effective_params("fmri", params)["atlas"],
+                            where="params['fmri']['atlas']")
     tasks, problems = [], []
     for s in chosen:
         if sessions is not None and s.session_id not in sessions:
@@ -170,7 +178,8 @@ def plan_tasks(
             inputs, error = {}, ""
             try:
                 inputs = resolve_inputs(s, modality, filters=filters,
-                                        atlas=settings.get("atlas"), params=settings)
+                                        atlas=atlas if modality == "fmri" else None,
+                                        params=settings)
             except InputNotFoundError as exc:
                 error = str(exc)
             except InputChoiceError as exc:

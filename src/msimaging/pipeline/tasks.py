@@ -232,6 +232,16 @@ def run_task(
 # --------------------------------------------------------------------------------------------
 
 
+def _labels(inputs, params) -> Any:
+    """The label convention: the config's, else the table found when the task was planned
+    (the one its provenance records), else None (detected from the values)."""
+    if params.get("labels") is not None or "dseg.tsv" not in inputs:
+        return params.get("labels")
+    from msimaging.segmentation import convention_from_table
+
+    return convention_from_table(inputs["dseg.tsv"])
+
+
 def _run_dti(session, inputs, writer, params, first_visit: bool) -> list[Path]:
     from msimaging.dti import dti_session, tract_session
     from msimaging.errors import InputError
@@ -239,7 +249,7 @@ def _run_dti(session, inputs, writer, params, first_visit: bool) -> list[Path]:
     # White matter from the segmentation (convention from labels=, else the dataset), else
     # from fMRIPrep/FAST's WM probability map; no lesion mask means NAWM = WM.
     if "dseg" in inputs:
-        wm = {"seg": inputs["dseg"], "labels": params.get("labels")}
+        wm = {"seg": inputs["dseg"], "labels": _labels(inputs, params)}
     elif "probseg_WM" in inputs:
         wm = {"wm_mask": inputs["probseg_WM"]}
     else:
@@ -303,7 +313,7 @@ def _run_volumetry(session, inputs, writer, params, first_visit: bool) -> list[P
             f"{', '.join(k for k in inputs if k.startswith('probseg'))}."
         )
     result = volumetry_session(
-        inputs["dseg"], inputs["lesion_mask"], labels=params["labels"],
+        inputs["dseg"], inputs["lesion_mask"], labels=_labels(inputs, params),
         participant_id=session.participant_id, session_id=session.session_id, writer=writer,
     )
     return list(result.outputs.values())
