@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from benchmarks._machine import machine_info, write_result
@@ -39,13 +38,10 @@ def main(n_subjects: int = 5) -> dict:
         truth = json.loads((root / "sourcedata/ground_truth/ground_truth.json").read_text())
         results = {}
         for visit in Study(root):
-            dseg = nib.load(visit.get("dseg"))
-            wm = nib.Nifti1Image(
-                (np.asanyarray(dseg.dataobj) == 3).astype(np.uint8), dseg.affine
-            )
             start = time.perf_counter()
             result = dti_session(
-                visit.get("dwi"), visit.get("t1w"), wm, visit.get("lesion_mask"),
+                visit.get("dwi"), visit.get("t1w"), seg=visit.get("dseg"),
+                lesion_mask=visit.get("lesion_mask"),
                 participant_id=visit.participant_id, session_id=visit.session_id,
             )
             results[(visit.participant_id, visit.session_id)] = (

@@ -84,14 +84,11 @@ def _run_study(study: str, options: dict, configs: tuple[str, ...]) -> tuple[lis
         truth = json.loads((root / "sourcedata/ground_truth/ground_truth.json").read_text())
         for visit in Study(root):
             sub, ses = visit.participant_id, visit.session_id
-            dseg = nib.load(visit.get("dseg"))
-            wm = nib.Nifti1Image(
-                (np.asanyarray(dseg.dataobj) == 3).astype(np.uint8), dseg.affine
-            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dti = dti_session(visit.get("dwi"), visit.get("t1w"), wm,
-                                  visit.get("lesion_mask"), participant_id=sub, session_id=ses)
+                dti = dti_session(visit.get("dwi"), visit.get("t1w"), seg=visit.get("dseg"),
+                                  lesion_mask=visit.get("lesion_mask"),
+                                  participant_id=sub, session_id=ses)
             bundles = np.asanyarray(nib.load(
                 root / "sourcedata/ground_truth" / sub / ses / "dwi"
                 / f"{sub}_{ses}_desc-bundles_dseg.nii.gz").dataobj)

@@ -42,14 +42,11 @@ def main(output_dir: Path) -> list[Path]:
         truth = json.loads((root / "sourcedata/ground_truth/ground_truth.json").read_text())
         for visit in Study(root):
             sub, ses = visit.participant_id, visit.session_id
-            dseg = nib.load(visit.get("dseg"))
-            wm = nib.Nifti1Image(
-                (np.asanyarray(dseg.dataobj) == 3).astype(np.uint8), dseg.affine
-            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dti = dti_session(visit.get("dwi"), visit.get("t1w"), wm,
-                                  visit.get("lesion_mask"), participant_id=sub, session_id=ses)
+                dti = dti_session(visit.get("dwi"), visit.get("t1w"), seg=visit.get("dseg"),
+                                  lesion_mask=visit.get("lesion_mask"),
+                                  participant_id=sub, session_id=ses)
                 stage = tract_session(dti, tracts=list(TRACTS))
             profiles.append(stage.profiles)
             if first is None:
