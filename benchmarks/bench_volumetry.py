@@ -4,7 +4,8 @@ Uses an existing default study (``--study PATH``) or generates one into a tempor
 (5 subjects x M0/M3/M6). Per visit, best of 3 repeats (``time.perf_counter``), the public
 functions of :mod:`msimaging.volumetry` on the file paths, with their defaults
 (``labels=None``: the convention read from the study's ``dseg.tsv``): :func:`tissue_volumes`
-(dseg + lesion mask), :func:`lesion_table` and :func:`classify_lesions` (lesion mask + dseg) as a breakdown, and the stage as the demo runs
+(dseg + lesion mask), :func:`lesion_table` and :func:`classify_lesions` (lesion mask + dseg) as a
+breakdown, and the stage as the demo runs
 it: :func:`volumetry_session` (all three from one lesion table) plus, per subject,
 :func:`match_lesions` over the visits' lesion masks divided by the number of visits (a
 per-visit share); that sum is the "total". The anchor, in the same run: reading the dseg and
