@@ -1,0 +1,23 @@
+"""Constants of the Network-Based Statistic: accepted options, defaults and tolerances."""
+
+from __future__ import annotations
+
+#: Accepted ``size`` values: number of edges, or sum of (statistic − threshold).
+SIZE_MEASURES = ("extent", "intensity")
+#: Accepted ``tail`` values.
+TAILS = ("right", "left", "both")
+#: Uncorrected one-sided p per edge used when neither ``threshold`` nor ``threshold_p`` is
+#: given (the df-aware version of MATLAB NBS's t = 3.1, which is p = 0.001 for large samples).
+DEFAULT_THRESHOLD_P = 0.001
+
+# Residual sums of squares (of unit-norm edge data) are floored here: a perfect fit gives a
+# huge, finite statistic instead of a division by zero.
+_RSS_FLOOR = 1e-12
+# Relative tolerance when comparing intensity sizes computed in float32 (permutations) with
+# the float64 observed size, so that permutations reproducing the observed map count.
+_INTENSITY_RTOL = 1e-5
+# Bytes per edge and permutation of the block engine besides the product itself (a mask and
+# up to five float32 temporaries on the general path).
+_BLOCK_OVERHEAD_BYTES = 24
+# Largest permutation space that exact=True enumerates.
+_MAX_ENUMERATION = 1_000_000

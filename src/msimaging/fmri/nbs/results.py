@@ -1,0 +1,454 @@
+"""Result objects of the Network-Based Statistic: :class:`NBSComponent` and :class:`NBSResult`.
+
+Plotting is imported inside :meth:`NBSResult.plot` only, so importing the results never
+imports :mod:`msimaging.fmri.plotting`."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from msimaging.errors import InputError
+from msimaging.fmri.nbs.inputs import _check_option
+
+if TYPE_CHECKING:
+    import networkx
+
+
+_NODE_COLUMNS = ("label", "network", "hemisphere", "x_mm", "y_mm", "z_mm")
+_EDGE_COLUMNS = [
+    "component",
+    "direction",
+    "node_i",
+    "node_j",
+    "label_i",
+    "label_j",
+    "network_i",
+    "network_j",
+    "statistic",
+    "size",
+    "p_value",
+]
+_COMPONENT_COLUMNS = [
+    "component",
+    "direction",
+    "n_nodes",
+    "n_edges",
+    "size",
+    "size_measure",
+    "p_value",
+    "hubs",
+    "hub_degree",
+    "top_network_pair",
+]
+
+# --------------------------------------------------------------------------------------------
+# Result objects
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class NBSComponent:
+    """One connected component of supra-threshold edges.
+
+    Attributes
+    ----------
+    index : int
+        Position in :attr:`NBSResult.components` (0 is the smallest p, then the largest size).
+    direction : {"positive", "negative", "F"}
+        ``"positive"``: edges with t > threshold; ``"negative"``: −t > threshold; ``"F"``.
+    nodes : ndarray of int
+        Node indices (sorted).
+    edges : ndarray of int, shape (n_edges, 2)
+        Node index pairs ``(i, j)`` with ``i < j``.
+    statistics : ndarray of float, shape (n_edges,)
+        The observed statistic (t or F, signed) of each edge.
+    size : float
+        Extent (number of edges) or intensity (sum of statistic − threshold, with −t for the
+        negative direction), see :attr:`NBSResult.size_measure`.
+    p_value : float
+        FWER-corrected p-value.
+    degree : ndarray of int
+        Degree of each node of :attr:`nodes` within the component.
+    node_labels : tuple of str, optional
+        Labels of :attr:`nodes` when the node table has a ``label`` column.
+    network_pairs : dict, optional
+        Number of edges per unordered network pair ``(network_a, network_b)`` (sorted
+        names), when the node table has a ``network`` column.
+    """
+
+    index: int
+    direction: str
+    nodes: np.ndarray
+    edges: np.ndarray
+    statistics: np.ndarray
+    size: float
+    p_value: float
+    degree: np.ndarray
+    node_labels: tuple[str, ...] | None = None
+    network_pairs: dict[tuple[str, str], int] | None = None
+
+    @property
+    def n_edges(self) -> int:
+        """Number of edges."""
+        return len(self.edges)
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes."""
+        return len(self.nodes)
+
+    @property
+    def hubs(self) -> np.ndarray:
+        """Node indices of highest degree within the component (ties all kept)."""
+        if not len(self.nodes):
+            return np.array([], dtype=int)
+        return self.nodes[self.degree == self.degree.max()]
+
+    @property
+    def edge_list(self) -> list[tuple[int, int, float]]:
+        """The edges as ``(i, j, statistic)`` tuples."""
+        return [
+            (int(i), int(j), float(s))
+            for (i, j), s in zip(self.edges, self.statistics, strict=True)
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"NBSComponent(index={self.index}, direction={self.direction!r}, "
+            f"n_nodes={self.n_nodes}, n_edges={self.n_edges}, size={self.size:g}, "
+            f"p_value={self.p_value:.4g})"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class NBSResult:
+    """Result of :func:`nbs` and its design-specific constructors.
+
+    Attributes
+    ----------
+    components : tuple of NBSComponent
+        Observed components, ordered by p-value then decreasing size (may be empty).
+    statistic : {"t", "F"}
+        The edge statistic.
+    statistic_matrix : ndarray of float64, shape (n_nodes, n_nodes)
+        Observed statistic of every edge (symmetric, zero diagonal).
+    df : tuple of float
+        Degrees of freedom: ``(df,)`` for t, ``(df_effect, df_error)`` for F.
+    threshold : float
+        Statistic threshold (edges strictly above it are supra-threshold).
+    threshold_p : float
+        The uncorrected one-sided p per edge that the threshold corresponds to.
+    size_measure : {"extent", "intensity"}
+        How component size is measured.
+    tail : {"right", "left", "both"}
+        Direction(s) tested.
+    null_distribution : ndarray of float, shape (n_permutations,)
+        Largest component size in each permutation (over both directions for
+        ``tail="both"``); empty when there was no observed component (nothing to test).
+    null_by_direction : dict of str to ndarray
+        The same per direction (``"positive"``, ``"negative"`` or ``"F"``).
+    n_permutations : int
+        Permutations used (the whole space, identity included, when :attr:`exact`).
+    permutation_space : int
+        Number of distinct permutations (sign flips or design rearrangements) of the design.
+    exact : bool
+        Whether the whole space was enumerated (exact p-values).
+    smallest_p : float
+        Smallest p-value any component could get with these permutations.
+    resampling : {"sign-flip", "permutation"}
+        How the null distribution was built.
+    design : ndarray, shape (n_observations, n_regressors)
+        Full design matrix (covariates included).
+    contrast : ndarray, shape (n_rows, n_regressors)
+        Contrast (one row for t).
+    design_columns : tuple of str
+        Names of the design columns.
+    exchange_blocks : ndarray, optional
+        Exchange block of each observation.
+    n_observations, n_nodes : int
+    nodes : pandas.DataFrame, optional
+        Node table (``label``, ``network``, ``hemisphere``, ``x_mm``, ``y_mm``, ``z_mm`` when
+        known).
+    seed : int or None
+        Seed of the random permutations.
+    """
+
+    components: tuple[NBSComponent, ...]
+    statistic: str
+    statistic_matrix: np.ndarray
+    df: tuple[float, ...]
+    threshold: float
+    threshold_p: float
+    size_measure: str
+    tail: str
+    null_distribution: np.ndarray
+    null_by_direction: dict[str, np.ndarray]
+    n_permutations: int
+    permutation_space: int
+    exact: bool
+    smallest_p: float
+    resampling: str
+    design: np.ndarray
+    contrast: np.ndarray
+    design_columns: tuple[str, ...]
+    exchange_blocks: np.ndarray | None
+    n_observations: int
+    n_nodes: int
+    nodes: pd.DataFrame | None = None
+    seed: int | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    # -- selections --------------------------------------------------------------------------
+    def significant(self, alpha: float = 0.05) -> tuple[NBSComponent, ...]:
+        """Components with ``p_value < alpha``."""
+        return tuple(c for c in self.components if c.p_value < alpha)
+
+    def edges_mask(self, component: int = 0) -> np.ndarray:
+        """Boolean (n_nodes, n_nodes) symmetric mask of one component's edges.
+
+        Parameters
+        ----------
+        component : int
+            Index into :attr:`components` (0: the most significant).
+
+        Returns
+        -------
+        ndarray of bool
+            All False when there is no component (so plots can always call it).
+        """
+        mask = np.zeros((self.n_nodes, self.n_nodes), dtype=bool)
+        if not self.components:
+            return mask
+        if not 0 <= component < len(self.components):
+            raise InputError(
+                f"component={component} does not exist: the result has "
+                f"{len(self.components)} component(s), indices 0..{len(self.components) - 1}."
+            )
+        edges = self.components[component].edges
+        mask[edges[:, 0], edges[:, 1]] = True
+        mask[edges[:, 1], edges[:, 0]] = True
+        return mask
+
+    # -- figures -----------------------------------------------------------------------------
+    def plot(
+        self, style: str = "connectogram", *, component: int = 0, path: Any = None, **kwargs: Any
+    ) -> Any:
+        """Draw the edge statistic map with one component highlighted.
+
+        The map (t or F per edge) is wrapped in a :class:`msimaging.fmri.Connectome` with the
+        result's node table and drawn by the connectome figures of
+        :mod:`msimaging.fmri.plotting`.
+
+        Parameters
+        ----------
+        style : {"connectogram", "adjacency", "glass_brain", "html"}
+            ``plot_connectogram``, ``plot_adjacency``, ``plot_glass_brain`` or
+            ``view_connectome_html`` (which needs ``path``).
+        component : int
+            Which component to highlight (0: the most significant).
+        path : str or pathlib.Path, optional
+            Where to save the figure (extension picks the format).
+        **kwargs
+            Passed to the plotting function (e.g. ``threshold``, ``title``).
+
+        Returns
+        -------
+        matplotlib.figure.Figure or nilearn HTML view
+        """
+        from msimaging.fmri import plotting
+        from msimaging.fmri.connectome import Connectome
+
+        functions = {
+            "connectogram": plotting.plot_connectogram,
+            "adjacency": plotting.plot_adjacency,
+            "glass_brain": plotting.plot_glass_brain,
+            "html": plotting.view_connectome_html,
+        }
+        style = _check_option(style, "style", tuple(functions))
+        if self.nodes is None:
+            raise InputError(
+                "this NBS result has no node table (coordinates, networks): the figures need "
+                "one; pass Connectome objects (or nodes=...) to nbs()."
+            )
+        nodes = self.nodes.copy()
+        for column, default in (("node", None), ("flagged", False), ("flag_reason", "")):
+            if column not in nodes:
+                nodes[column] = np.arange(self.n_nodes) if column == "node" else default
+        nodes.attrs["weight_label"] = f"{self.statistic} statistic"
+        statistic = Connectome(
+            self.statistic_matrix, nodes, kind="covariance", fisher_z=False,
+            session_id=f"NBS {self.statistic}",
+        )
+        highlight = self.edges_mask(component)
+        kwargs.setdefault("title", f"NBS {self.statistic} map, component {component} "
+                                   f"({int(highlight.sum() // 2)} edges)")
+        if style == "html":
+            if path is None:
+                raise InputError("style='html' writes a file: pass path='...html'.")
+            return functions[style](statistic, path, highlight_edges=highlight, **kwargs)
+        return functions[style](statistic, highlight_edges=highlight, path=path, **kwargs)
+
+    # -- tables ------------------------------------------------------------------------------
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy edge table: one row per edge of every component.
+
+        Columns: ``component, direction, node_i, node_j, label_i, label_j, network_i,
+        network_j, statistic, size, p_value`` (labels and networks are missing without a node
+        table).
+        """
+        labels = _node_column(self.nodes, "label", self.n_nodes)
+        networks = _node_column(self.nodes, "network", self.n_nodes)
+        rows = []
+        for comp in self.components:
+            for (i, j), stat in zip(comp.edges, comp.statistics, strict=True):
+                rows.append(
+                    {
+                        "component": comp.index,
+                        "direction": comp.direction,
+                        "node_i": int(i),
+                        "node_j": int(j),
+                        "label_i": labels[i],
+                        "label_j": labels[j],
+                        "network_i": networks[i],
+                        "network_j": networks[j],
+                        "statistic": float(stat),
+                        "size": comp.size,
+                        "p_value": comp.p_value,
+                    }
+                )
+        return pd.DataFrame(rows, columns=_EDGE_COLUMNS)
+
+    def components_frame(self) -> pd.DataFrame:
+        """One row per component: size, p-value, hubs and the network pair with most edges."""
+        labels = _node_column(self.nodes, "label", self.n_nodes)
+        rows = []
+        for comp in self.components:
+            hubs = comp.hubs
+            top_pair = None
+            if comp.network_pairs:
+                (a, b), _ = max(comp.network_pairs.items(), key=lambda kv: (kv[1], kv[0]))
+                top_pair = f"{a}-{b}"
+            rows.append(
+                {
+                    "component": comp.index,
+                    "direction": comp.direction,
+                    "n_nodes": comp.n_nodes,
+                    "n_edges": comp.n_edges,
+                    "size": comp.size,
+                    "size_measure": self.size_measure,
+                    "p_value": comp.p_value,
+                    "hubs": ", ".join(
+                        str(labels[h]) if labels[h] is not None else str(h) for h in hubs
+                    ),
+                    "hub_degree": int(comp.degree.max()) if comp.n_nodes else 0,
+                    "top_network_pair": top_pair,
+                }
+            )
+        return pd.DataFrame(rows, columns=_COMPONENT_COLUMNS)
+
+    def network_pair_counts(self, component: int = 0) -> pd.DataFrame:
+        """Edges of one component per network pair (needs a node table with ``network``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``network_a, network_b, n_edges`` sorted by decreasing count.
+        """
+        if not self.components:
+            return pd.DataFrame(columns=["network_a", "network_b", "n_edges"])
+        self.edges_mask(component)  # validates the index
+        pairs = self.components[component].network_pairs
+        if pairs is None:
+            raise InputError(
+                "network_pair_counts needs node networks: pass a node table with a 'network' "
+                "column (nodes=... or Connectome objects) to the NBS call."
+            )
+        table = pd.DataFrame(
+            [(a, b, n) for (a, b), n in pairs.items()],
+            columns=["network_a", "network_b", "n_edges"],
+        )
+        return table.sort_values(["n_edges", "network_a", "network_b"],
+                                 ascending=[False, True, True], ignore_index=True)
+
+    def to_networkx(self, component: int | None = None) -> networkx.Graph:
+        """The component(s) as a :class:`networkx.Graph`.
+
+        Parameters
+        ----------
+        component : int, optional
+            One component; by default every component (edge attribute ``component``).
+
+        Returns
+        -------
+        networkx.Graph
+            Nodes carry the node-table columns (``label``, ``network``, ...) when known;
+            edges carry ``statistic``, ``component`` and ``direction``.
+        """
+        import networkx as nx
+
+        if component is not None and self.components:
+            self.edges_mask(component)  # validates the index
+        chosen = (
+            self.components
+            if component is None or not self.components
+            else (self.components[component],)
+        )
+        graph = nx.Graph()
+        graph.graph.update(
+            statistic=self.statistic, threshold=self.threshold, size_measure=self.size_measure
+        )
+        for comp in chosen:
+            for node in comp.nodes:
+                graph.add_node(int(node), **self._node_attributes(int(node)))
+            for (i, j), stat in zip(comp.edges, comp.statistics, strict=True):
+                graph.add_edge(
+                    int(i),
+                    int(j),
+                    statistic=float(stat),
+                    component=comp.index,
+                    direction=comp.direction,
+                )
+        return graph
+
+    def _node_attributes(self, node: int) -> dict[str, Any]:
+        if self.nodes is None:
+            return {}
+        row = self.nodes.iloc[node]
+        return {
+            str(k): (v.item() if isinstance(v, np.generic) else v)
+            for k, v in row.items()
+            if k in _NODE_COLUMNS or k == "node"
+        }
+
+    # -- display -----------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (
+            f"NBSResult({self.statistic}-test, tail={self.tail!r}, "
+            f"threshold={self.threshold:.4g} (p={self.threshold_p:.2g}), "
+            f"size={self.size_measure!r}, components={len(self.components)}, "
+            f"n_permutations={self.n_permutations}{' exact' if self.exact else ''}, "
+            f"smallest_p={self.smallest_p:.4g})"
+        )
+
+    def _repr_html_(self) -> str:
+        head = (
+            f"<p><b>NBS</b> {html.escape(self.statistic)}-test "
+            f"(df {', '.join(f'{d:g}' for d in self.df)}), tail {html.escape(self.tail)}, "
+            f"threshold {self.threshold:.4g} (uncorrected p {self.threshold_p:.3g}), "
+            f"size {html.escape(self.size_measure)}; {self.n_permutations} "
+            f"{'exact ' if self.exact else 'random '}{html.escape(self.resampling)}s "
+            f"(space {self.permutation_space}); smallest attainable p "
+            f"{self.smallest_p:.4g}.</p>"
+        )
+        if not self.components:
+            return head + "<p>No supra-threshold edge.</p>"
+        return head + self.components_frame().to_html(index=False, float_format="%.4g")
+
+
+def _node_column(nodes: pd.DataFrame | None, column: str, n_nodes: int) -> list[Any]:
+    if nodes is None or column not in nodes.columns:
+        return [None] * n_nodes
+    return list(nodes[column])
