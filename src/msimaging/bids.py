@@ -189,26 +189,6 @@ class Session:
         _check_kind(kind, "kind")
         return bool(self.files.get(kind))
 
-    def find(
-        self, kind: str, *, pipeline: str | None = None, **entities: object
-    ) -> tuple[Path, ...]:
-        """Every file of ``kind`` carrying the given entities (none, one or several).
-
-        Unlike :meth:`get`, never raises for zero or several matches: the caller decides
-        (e.g. the pipeline narrows them with a user filter, then reports all at once).
-        Entity values compare as in :meth:`get` (``run=1`` matches ``run-01``).
-        """
-        _check_kind(kind, "kind")
-        wanted = {key: str(value) for key, value in entities.items()}
-        out = []
-        for path in self.files.get(kind, ()):
-            if pipeline is not None and self.origins.get(path) != pipeline:
-                continue
-            found = parse_entities(path.name)
-            if all(_same_value(found.get(key), value) for key, value in wanted.items()):
-                out.append(path)
-        return tuple(out)
-
     def get(self, kind: str, *, pipeline: str | None = None, **entities: object) -> Path:
         """The single file of ``kind`` matching the given BIDS entities.
 
