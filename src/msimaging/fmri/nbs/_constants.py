@@ -6,6 +6,10 @@ from __future__ import annotations
 SIZE_MEASURES = ("extent", "intensity")
 #: Accepted ``tail`` values.
 TAILS = ("right", "left", "both")
+#: Accepted ``method`` values: components of supra-threshold edges (NBS), threshold-free NBS
+#: (TFNBS: every edge scored by integrating component extent over thresholds) and constrained
+#: (network-level) NBS (one statistic per pair of predefined networks).
+METHODS = ("nbs", "tfnbs", "constrained")
 #: Uncorrected one-sided p per edge used when neither ``threshold`` nor ``threshold_p`` is
 #: given (the df-aware version of MATLAB NBS's t = 3.1, which is p = 0.001 for large samples).
 DEFAULT_THRESHOLD_P = 0.001

@@ -46,6 +46,10 @@ def nbs(
     n_jobs: int = 1,
     memory_mb: float = 256.0,
     progress: bool = False,
+    method: str = "nbs",
+    extent_exponent: float = 0.5,
+    height_exponent: float = 2.0,
+    networks: Any = None,
 ) -> NBSResult:
     """Network-Based Statistic of a general linear model over a stack of connectivity matrices.
 
@@ -135,6 +139,10 @@ def nbs(
         n_jobs=n_jobs,
         memory_mb=memory_mb,
         progress=progress,
+        method=method,
+        extent_exponent=extent_exponent,
+        height_exponent=height_exponent,
+        networks=networks,
     )
 
 
@@ -155,6 +163,10 @@ def nbs_one_sample(
     n_jobs: int = 1,
     memory_mb: float = 256.0,
     progress: bool = False,
+    method: str = "nbs",
+    extent_exponent: float = 0.5,
+    height_exponent: float = 2.0,
+    networks: Any = None,
 ) -> NBSResult:
     """NBS of the mean edge value against zero, by sign flips (``tail="right"``: mean > 0).
 
@@ -186,6 +198,8 @@ def nbs_one_sample(
         threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations, size=size,
         tail=tail, exact=exact, exchange_blocks=exchange_blocks, sign_flips=sign_flips, seed=seed,
         n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
+        method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
+        networks=networks,
     )
 
 
@@ -207,6 +221,10 @@ def nbs_paired(
     n_jobs: int = 1,
     memory_mb: float = 256.0,
     progress: bool = False,
+    method: str = "nbs",
+    extent_exponent: float = 0.5,
+    height_exponent: float = 2.0,
+    networks: Any = None,
 ) -> NBSResult:
     """Paired NBS of ``post - pre`` by sign flips of the subjects' differences.
 
@@ -251,6 +269,8 @@ def nbs_paired(
         threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations, size=size,
         tail=tail, exact=exact, exchange_blocks=exchange_blocks, sign_flips=sign_flips, seed=seed,
         n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
+        method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
+        networks=networks,
     )
 
 
@@ -272,6 +292,10 @@ def nbs_two_sample(
     n_jobs: int = 1,
     memory_mb: float = 256.0,
     progress: bool = False,
+    method: str = "nbs",
+    extent_exponent: float = 0.5,
+    height_exponent: float = 2.0,
+    networks: Any = None,
 ) -> NBSResult:
     """Two-sample NBS (pooled-variance t) by permutation of the group labels.
 
@@ -316,6 +340,8 @@ def nbs_two_sample(
         threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations, size=size,
         tail=tail, exact=exact, exchange_blocks=exchange_blocks, sign_flips=sign_flips, seed=seed,
         n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
+        method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
+        networks=networks,
     )
 
 
@@ -338,6 +364,10 @@ def nbs_repeated_measures(
     n_jobs: int = 1,
     memory_mb: float = 256.0,
     progress: bool = False,
+    method: str = "nbs",
+    extent_exponent: float = 0.5,
+    height_exponent: float = 2.0,
+    networks: Any = None,
 ) -> NBSResult:
     """Repeated-measures NBS: F test of any difference between >= 3 visits.
 
@@ -413,4 +443,6 @@ def nbs_repeated_measures(
         threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations, size=size,
         tail=tail, exact=exact, exchange_blocks=np.asarray(subject, dtype=object),
         sign_flips=False, seed=seed, n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
+        method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
+        networks=networks,
     )

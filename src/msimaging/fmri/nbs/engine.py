@@ -15,6 +15,7 @@ from msimaging.errors import DesignError, InputError, MSImagingWarning
 from msimaging.fmri.nbs._constants import (
     _BLOCK_OVERHEAD_BYTES,
     _INTENSITY_RTOL,
+    METHODS,
     SIZE_MEASURES,
     TAILS,
 )
@@ -55,8 +56,15 @@ def _run(
     n_jobs: int = 1,
     memory_mb: float = 256.0,
     progress: bool = False,
+    method: str = "nbs",
+    extent_exponent: float = 0.5,
+    height_exponent: float = 2.0,
+    networks: Any = None,
 ) -> NBSResult:
     n = y.shape[0]
+    method = _check_option(method, "method", METHODS)
+    if method != "nbs":  # TFNBS and constrained NBS: being implemented (issue 16)
+        raise InputError(f"method={method!r} is not available yet; use method='nbs'.")
     size = _check_option(size, "size", SIZE_MEASURES)
     tail = _check_option(tail, "tail", TAILS)
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, int | np.integer) \
