@@ -15,7 +15,9 @@
 - the Network-Based Statistic (:mod:`msimaging.fmri.nbs`): :func:`nbs` (any GLM design and
   contrast, t or F, Freedman-Lane covariates, exchange blocks, extent or intensity, exact
   enumeration when the permutation space is small) and the designs :func:`nbs_paired`,
-  :func:`nbs_two_sample`, :func:`nbs_one_sample`, :func:`nbs_repeated_measures`, returning an
+  :func:`nbs_two_sample`, :func:`nbs_one_sample`, :func:`nbs_repeated_measures` (F across
+  visits), :func:`nbs_trend` (within-subject linear trend over months) and
+  :func:`nbs_pairwise` (paired, every pair of visits), returning an
   :class:`NBSResult` (components, hubs, network pairs, tables, graph, figures).
 """
 
@@ -26,7 +28,9 @@ from msimaging.fmri.nbs import (
     nbs,
     nbs_one_sample,
     nbs_paired,
+    nbs_pairwise,
     nbs_repeated_measures,
+    nbs_trend,
     nbs_two_sample,
 )
 from msimaging.fmri.plotting import (
@@ -51,7 +55,9 @@ __all__ = [
     "nbs",
     "nbs_one_sample",
     "nbs_paired",
+    "nbs_pairwise",
     "nbs_repeated_measures",
+    "nbs_trend",
     "nbs_two_sample",
     "network_colors",
     "plot_adjacency",

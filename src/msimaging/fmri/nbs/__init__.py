@@ -84,7 +84,9 @@ from msimaging.fmri.nbs.designs import (
     nbs,
     nbs_one_sample,
     nbs_paired,
+    nbs_pairwise,
     nbs_repeated_measures,
+    nbs_trend,
     nbs_two_sample,
 )
 from msimaging.fmri.nbs.results import NBSComponent, NBSResult
@@ -98,6 +100,8 @@ __all__ = [
     "nbs",
     "nbs_one_sample",
     "nbs_paired",
+    "nbs_pairwise",
     "nbs_repeated_measures",
+    "nbs_trend",
     "nbs_two_sample",
 ]

@@ -1,8 +1,11 @@
 """Public entry points of the Network-Based Statistic: :func:`nbs` (any GLM design) and the
-usual designs (one-sample, paired, two-sample, repeated measures)."""
+usual designs (one-sample, paired, two-sample, repeated measures, linear trend over months,
+pairwise visit comparisons)."""
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -10,16 +13,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msimaging.errors import DesignError, InputError
+from msimaging.errors import DesignError, InputError, MSImagingWarning
 from msimaging.fmri.nbs.engine import _run
 from msimaging.fmri.nbs.inputs import (
     _check_observations,
+    _check_pairing,
+    _chronological,
     _contrast_matrix,
     _design_matrix,
     _edge_data,
-    _labels,
+    _Ids,
+    _months_values,
     _n_columns,
     _natural_key,
+    _observation_labels,
+    _subject_key,
+    _visit_key,
 )
 from msimaging.fmri.nbs.results import NBSResult
 
@@ -120,7 +129,7 @@ def nbs(
     y, n_nodes, table = _edge_data(matrices, "matrices", nodes=nodes)
     x, columns = _design_matrix(design, y.shape[0], covariates)
     c = _contrast_matrix(contrast, x.shape[1], n_covariates=x.shape[1] - _n_columns(design))
-    return _run(
+    result = _run(
         y,
         n_nodes,
         table,
@@ -144,6 +153,8 @@ def nbs(
         height_exponent=height_exponent,
         networks=networks,
     )
+    result.parameters["design"] = "general linear model"
+    return result
 
 
 def nbs_one_sample(
@@ -193,7 +204,7 @@ def nbs_one_sample(
     )
     c = np.zeros((1, x.shape[1]))
     c[0, 0] = 1.0
-    return _run(
+    result = _run(
         y, n_nodes, table, x, columns, c,
         threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations, size=size,
         tail=tail, exact=exact, exchange_blocks=exchange_blocks, sign_flips=sign_flips, seed=seed,
@@ -201,6 +212,8 @@ def nbs_one_sample(
         method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
         networks=networks,
     )
+    result.parameters["design"] = "one-sample"
+    return result
 
 
 def nbs_paired(
@@ -236,7 +249,11 @@ def nbs_paired(
     Parameters
     ----------
     pre, post : array (n_subjects, n_nodes, n_nodes) or sequence
-        The two visits of the same subjects, in the same order.
+        The two visits of the same subjects, in the same order. When the items carry
+        ``participant_id``/``session_id`` (:class:`~msimaging.fmri.Connectome`), the pairing
+        is checked: ``pre[i]`` and ``post[i]`` must be the same participant, each participant
+        once, ``pre`` (and ``post``) one session, and the two sessions different (sessions
+        encoding the same months, ``ses-M0`` and ``ses-baseline``, are the same).
     threshold : float, optional
         Statistic threshold; see :func:`nbs` (``threshold_p`` also accepted).
     covariates : array (n_subjects, ...), optional
@@ -249,29 +266,45 @@ def nbs_paired(
     Returns
     -------
     NBSResult
+        ``parameters["design"]`` is ``"paired"``.
+
+    Raises
+    ------
+    DesignError
+        Mismatched pairs (different participants at one index, a participant twice, mixed
+        or identical sessions), with the offending indices and ids.
     """
-    y_pre, n_pre, table = _edge_data(pre, "pre", nodes=nodes)
-    y_post, n_post, table_post = _edge_data(post, "post", nodes=nodes)
+    y_pre, n_pre, table, ids_pre = _edge_data(pre, "pre", nodes=nodes, with_ids=True)
+    y_post, n_post, table_post, ids_post = _edge_data(post, "post", nodes=nodes, with_ids=True)
     if y_pre.shape != y_post.shape:
         raise InputError(
             f"pre and post must have the same shape: pre has {y_pre.shape[0]} subjects x "
             f"{n_pre} nodes, post has {y_post.shape[0]} subjects x {n_post} nodes; pass the "
             "same subjects, in the same order, with the same nodes."
         )
-    y = y_post - y_pre
-    x, columns = _design_matrix(
-        pd.DataFrame({"post-pre": np.ones(y.shape[0])}), y.shape[0], covariates
-    )
-    c = np.zeros((1, x.shape[1]))
-    c[0, 0] = 1.0
-    return _run(
-        y, n_pre, table if table is not None else table_post, x, columns, c,
+    _check_pairing(ids_pre, ids_post)
+    return _paired(
+        y_post - y_pre, n_pre, table if table is not None else table_post, covariates,
         threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations, size=size,
         tail=tail, exact=exact, exchange_blocks=exchange_blocks, sign_flips=sign_flips, seed=seed,
         n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
         method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
         networks=networks,
     )
+
+
+def _paired(
+    y: np.ndarray, n_nodes: int, table: pd.DataFrame | None, covariates: Any, **options: Any
+) -> NBSResult:
+    """Paired design on the differences ``y`` (post - pre): sign flips of the subjects."""
+    x, columns = _design_matrix(
+        pd.DataFrame({"post-pre": np.ones(y.shape[0])}), y.shape[0], covariates
+    )
+    c = np.zeros((1, x.shape[1]))
+    c[0, 0] = 1.0
+    result = _run(y, n_nodes, table, x, columns, c, **options)
+    result.parameters["design"] = "paired"
+    return result
 
 
 def nbs_two_sample(
@@ -335,7 +368,7 @@ def nbs_two_sample(
     )
     c = np.zeros((1, x.shape[1]))
     c[0, :2] = [1.0, -1.0]
-    return _run(
+    result = _run(
         y, n_a_nodes, table if table is not None else table_b, x, columns, c,
         threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations, size=size,
         tail=tail, exact=exact, exchange_blocks=exchange_blocks, sign_flips=sign_flips, seed=seed,
@@ -343,12 +376,14 @@ def nbs_two_sample(
         method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
         networks=networks,
     )
+    result.parameters["design"] = "two-sample"
+    return result
 
 
 def nbs_repeated_measures(
     matrices: Any,
-    subject: Sequence[Any],
-    visit: Sequence[Any],
+    subject: Sequence[Any] | None = None,
+    visit: Sequence[Any] | None = None,
     threshold: float | None = None,
     *,
     covariates: Any = None,
@@ -380,9 +415,12 @@ def nbs_repeated_measures(
     ----------
     matrices : array (n_observations, n_nodes, n_nodes) or sequence
         One matrix per subject and visit (any order).
-    subject, visit : sequence
+    subject, visit : sequence, optional
         Subject and visit label of each observation. Every subject must have every visit
-        exactly once.
+        exactly once. By default the ``participant_id`` and ``session_id`` of the matrices
+        (:class:`~msimaging.fmri.Connectome` objects); sessions encoding the same months
+        (``ses-M0``, ``ses-baseline``) are the same visit. When given for connectomes, they
+        must group the observations as the connectomes' ids do.
     threshold : float, optional
         F threshold; see :func:`nbs` (``threshold_p`` also accepted).
     covariates : array, optional
@@ -396,11 +434,17 @@ def nbs_repeated_measures(
     Returns
     -------
     NBSResult
+        ``parameters["design"]`` is ``"repeated-measures F"``.
+
+    Raises
+    ------
+    DesignError
+        Fewer than 3 visits or 2 subjects, a subject missing a visit (or seen twice at one),
+        labels missing for plain arrays, or labels that disagree with the connectomes' ids.
     """
-    y, n_nodes, table = _edge_data(matrices, "matrices", nodes=nodes)
+    y, n_nodes, table, ids = _edge_data(matrices, "matrices", nodes=nodes, with_ids=True)
     n = y.shape[0]
-    subject = _labels(subject, "subject", n)
-    visit = _labels(visit, "visit", n)
+    subject, visit = _subjects_and_visits(subject, visit, ids)
     subjects = list(dict.fromkeys(subject))
     visits = sorted(set(visit), key=_natural_key)
     if len(visits) < 3:
@@ -438,7 +482,7 @@ def nbs_repeated_measures(
             "sign_flips=True does not apply to nbs_repeated_measures: visits are permuted "
             "within subjects; leave sign_flips unset."
         )
-    return _run(
+    result = _run(
         y, n_nodes, table, x, columns, c,
         threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations, size=size,
         tail=tail, exact=exact, exchange_blocks=np.asarray(subject, dtype=object),
@@ -446,3 +490,259 @@ def nbs_repeated_measures(
         method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
         networks=networks,
     )
+    result.parameters.update(design="repeated-measures F", visits=list(visits),
+                             subjects=list(subjects))
+    return result
+
+
+def nbs_trend(
+    matrices: Any,
+    subject: Sequence[Any] | None = None,
+    months: Sequence[Any] | None = None,
+    threshold: float | None = None,
+    *,
+    covariates: Any = None,
+    threshold_p: float | None = None,
+    n_permutations: int = 5000,
+    size: str = "extent",
+    tail: str = "right",
+    exact: bool | None = None,
+    nodes: pd.DataFrame | None = None,
+    seed: int | None = None,
+    n_jobs: int = 1,
+    memory_mb: float = 256.0,
+    progress: bool = False,
+    method: str = "nbs",
+    extent_exponent: float = 0.5,
+    height_exponent: float = 2.0,
+    networks: Any = None,
+) -> NBSResult:
+    """Longitudinal NBS of a within-subject linear trend over months.
+
+    The most powerful test of a steady change: the design has one intercept per subject and
+    a ``months`` column, and the t statistic tests its slope (df = n_observations −
+    n_subjects − 1). Under the null hypothesis a subject's visits are exchangeable, so the
+    months are permuted within each subject (subjects are exchange blocks; Freedman–Lane
+    removes the subject intercepts). The permutation space is the product over subjects of
+    the distinct arrangements of their months, (3!)^4 = 1,296 for 4 subjects x 3 visits,
+    enumerated when no larger than ``n_permutations``: the smallest p is then 1/1,296
+    one-sided, against 1/16 for the paired first-vs-last test of the same subjects.
+    Subjects may have different numbers of visits and different months.
+
+    Parameters
+    ----------
+    matrices : array (n_observations, n_nodes, n_nodes) or sequence
+        One matrix per subject and visit (any order).
+    subject : sequence, optional
+        Subject label of each observation; by default the matrices' ``participant_id``
+        (:class:`~msimaging.fmri.Connectome`). Subjects with a single observation carry no
+        within-subject information: they are dropped with a warning (listed in
+        ``parameters["dropped_subjects"]``).
+    months : sequence, optional
+        Months since baseline of each observation: numbers, or session labels that encode
+        them (``ses-M06``, ``ses-Y1``, ``ses-baseline``). By default parsed from the
+        matrices' ``session_id``. Actual intervals may differ from the labels (6.4 months
+        for ``ses-M06``) but must order each subject's sessions as their labels do.
+    threshold : float, optional
+        t threshold; see :func:`nbs` (``threshold_p`` also accepted).
+    covariates : array (n_observations, ...), optional
+        Time-varying nuisance regressors (Freedman–Lane).
+    threshold_p, n_permutations, size, exact, nodes, seed, n_jobs, memory_mb, progress
+        Keyword-only options, as in :func:`nbs`.
+    tail : {"right", "left", "both"}
+        ``"right"``: connectivity rising with time; ``"left"``: falling; ``"both"``: either
+        (two-sided; when reversing every subject's months mirrors the design, e.g. equally
+        spaced visits, the smallest p doubles).
+    method, extent_exponent, height_exponent, networks : optional
+        Keyword-only options of the engine, as in :func:`nbs`.
+
+    Returns
+    -------
+    NBSResult
+        ``parameters["design"]`` is ``"linear trend over months"``; ``parameters["months"]``
+        and ``parameters["subjects"]`` record what was fitted.
+
+    Raises
+    ------
+    DesignError
+        Labels or months missing or disagreeing with the connectomes' ids, fewer than two
+        distinct months, or months that vary within no subject.
+    """
+    y, n_nodes, table, ids = _edge_data(matrices, "matrices", nodes=nodes, with_ids=True)
+    subject = _observation_labels(
+        subject, ids.participant, name="subject", attribute="participant_id",
+        matrices="matrices", key=_subject_key,
+    )
+    t = _months_values(months, ids.session, subject, "matrices")
+    counts = Counter(subject)
+    dropped = [sub for sub in dict.fromkeys(subject) if counts[sub] < 2]
+    if dropped:
+        warnings.warn(
+            f"nbs_trend: subject(s) {', '.join(map(repr, dropped))} have a single observation, "
+            "which carries no information on a within-subject trend; dropped.",
+            MSImagingWarning,
+            stacklevel=2,
+        )
+        keep = np.array([counts[sub] >= 2 for sub in subject])
+        y, t = y[keep], t[keep]
+        subject = [sub for sub, kept in zip(subject, keep, strict=True) if kept]
+        if covariates is not None:
+            covariates = (covariates.iloc[np.flatnonzero(keep)] if isinstance(
+                covariates, pd.DataFrame) else np.asarray(covariates)[keep])
+        _check_observations(len(subject), "matrices (subjects with >= 2 observations)")
+    subjects = list(dict.fromkeys(subject))
+    if len(np.unique(t)) < 2:
+        raise DesignError(
+            f"months has a single value ({t[0]:g}): a trend needs observations at >= 2 "
+            "different times; check months (or the session labels)."
+        )
+    codes = np.array([subjects.index(sub) for sub in subject])
+    spread = np.array([np.ptp(t[codes == k]) for k in range(len(subjects))])
+    if not np.any(spread > 0):
+        raise DesignError(
+            "months do not vary within any subject (every subject was seen at one time "
+            "only): a within-subject trend is not estimable; compare groups with "
+            "nbs_two_sample instead."
+        )
+    frame = {"months": t}
+    for k, sub in enumerate(subjects):
+        frame[f"subject[{sub}]"] = (codes == k).astype(float)
+    x, columns = _design_matrix(pd.DataFrame(frame), len(t), covariates)
+    c = np.zeros((1, x.shape[1]))
+    c[0, 0] = 1.0
+    result = _run(
+        y, n_nodes, table, x, columns, c,
+        threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations, size=size,
+        tail=tail, exact=exact, exchange_blocks=np.asarray(subject, dtype=object),
+        sign_flips=False, seed=seed, n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
+        method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
+        networks=networks,
+    )
+    result.parameters.update(
+        design="linear trend over months", months=t.tolist(), subjects=list(subjects),
+        dropped_subjects=list(dropped),
+    )
+    return result
+
+
+def nbs_pairwise(
+    matrices: Any,
+    subject: Sequence[Any] | None = None,
+    visit: Sequence[Any] | None = None,
+    threshold: float | None = None,
+    *,
+    threshold_p: float | None = None,
+    n_permutations: int = 5000,
+    size: str = "extent",
+    tail: str = "both",
+    exact: bool | None = None,
+    nodes: pd.DataFrame | None = None,
+    seed: int | None = None,
+    n_jobs: int = 1,
+    memory_mb: float = 256.0,
+    progress: bool = False,
+    method: str = "nbs",
+    extent_exponent: float = 0.5,
+    height_exponent: float = 2.0,
+    networks: Any = None,
+) -> dict[tuple[Any, Any], NBSResult]:
+    """Paired NBS of every pair of visits: the direction of a change found by an F test.
+
+    For each pair of visits ``(a, b)``, ``a`` before ``b``, the paired analysis of
+    ``post = b`` against ``pre = a`` (:func:`nbs_paired`) on the subjects seen at both.
+    Each result has its own FWER (no correction across pairs) and its own smallest
+    attainable p: with n subjects 2/2^n two-sided, so 4 subjects can never give p < 0.05;
+    use :func:`nbs_repeated_measures` or :func:`nbs_trend` to find the effect and this
+    function to describe it.
+
+    Parameters
+    ----------
+    matrices : array (n_observations, n_nodes, n_nodes) or sequence
+        One matrix per subject and visit (any order).
+    subject, visit : sequence, optional
+        Subject and visit labels of each observation; by default the matrices'
+        ``participant_id`` and ``session_id``, as in :func:`nbs_repeated_measures`.
+    threshold : float, optional
+        t threshold; see :func:`nbs` (``threshold_p`` also accepted).
+    tail : {"both", "right", "left"}
+        ``"both"`` (default): increases and decreases as separate components with a
+        two-sided FWER; ``"right"``: ``b > a``; ``"left"``: ``b < a``.
+    threshold_p, n_permutations, size, exact, nodes, seed, n_jobs, memory_mb, progress
+        Keyword-only options, as in :func:`nbs`.
+    method, extent_exponent, height_exponent, networks : optional
+        Keyword-only options of the engine, as in :func:`nbs`.
+
+    Returns
+    -------
+    dict
+        ``{(visit_a, visit_b): NBSResult}`` in chronological order of the visits (by the
+        months the labels encode, else by their natural order: ``M2`` before ``M10``).
+        ``parameters`` of each result record ``design="paired"``, the ``visits`` and the
+        ``subjects``.
+
+    Raises
+    ------
+    DesignError
+        Fewer than 2 visits, a subject seen twice at one visit, a pair of visits with fewer
+        than 3 common subjects, or labels disagreeing with the connectomes' ids.
+    """
+    y, n_nodes, table, ids = _edge_data(matrices, "matrices", nodes=nodes, with_ids=True)
+    subject, visit = _subjects_and_visits(subject, visit, ids)
+    visits = _chronological(visit)
+    if len(visits) < 2:
+        raise DesignError(
+            f"visit has {len(visits)} distinct value(s); nbs_pairwise needs at least 2 visits."
+        )
+    row: dict[tuple[Any, Any], int] = {}
+    for k, key in enumerate(zip(subject, visit, strict=True)):
+        if key in row:
+            raise DesignError(
+                f"subject {key[0]!r} has two observations at visit {key[1]!r} (matrices"
+                f"[{row[key]}] and matrices[{k}]); keep one matrix per subject and visit."
+            )
+        row[key] = k
+    subjects = list(dict.fromkeys(subject))
+    out: dict[tuple[Any, Any], NBSResult] = {}
+    for a, b in itertools.combinations(visits, 2):
+        common = [sub for sub in subjects if (sub, a) in row and (sub, b) in row]
+        if len(common) < 3:
+            raise DesignError(
+                f"visits {a!r} and {b!r} have {len(common)} subject(s) in common; a paired "
+                "NBS needs at least 3. Drop the sparse visit from matrices."
+            )
+        pre = [row[(sub, a)] for sub in common]
+        post = [row[(sub, b)] for sub in common]
+        result = _paired(
+            y[post] - y[pre], n_nodes, table, None,
+            threshold=threshold, threshold_p=threshold_p, n_permutations=n_permutations,
+            size=size, tail=tail, exact=exact, exchange_blocks=None, sign_flips=None,
+            seed=seed, n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
+            method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
+            networks=networks,
+        )
+        result.parameters.update(visits=(a, b), subjects=list(common))
+        out[(a, b)] = result
+    return out
+
+
+def _subjects_and_visits(
+    subject: Sequence[Any] | None, visit: Sequence[Any] | None, ids: _Ids
+) -> tuple[list[Any], list[Any]]:
+    """Subject and visit labels, given or from the connectomes' ids (checked against them).
+
+    Sessions taken from the ids that encode the same months (``ses-M0``, ``ses-baseline``)
+    are one visit, named by its first label.
+    """
+    subject = _observation_labels(
+        subject, ids.participant, name="subject", attribute="participant_id",
+        matrices="matrices", key=_subject_key,
+    )
+    given = visit is not None
+    visit = _observation_labels(
+        visit, ids.session, name="visit", attribute="session_id", matrices="matrices",
+        key=_visit_key,
+    )
+    if not given:
+        first: dict[Any, Any] = {}
+        visit = [first.setdefault(_visit_key(v), v) for v in visit]
+    return subject, visit

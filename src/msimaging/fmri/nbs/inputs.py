@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from msimaging.bids import months_from_label
 from msimaging.errors import DesignError, InputError
 
 
@@ -23,14 +26,36 @@ def _check_observations(n: int, name: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Ids:
+    """``participant_id`` and ``session_id`` carried by each observation (None: unknown)."""
+
+    participant: tuple[str | None, ...]
+    session: tuple[str | None, ...]
+
+    @classmethod
+    def unknown(cls, n: int) -> _Ids:
+        return cls((None,) * n, (None,) * n)
+
+    def take(self, rows: Sequence[int]) -> _Ids:
+        return _Ids(tuple(self.participant[i] for i in rows),
+                    tuple(self.session[i] for i in rows))
+
+
 def _edge_data(
     matrices: Any,
     name: str,
     *,
     nodes: pd.DataFrame | None = None,
     min_observations: int = 3,
-) -> tuple[np.ndarray, int, pd.DataFrame | None]:
-    """Upper-triangle edge values (n_observations, n_edges) float64, n_nodes, node table."""
+    with_ids: bool = False,
+) -> Any:
+    """Upper-triangle edge values (n_observations, n_edges) float64, n_nodes, node table.
+
+    With ``with_ids=True`` a fourth element, :class:`_Ids`, gives the ``participant_id`` and
+    ``session_id`` of every item that carries them (e.g. :class:`~msimaging.fmri.Connectome`;
+    None for plain arrays), so that designs can check the pairing of observations.
+    """
     table = None
     if isinstance(matrices, np.ndarray):
         stack = matrices
@@ -131,7 +156,22 @@ def _edge_data(
                 "per node, in matrix order."
             )
         table = table.reset_index(drop=True)
-    return y, n_nodes, table
+    if not with_ids:
+        return y, n_nodes, table
+    if not items:
+        return y, n_nodes, table, _Ids.unknown(n)
+    ids = _Ids(
+        tuple(_id_or_none(getattr(item, "participant_id", None)) for item in items),
+        tuple(_id_or_none(getattr(item, "session_id", None)) for item in items),
+    )
+    return y, n_nodes, table, ids
+
+
+def _id_or_none(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
 
 
 def _check_node_tables(items: Sequence[Any], name: str) -> None:
@@ -259,3 +299,198 @@ def _check_option(value: Any, name: str, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise InputError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}.")
     return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Pairing of observations: subjects and visits checked against the connectomes' ids
+# --------------------------------------------------------------------------------------------
+def _subject_key(value: Any) -> str:
+    """Comparable form of a participant label: ``sub-01`` and ``01`` are the same subject."""
+    text = str(value).strip()
+    return text[4:] if text.startswith("sub-") else text
+
+
+def _visit_key(value: Any) -> Any:
+    """Comparable form of a visit label: its months when it encodes them (``ses-M06``,
+    ``ses-6m`` and 6 are the same visit), else the label without ``ses-``."""
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    months = months_from_label(text)
+    if months is not None:
+        return months
+    return text[4:] if text.startswith("ses-") else text
+
+
+def _chronological(labels: Sequence[Any]) -> list[Any]:
+    """Distinct labels in time order: by months when every label encodes them, else by the
+    natural order of the labels (``M2`` before ``M10``)."""
+    distinct = list(dict.fromkeys(labels))
+    keys = [_visit_key(v) for v in distinct]
+    if all(isinstance(k, float) for k in keys):
+        return [v for _, v in sorted(zip(keys, distinct, strict=True), key=lambda kv: kv[0])]
+    return sorted(distinct, key=_natural_key)
+
+
+def _observation_labels(
+    given: Sequence[Any] | None,
+    carried: tuple[str | None, ...],
+    *,
+    name: str,
+    attribute: str,
+    matrices: str,
+    key: Callable[[Any], Any],
+) -> list[Any]:
+    """Labels of the observations: ``given``, checked against the ids the matrices carry,
+    or the carried ids when ``given`` is None.
+
+    Given labels may recode the ids (``"A"`` for ``sub-01``) but must group the observations
+    as the ids do; a given label that is another observation's id is a swap and an error.
+    """
+    n = len(carried)
+    if given is None:
+        missing = [k for k, value in enumerate(carried) if value is None]
+        if missing:
+            raise DesignError(
+                f"{name} was not given and {matrices}[{missing[0]}] carries no {attribute} "
+                f"({len(missing)} of {n} observations have none): pass {name}= (one label "
+                f"per matrix), or Connectome objects with {attribute} set."
+            )
+        return list(carried)
+    labels = _labels(given, name, n)
+    known = {key(value) for value in carried if value is not None}
+    forward: dict[Any, tuple[int, str]] = {}
+    backward: dict[Any, tuple[int, Any]] = {}
+    for k, (label, value) in enumerate(zip(labels, carried, strict=True)):
+        if value is None:
+            continue
+        mine, theirs = key(label), key(value)
+        if mine != theirs and mine in known:
+            raise DesignError(
+                f"observation {k}: {name}[{k}] is {label!r} but {matrices}[{k}] is "
+                f"{attribute} {value!r}; the labels are not in the order of the matrices. "
+                f"Leave {name} unset to use the matrices' own {attribute}, or reorder it."
+            )
+        if mine in forward and forward[mine][1] != theirs:
+            j, other = forward[mine][0], carried[forward[mine][0]]
+            raise DesignError(
+                f"observation {k}: {name}[{k}] = {label!r} as {name}[{j}], but {matrices}[{k}] "
+                f"is {attribute} {value!r} and {matrices}[{j}] is {other!r}; {name} does not "
+                f"match the matrices' {attribute}. Leave {name} unset to use them, or fix it."
+            )
+        if theirs in backward and backward[theirs][1] != mine:
+            j, other = backward[theirs]
+            raise DesignError(
+                f"observation {k}: {matrices}[{k}] and {matrices}[{j}] are both {attribute} "
+                f"{value!r} but {name} gives {label!r} and {labels[j]!r}; {name} does not "
+                f"match the matrices' {attribute}. Leave {name} unset to use them, or fix it."
+            )
+        forward.setdefault(mine, (k, theirs))
+        backward.setdefault(theirs, (k, mine))
+    return labels
+
+
+def _months_values(
+    months: Sequence[Any] | None,
+    carried: tuple[str | None, ...],
+    subject: Sequence[Any],
+    matrices: str,
+) -> np.ndarray:
+    """Months since baseline of every observation, from ``months`` (numbers or session
+    labels) or parsed from the matrices' ``session_id``, checked against those labels."""
+    n = len(carried)
+    if months is None:
+        out = np.empty(n)
+        for k, session in enumerate(carried):
+            value = None if session is None else months_from_label(session)
+            if value is None:
+                what = "carries no session_id" if session is None else (
+                    f"has session_id {session!r}, which encodes no months (understood: "
+                    "ses-M06, ses-6m, ses-Y1, ses-W4, ses-baseline)")
+                raise DesignError(
+                    f"months was not given and {matrices}[{k}] {what}; pass months= (months "
+                    "since baseline of every matrix, e.g. from the sessions' acq_time)."
+                )
+            out[k] = value
+        return out
+    values = _labels(months, "months", n)
+    out = np.empty(n)
+    for k, value in enumerate(values):
+        if isinstance(value, str):
+            parsed = months_from_label(value)
+            if parsed is None:
+                raise DesignError(
+                    f"months[{k}] = {value!r} is not a number of months nor a session label "
+                    "that encodes one (ses-M06, ses-Y1...); pass numbers (months since "
+                    "baseline)."
+                )
+            out[k] = parsed
+        else:
+            try:
+                out[k] = float(value)
+            except (TypeError, ValueError) as exc:
+                raise DesignError(f"months[{k}] = {value!r} is not a number.") from exc
+    if not np.all(np.isfinite(out)):
+        k = int(np.flatnonzero(~np.isfinite(out))[0])
+        raise DesignError(f"months[{k}] is {out[k]}; months must be finite numbers.")
+    # Actual intervals may differ from the nominal label (6.4 months for ses-M06), but a
+    # subject's sessions must come in the order their labels say.
+    nominal = [None if s is None else months_from_label(s) for s in carried]
+    for sub in dict.fromkeys(subject):
+        rows = [k for k in range(n) if subject[k] == sub and nominal[k] is not None]
+        for a, b in itertools.combinations(rows, 2):
+            label_step, given_step = nominal[b] - nominal[a], out[b] - out[a]
+            if label_step * given_step < 0 or (label_step == 0) != (given_step == 0):
+                raise DesignError(
+                    f"observation {b}: months[{b}] = {out[b]:g} and months[{a}] = {out[a]:g} "
+                    f"(subject {sub!r}) are not in the order of the sessions {carried[b]!r} "
+                    f"and {carried[a]!r} of {matrices}[{b}] and {matrices}[{a}]; months does "
+                    "not match the matrices. Leave months unset to use the session labels, "
+                    "or fix its order."
+                )
+    return out
+
+
+def _check_pairing(pre: _Ids, post: _Ids) -> None:
+    """pre[i] and post[i] must be the same subject at two different visits, each subject
+    once, each side one visit (checked where the matrices carry their ids)."""
+    fix = "pass the same subjects in the same order in pre and post"
+    for i, (a, b) in enumerate(zip(pre.participant, post.participant, strict=True)):
+        if a is not None and b is not None and _subject_key(a) != _subject_key(b):
+            raise DesignError(
+                f"pre[{i}] is participant {a!r} but post[{i}] is participant {b!r}: the "
+                f"pairs are mismatched; {fix} (e.g. sort both by participant_id)."
+            )
+    for side, ids in (("pre", pre), ("post", post)):
+        seen: dict[str, int] = {}
+        for i, value in enumerate(ids.participant):
+            if value is None:
+                continue
+            key = _subject_key(value)
+            if key in seen:
+                raise DesignError(
+                    f"participant {value!r} appears twice in {side} ({side}[{seen[key]}] and "
+                    f"{side}[{i}]); each subject must appear once in pre and once in post: "
+                    f"{fix}."
+                )
+            seen[key] = i
+        first: tuple[int, str] | None = None
+        for i, value in enumerate(ids.session):
+            if value is None:
+                continue
+            if first is None:
+                first = (i, value)
+            elif _visit_key(value) != _visit_key(first[1]):
+                raise DesignError(
+                    f"{side} mixes sessions: {side}[{first[0]}] is {first[1]!r} but {side}[{i}] "
+                    f"is {value!r}; {side} must hold one visit of every subject. If this is "
+                    f"intended (e.g. each subject's last visit), pass plain matrices "
+                    f"([c.matrix for c in {side}]) to skip the check."
+                )
+    for i, (a, b) in enumerate(zip(pre.session, post.session, strict=True)):
+        if a is not None and b is not None and _visit_key(a) == _visit_key(b):
+            raise DesignError(
+                f"pre[{i}] and post[{i}] are the same session ({a!r} and {b!r}): a paired "
+                "test compares two different visits; pass the earlier visit as pre and the "
+                "later one as post."
+            )
