@@ -3,7 +3,6 @@ random or enumerated (exact inference)."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -77,11 +76,15 @@ def _plan(
             "or use sign flips (sign_flips=True) for one-sample designs."
         )
     if _enumerate(space, n_permutations, exact):
-        per_block = [_arrangements(idx, row_type[idx]) for idx in members]
+        per_block = [np.array(_arrangements(idx, row_type[idx])) for idx in members]
+        # Mixed-radix decoding of 0..space-1 (the order of itertools.product: the last block
+        # varies fastest, permutation 0 is the identity), one vectorised gather per block.
         perms = np.empty((space, n), dtype=np.int32)
-        for k, combo in enumerate(itertools.product(*per_block)):
-            for idx, arrangement in zip(members, combo, strict=True):
-                perms[k, idx] = arrangement
+        k = np.arange(space)
+        stride = space
+        for idx, arrangements in zip(members, per_block, strict=True):
+            stride //= len(arrangements)
+            perms[:, idx] = arrangements[(k // stride) % len(arrangements)]
         return _Plan("permutation", perms, None, True, space)
     # Random: shuffle the positions of every block independently.
     order = np.argsort(codes, kind="stable")
