@@ -25,7 +25,6 @@ from msimaging.fmri.nbs.inputs import (
     _Ids,
     _months_values,
     _n_columns,
-    _natural_key,
     _observation_labels,
     _subject_key,
     _visit_key,
@@ -446,7 +445,7 @@ def nbs_repeated_measures(
     n = y.shape[0]
     subject, visit = _subjects_and_visits(subject, visit, ids)
     subjects = list(dict.fromkeys(subject))
-    visits = sorted(set(visit), key=_natural_key)
+    visits = _chronological(visit)  # the F does not depend on the order; reports do
     if len(visits) < 3:
         raise DesignError(
             f"visit has {len(visits)} distinct value(s) ({', '.join(map(str, visits))}); "

@@ -365,7 +365,9 @@ def _observation_labels(
         if value is None:
             continue
         mine, theirs = key(label), key(value)
-        if mine != theirs and mine in known:
+        # A given text label equal to another observation's id is a swap; numbers may be
+        # visit codes (1, 2, 3 for ses-M0, ses-M1, ses-M2), so only the grouping is checked.
+        if mine != theirs and isinstance(label, str) and mine in known:
             raise DesignError(
                 f"observation {k}: {name}[{k}] is {label!r} but {matrices}[{k}] is "
                 f"{attribute} {value!r}; the labels are not in the order of the matrices. "
