@@ -25,3 +25,14 @@ _INTENSITY_RTOL = 1e-5
 _BLOCK_OVERHEAD_BYTES = 24
 # Largest permutation space that exact=True enumerates.
 _MAX_ENUMERATION = 1_000_000
+
+# TFNBS: start of the threshold grid in height units (t, or sqrt(F) for F tests; the ``tfnbs``
+# package's default, one-sided p = 0.05 for large samples) when neither ``threshold`` nor
+# ``threshold_p`` is given, and the number of grid steps (``tfnbs``'s default for scoring).
+_TFNBS_START = 1.65
+_TFNBS_STEPS = 100
+# TFNBS and constrained NBS report as components the edges (blocks) with FWER p below this.
+_REPORT_ALPHA = 0.05
+# Relative tolerance when comparing TFNBS scores and block statistics with their null, so that
+# permutations reproducing the observed map (mirror image, relabelled visits) count.
+_SCORE_RTOL = 1e-9

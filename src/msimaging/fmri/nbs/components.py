@@ -42,6 +42,32 @@ def _block_max_sizes(
     return out
 
 
+def _edge_component_sizes(rows: np.ndarray, cols: np.ndarray, n_total: int) -> np.ndarray:
+    """Size (edges) of the component that holds each edge ``(rows[k], cols[k])``.
+
+    ``rows`` must be sorted (as the upper-triangle edges of a block of graphs are, when taken
+    in ``np.flatnonzero`` order), so the CSR matrix is built without a sort. When the edges
+    touch few of the ``n_total`` node ids, the ids are first made compact.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not len(rows):
+        return np.zeros(0)
+    if 8 * len(rows) < n_total:  # sparse: relabel the touched nodes 0..m-1 (order kept)
+        ids, inverse = np.unique(np.concatenate([rows, cols]), return_inverse=True)
+        rows, cols = inverse[: len(rows)], inverse[len(rows):]
+        n_total = len(ids)
+    indptr = np.zeros(n_total + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_total), out=indptr[1:])
+    graph = csr_matrix(
+        (np.ones(len(rows), dtype=np.int8), cols, indptr), shape=(n_total, n_total)
+    )
+    _, labels = connected_components(graph, directed=False)
+    comp = labels[rows]
+    return np.bincount(comp)[comp].astype(np.float64)
+
+
 def _null_block(
     w: np.ndarray,
     model: _Model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,11 +15,26 @@ from msimaging.errors import DesignError, InputError, MSImagingWarning
 from msimaging.fmri.nbs._constants import (
     _BLOCK_OVERHEAD_BYTES,
     _INTENSITY_RTOL,
+    _REPORT_ALPHA,
+    _SCORE_RTOL,
+    _TFNBS_START,
+    _TFNBS_STEPS,
     METHODS,
     SIZE_MEASURES,
     TAILS,
 )
-from msimaging.fmri.nbs.components import _null_block, _observed_components
+from msimaging.fmri.nbs.components import (
+    _null_block,
+    _observed_components,
+    _upper_indices,
+)
+from msimaging.fmri.nbs.constrained import (
+    _averaging_matrix,
+    _blocks,
+    _constrained_null_block,
+    _network_labels,
+    _standardised_max_fwer,
+)
 from msimaging.fmri.nbs.glm import (
     _constant_within_blocks,
     _design_product,
@@ -30,7 +45,15 @@ from msimaging.fmri.nbs.glm import (
 )
 from msimaging.fmri.nbs.inputs import _check_option
 from msimaging.fmri.nbs.permutations import _Plan, _plan
-from msimaging.fmri.nbs.results import NBSComponent, NBSResult, _node_column
+from msimaging.fmri.nbs.results import NBSComponent, NBSResult
+from msimaging.fmri.nbs.threshold_free import (
+    _grid,
+    _heights,
+    _max_height_block,
+    _start_height,
+    _tfnbs_null_block,
+    _tfnbs_scores,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,9 +86,18 @@ def _run(
 ) -> NBSResult:
     n = y.shape[0]
     method = _check_option(method, "method", METHODS)
-    if method != "nbs":  # TFNBS and constrained NBS: being implemented (issue 16)
-        raise InputError(f"method={method!r} is not available yet; use method='nbs'.")
     size = _check_option(size, "size", SIZE_MEASURES)
+    if method != "nbs" and size != "extent":
+        raise InputError(f"size={size!r} applies to method='nbs' only; leave size unset "
+                         f"with method={method!r}.")
+    for name, value in (("extent_exponent", extent_exponent),
+                        ("height_exponent", height_exponent)):
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value) or value < 0:
+            raise InputError(f"{name}={value!r} must be a finite number >= 0 (TFNBS "
+                             "exponents; defaults 0.5 for extent, 2.0 for height).")
+    if networks is not None and method != "constrained":
+        raise InputError(f"networks= applies to method='constrained' only (method={method!r}).")
     tail = _check_option(tail, "tail", TAILS)
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, int | np.integer) \
             or n_permutations < 1:
@@ -96,7 +128,16 @@ def _run(
             MSImagingWarning,
             stacklevel=3,
         )
-    thr, thr_p = _threshold(threshold, threshold_p, model)
+    if method == "nbs":
+        thr, thr_p = _threshold(threshold, threshold_p, model)
+    elif method == "tfnbs":
+        thr, thr_p = _start_height(threshold, threshold_p, model, _TFNBS_START)
+    else:
+        if threshold is not None or threshold_p is not None:
+            raise InputError("method='constrained' has no threshold (every edge of a "
+                             "network pair counts); leave threshold and threshold_p unset.")
+        thr, thr_p = math.nan, math.nan
+        labels = _network_labels(networks, table, n_nodes)
     rng = np.random.default_rng(seed)
     if exact not in (None, True, False):
         raise InputError(f"exact={exact!r} must be None (automatic), True or False.")
@@ -121,11 +162,56 @@ def _run(
     observed_product = (model.q.T @ w)[None]  # identity permutation, float64
     stat = _statistics(model, observed_product)[0]
     stat[constant] = 0.0
+    smallest_p = _smallest_p(model, plan, directions, y.shape[0], rng)
+    common = dict(
+        statistic=model.statistic,
+        statistic_matrix=_symmetric(stat, n_nodes),
+        df=(model.df,) if model.r == 1 else (float(model.r), model.df),
+        threshold=thr,
+        threshold_p=thr_p,
+        tail=tail,
+        n_permutations=plan.count,
+        permutation_space=plan.space,
+        exact=plan.exact,
+        smallest_p=smallest_p,
+        resampling=plan.kind,
+        design=x,
+        contrast=c,
+        design_columns=columns,
+        exchange_blocks=blocks,
+        n_observations=n,
+        n_nodes=n_nodes,
+        nodes=table,
+        seed=seed,
+        method=method,
+    )
+    parameters = {"n_permutations_requested": int(n_permutations), "n_jobs": n_jobs,
+                  "memory_mb": float(memory_mb)}
+    if smallest_p >= 0.05:
+        warnings.warn(
+            f"with this design only {plan.space} {plan.kind}s exist and the smallest "
+            f"attainable p is {smallest_p:.3g}: no "
+            f"{'component' if method == 'nbs' else 'edge or block'} can reach p < 0.05 "
+            f"(tail={tail!r}). More observations are needed for a significant result.",
+            MSImagingWarning,
+            stacklevel=3,
+        )
+    if method == "tfnbs":
+        stat_obs = stat.copy()
+        return _run_tfnbs(
+            w, model, plan, directions, names, observed_product, constant, stat_obs, thr,
+            float(extent_exponent), float(height_exponent), table, n_nodes, n_jobs,
+            memory_mb, progress, common, parameters,
+        )
+    if method == "constrained":
+        return _run_constrained(
+            w, model, plan, directions, names, observed_product, constant, stat, labels,
+            table, n_nodes, n_jobs, memory_mb, progress, common, parameters,
+        )
     found = []
     for sign in directions:
         for comp in _observed_components(stat, thr, sign, intensity, n_nodes):
             found.append((sign, *comp))
-    smallest_p = _smallest_p(model, plan, directions, y.shape[0], rng)
 
     null_by_direction: dict[str, np.ndarray] = {names[s]: np.zeros(0) for s in directions}
     null = np.zeros(0)
@@ -142,45 +228,22 @@ def _run(
         null = null_dirs.max(axis=1)
         null_by_direction = {names[s]: null_dirs[:, d] for d, s in enumerate(directions)}
     components = _components(found, null, plan, thr, intensity, table, n_nodes, names)
-    if smallest_p >= 0.05:
-        warnings.warn(
-            f"with this design only {plan.space} {plan.kind}s exist and the smallest "
-            f"attainable p is {smallest_p:.3g}: no component can reach p < 0.05 "
-            f"(tail={tail!r}). More observations are needed for a significant result.",
-            MSImagingWarning,
-            stacklevel=3,
-        )
-    matrix = np.zeros((n_nodes, n_nodes))
-    iu = np.triu_indices(n_nodes, k=1)
-    matrix[iu] = stat
-    matrix.T[iu] = stat
     return NBSResult(
         components=components,
-        statistic=model.statistic,
-        statistic_matrix=matrix,
-        df=(model.df,) if model.r == 1 else (float(model.r), model.df),
-        threshold=thr,
-        threshold_p=thr_p,
         size_measure=size,
-        tail=tail,
         null_distribution=null,
         null_by_direction=null_by_direction,
-        n_permutations=plan.count,
-        permutation_space=plan.space,
-        exact=plan.exact,
-        smallest_p=smallest_p,
-        resampling=plan.kind,
-        design=x,
-        contrast=c,
-        design_columns=columns,
-        exchange_blocks=blocks,
-        n_observations=n,
-        n_nodes=n_nodes,
-        nodes=table,
-        seed=seed,
-        parameters={"n_permutations_requested": int(n_permutations), "n_jobs": n_jobs,
-                    "memory_mb": float(memory_mb)},
+        parameters=parameters,
+        **common,
     )
+
+
+def _symmetric(values: np.ndarray, n_nodes: int, diagonal: float = 0.0) -> np.ndarray:
+    matrix = np.full((n_nodes, n_nodes), diagonal)
+    iu = _upper_indices(n_nodes)
+    matrix[iu] = values
+    matrix.T[iu] = values
+    return matrix
 
 
 def _smallest_p(
@@ -224,30 +287,50 @@ def _null_distribution(
     memory_mb: float,
     progress: bool = False,
 ) -> np.ndarray:
-    n_edges = w.shape[1]
-    rows = model.q.shape[1]
+    per_permutation = w.shape[1] * (4 * model.q.shape[1] + _BLOCK_OVERHEAD_BYTES)
+    return _map_blocks(
+        _null_block, w, model, plan, (directions, threshold, intensity, n_nodes),
+        per_permutation, n_jobs, memory_mb, progress, "NBS permutations",
+    )
+
+
+def _map_blocks(
+    worker: Callable[..., np.ndarray],
+    w: np.ndarray,
+    model: _Model,
+    plan: _Plan,
+    args: tuple[Any, ...],
+    per_permutation_bytes: float,
+    n_jobs: int,
+    memory_mb: float,
+    progress: bool,
+    description: str,
+) -> np.ndarray:
+    """``worker(w, model, perms, signs, *args)`` over blocks of the plan, rows concatenated.
+
+    The block size follows the memory budget shared by the workers; blocks run in parallel
+    with joblib when ``n_jobs != 1``.
+    """
     workers = 1
     if n_jobs != 1:
         from joblib import effective_n_jobs
 
         workers = max(1, int(effective_n_jobs(n_jobs)))
-    per_permutation = n_edges * (4 * rows + _BLOCK_OVERHEAD_BYTES)
-    block = max(1, int(memory_mb * 2**20 / workers // per_permutation))
+    block = max(1, int(memory_mb * 2**20 / workers // per_permutation_bytes))
     block = min(block, max(1, math.ceil(plan.count / workers)))
     bounds = [(s, min(s + block, plan.count)) for s in range(0, plan.count, block)]
-    args = (model, directions, threshold, intensity, n_nodes)
     if workers == 1:
         if progress:  # a bar over the permutation blocks, on stderr
             from tqdm import tqdm
 
-            bounds = tqdm(bounds, desc=f"NBS permutations ({plan.count:,})", unit="block",
+            bounds = tqdm(bounds, desc=f"{description} ({plan.count:,})", unit="block",
                           leave=False)
-        parts = [_null_block(w, model, *plan.take(s, e), *args[1:]) for s, e in bounds]
+        parts = [worker(w, model, *plan.take(s, e), *args) for s, e in bounds]
     else:
         from joblib import Parallel, delayed
 
         parts = Parallel(n_jobs=workers)(
-            delayed(_null_block)(w, model, *plan.take(s, e), *args[1:]) for s, e in bounds
+            delayed(worker)(w, model, *plan.take(s, e), *args) for s, e in bounds
         )
     return np.concatenate(parts, axis=0)
 
@@ -262,11 +345,6 @@ def _components(
     n_nodes: int,
     names: dict[int, str],
 ) -> tuple[NBSComponent, ...]:
-    iu = np.triu_indices(n_nodes, k=1)
-    labels = _node_column(table, "label", n_nodes)
-    networks = _node_column(table, "network", n_nodes)
-    has_labels = table is not None and "label" in table.columns
-    has_networks = table is not None and "network" in table.columns
     staged = []
     for sign, nodes, edge_idx, values, size in found:
         if intensity:
@@ -277,29 +355,248 @@ def _components(
         p = count / len(null) if plan.exact else (1 + count) / (1 + len(null))
         staged.append((p, -size, sign, nodes, edge_idx, values, size))
     staged.sort(key=lambda item: (item[0], item[1], -item[2]))
-    out = []
-    for index, (p, _, sign, nodes, edge_idx, values, size) in enumerate(staged):
-        edges = np.column_stack([iu[0][edge_idx], iu[1][edge_idx]])
-        degree = np.bincount(edges.ravel(), minlength=n_nodes)[nodes]
-        pairs = None
-        if has_networks:
-            pairs = dict(
-                Counter(
-                    tuple(sorted((str(networks[i]), str(networks[j])))) for i, j in edges
-                )
-            )
-        out.append(
-            NBSComponent(
-                index=index,
-                direction=names[sign],
-                nodes=nodes,
-                edges=edges,
-                statistics=values.copy(),
-                size=float(size),
-                p_value=float(p),
-                degree=degree,
-                node_labels=tuple(str(labels[i]) for i in nodes) if has_labels else None,
-                network_pairs=pairs,
-            )
+    return tuple(
+        _component(index, names[sign], nodes, edge_idx, values, size, p, table, n_nodes)
+        for index, (p, _, sign, nodes, edge_idx, values, size) in enumerate(staged)
+    )
+
+
+def _component(
+    index: int,
+    direction: str,
+    nodes: np.ndarray,
+    edge_idx: np.ndarray,
+    values: np.ndarray,
+    size: float,
+    p: float,
+    table: pd.DataFrame | None,
+    n_nodes: int,
+) -> NBSComponent:
+    iu = _upper_indices(n_nodes)
+    edges = np.column_stack([iu[0][edge_idx], iu[1][edge_idx]])
+    degree = np.bincount(edges.ravel(), minlength=n_nodes)[nodes]
+    pairs = None
+    if table is not None and "network" in table.columns:
+        names, codes = np.unique([str(v) for v in table["network"]], return_inverse=True)
+        a, b = codes.ravel()[edges[:, 0]], codes.ravel()[edges[:, 1]]
+        keys = np.minimum(a, b) * len(names) + np.maximum(a, b)
+        unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
+        order = np.argsort(first, kind="stable")  # first appearance, as a Counter
+        pairs = {
+            (str(names[unique[k] // len(names)]), str(names[unique[k] % len(names)])):
+            int(counts[k]) for k in order
+        }
+    labels = None
+    if table is not None and "label" in table.columns:
+        column = list(table["label"])
+        labels = tuple(str(column[i]) for i in nodes)
+    return NBSComponent(
+        index=index,
+        direction=direction,
+        nodes=nodes,
+        edges=edges,
+        statistics=values.copy(),
+        size=float(size),
+        p_value=float(p),
+        degree=degree,
+        node_labels=labels,
+        network_pairs=pairs,
+    )
+
+
+def _edge_set_components(edge_idx: np.ndarray, n_nodes: int) -> list[np.ndarray]:
+    """Edge indices of each connected component of the graph made of the given edges."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not len(edge_idx):
+        return []
+    iu = _upper_indices(n_nodes)
+    rows, cols = iu[0][edge_idx], iu[1][edge_idx]
+    graph = csr_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n_nodes, n_nodes))
+    _, labels = connected_components(graph, directed=False)
+    comp = labels[rows]
+    order = np.argsort(comp, kind="stable")
+    cuts = np.flatnonzero(np.diff(comp[order])) + 1
+    return np.split(edge_idx[order], cuts)
+
+
+def _p_from_null(null: np.ndarray, observed: np.ndarray, exact: bool) -> np.ndarray:
+    """FWER p of each observed value against the null of maxima (>= with a relative
+    tolerance, so that permutations reproducing the observed map count)."""
+    ordered = np.sort(null)
+    count = len(null) - np.searchsorted(ordered, observed - _SCORE_RTOL * np.abs(observed),
+                                        side="left")
+    return count / len(null) if exact else (1 + count) / (1 + len(null))
+
+
+def _reported(p: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Which entries become components: p < 0.05, or (when none) those with the smallest p.
+
+    The fallback shows the best attainable evidence (e.g. the 1/2^n floor of a small paired
+    design) instead of an empty result.
+    """
+    chosen = eligible & (p < _REPORT_ALPHA)
+    if not chosen.any() and eligible.any():
+        chosen = eligible & (p <= p[eligible].min() * (1 + 1e-12))
+    return chosen
+
+
+def _run_tfnbs(
+    w: np.ndarray,
+    model: _Model,
+    plan: _Plan,
+    directions: tuple[int, ...],
+    names: dict[int, str],
+    observed_product: np.ndarray,
+    constant: np.ndarray,
+    stat: np.ndarray,
+    start: float,
+    extent_exponent: float,
+    height_exponent: float,
+    table: pd.DataFrame | None,
+    n_nodes: int,
+    n_jobs: int,
+    memory_mb: float,
+    progress: bool,
+    common: dict[str, Any],
+    parameters: dict[str, Any],
+) -> NBSResult:
+    n_edges = w.shape[1]
+    rows = model.q.shape[1]
+    heights = _heights(model, observed_product, directions)[:, 0, :]  # (n_dirs, E)
+    heights[:, constant] = 0.0
+    scores = np.zeros_like(heights)
+    null_dirs = np.zeros((0, len(directions)))
+    grid, dh, h_max = np.zeros(0), 0.0, float(heights.max(initial=0.0))
+    if h_max > start:
+        # Pass 1: the grid's top is the largest height of every map (observed and
+        # permuted), so that one grid, hence one statistic, serves every permutation.
+        per_permutation = n_edges * (8 * rows + 8 * len(directions) + 16)
+        tops = _map_blocks(_max_height_block, w, model, plan, (directions,), per_permutation,
+                           n_jobs, memory_mb, False, "TFNBS grid")
+        h_max = max(h_max, float(tops.max()))
+        grid, dh = _grid(start, h_max, _TFNBS_STEPS)
+        scores = np.stack([
+            _tfnbs_scores(h[None], grid, dh, extent_exponent, height_exponent, n_nodes)[0]
+            for h in heights
+        ])
+        # Pass 2: the largest score of every permutation.
+        per_permutation = n_edges * (8 * rows + 16 * len(directions) + 48)
+        null_dirs = _map_blocks(
+            _tfnbs_null_block, w, model, plan,
+            (directions, grid, dh, extent_exponent, height_exponent, n_nodes),
+            per_permutation, n_jobs, memory_mb, progress, "TFNBS permutations",
         )
-    return tuple(out)
+        if plan.exact:  # permutation 0 is the identity: the observed map itself
+            null_dirs[0] = scores.max(axis=1)
+    null = null_dirs.max(axis=1)
+    best = scores.argmax(axis=0)  # an edge scores in one direction only (start >= 0)
+    edge_scores = scores[best, np.arange(n_edges)]
+    signs = np.asarray(directions)[best]
+    p = _p_from_null(null, edge_scores, plan.exact) if len(null) else np.ones(n_edges)
+    chosen = _reported(p, edge_scores > 0)
+    staged = []
+    for d, sign in enumerate(directions):
+        for edge_idx in _edge_set_components(np.flatnonzero(chosen & (best == d)), n_nodes):
+            iu = _upper_indices(n_nodes)
+            nodes = np.unique(np.r_[iu[0][edge_idx], iu[1][edge_idx]])
+            size = float(edge_scores[edge_idx].max())
+            staged.append((float(p[edge_idx].min()), -size, -sign, sign, nodes, edge_idx))
+    staged.sort(key=lambda item: item[:3])
+    components = tuple(
+        _component(index, names[sign], nodes, edge_idx, stat[edge_idx], -neg_size, p_comp,
+                   table, n_nodes)
+        for index, (p_comp, neg_size, _, sign, nodes, edge_idx) in enumerate(staged)
+    )
+    parameters = dict(
+        parameters,
+        tfnbs_height="t" if model.r == 1 else "sqrt(F)",
+        start_height=float(start),
+        n_steps=_TFNBS_STEPS,
+        dh=float(dh),
+        h_max=float(h_max),
+        extent_exponent=extent_exponent,
+        height_exponent=height_exponent,
+        report_alpha=_REPORT_ALPHA,
+    )
+    return NBSResult(
+        components=components,
+        size_measure="tfnbs",
+        null_distribution=null,
+        null_by_direction={names[s]: null_dirs[:, d] for d, s in enumerate(directions)},
+        parameters=parameters,
+        edge_score_matrix=_symmetric(signs * edge_scores, n_nodes),
+        edge_p_matrix=_symmetric(p, n_nodes, diagonal=1.0),
+        **common,
+    )
+
+
+def _run_constrained(
+    w: np.ndarray,
+    model: _Model,
+    plan: _Plan,
+    directions: tuple[int, ...],
+    names: dict[int, str],
+    observed_product: np.ndarray,
+    constant: np.ndarray,
+    stat: np.ndarray,
+    labels: np.ndarray,
+    table: pd.DataFrame | None,
+    n_nodes: int,
+    n_jobs: int,
+    memory_mb: float,
+    progress: bool,
+    common: dict[str, Any],
+    parameters: dict[str, Any],
+) -> NBSResult:
+    n_edges = w.shape[1]
+    rows = model.q.shape[1]
+    block, pairs = _blocks(labels, n_nodes)
+    n_blocks = len(pairs)
+    averaging = _averaging_matrix(block, n_blocks)
+    means = np.asarray(averaging.T @ stat)  # (n_blocks,) mean t or mean F per network pair
+    observed = np.concatenate([sign * means for sign in directions])
+    per_permutation = n_edges * (8 * rows + 24) + 16 * len(observed)
+    null = _map_blocks(_constrained_null_block, w, model, plan, (directions, averaging),
+                       per_permutation, n_jobs, memory_mb, progress, "cNBS permutations")
+    if plan.exact:  # permutation 0 is the identity
+        null[0] = observed
+    fwer, uncorrected, max_null = _standardised_max_fwer(null, observed, plan.exact, _SCORE_RTOL)
+    n_edges_block = np.bincount(block, minlength=n_blocks)
+    frame = pd.DataFrame({
+        "network_a": [a for _ in directions for a, _ in pairs],
+        "network_b": [b for _ in directions for _, b in pairs],
+        "direction": [names[s] for s in directions for _ in pairs],
+        "n_edges": np.tile(n_edges_block, len(directions)),
+        "statistic": np.tile(means, len(directions)),
+        "p_uncorrected": uncorrected,
+        "p_value": fwer,
+    })
+    order = np.lexsort((-observed, fwer))
+    chosen = _reported(fwer, np.ones(len(fwer), bool))
+    components = []
+    for k in order[chosen[order]]:
+        d, b = divmod(int(k), n_blocks)
+        edge_idx = np.flatnonzero(block == b)
+        iu = _upper_indices(n_nodes)
+        nodes = np.unique(np.r_[iu[0][edge_idx], iu[1][edge_idx]])
+        components.append(_component(len(components), names[directions[d]], nodes, edge_idx,
+                                     stat[edge_idx], observed[k], fwer[k], table, n_nodes))
+    edge_p = fwer.reshape(len(directions), n_blocks).min(axis=0)[block]
+    parameters = dict(parameters, block_statistic="mean t" if model.r == 1 else "mean F",
+                      fwer="largest block statistic standardised by its permutation mean and SD",
+                      n_blocks=n_blocks, report_alpha=_REPORT_ALPHA)
+    null_block = null.reshape(len(null), len(directions), n_blocks)
+    return NBSResult(
+        components=tuple(components),
+        size_measure="block mean",
+        null_distribution=max_null,
+        null_by_direction={names[s]: null_block[:, d].max(axis=1)
+                           for d, s in enumerate(directions)},
+        parameters=parameters,
+        edge_score_matrix=_symmetric(means[block], n_nodes),
+        edge_p_matrix=_symmetric(edge_p, n_nodes, diagonal=1.0),
+        network_table=frame.iloc[order].reset_index(drop=True),
+        **common,
+    )

@@ -174,6 +174,21 @@ class NBSResult:
         known).
     seed : int or None
         Seed of the random permutations.
+    parameters : dict
+        Options of the run (requested permutations, workers, memory; for TFNBS the grid).
+    method : {"nbs", "tfnbs", "constrained"}
+        NBS (components of supra-threshold edges), threshold-free NBS, or constrained
+        (network-level) NBS; see :mod:`msimaging.fmri.nbs`.
+    edge_score_matrix : ndarray of float64, shape (n_nodes, n_nodes), optional
+        TFNBS: the score of every edge (negative for the negative direction);
+        constrained: the block statistic of every edge's network pair (mean t or mean F).
+        None for ``method="nbs"``.
+    edge_p_matrix : ndarray of float64, shape (n_nodes, n_nodes), optional
+        FWER-corrected p of every edge (TFNBS) or of its block (constrained); 1 on the
+        diagonal. None for ``method="nbs"``.
+    network_table : pandas.DataFrame, optional
+        Constrained NBS: one row per network pair and direction (``network_a, network_b,
+        direction, n_edges, statistic, p_uncorrected, p_value``), by increasing p.
     """
 
     components: tuple[NBSComponent, ...]
@@ -200,6 +215,10 @@ class NBSResult:
     nodes: pd.DataFrame | None = None
     seed: int | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    method: str = "nbs"
+    edge_score_matrix: np.ndarray | None = None
+    edge_p_matrix: np.ndarray | None = None
+    network_table: pd.DataFrame | None = None
 
     # -- selections --------------------------------------------------------------------------
     def significant(self, alpha: float = 0.05) -> tuple[NBSComponent, ...]:
