@@ -83,6 +83,8 @@ def test_unknown_config_section_exits_64(layout, tmp_path, capsys):
     ('[group]\nnbs_threshold_p = 2.0\n', ["probability"]),
     ('[group]\nn_permutations = "many"\n', ["integer"]),
     ('[fmri]\natlas = "powers"\n', ["power2011"]),
+    ('[group]\nnbs_design = "anova"\n',
+     ["'auto'", "'repeated_measures'", "'trend'", "'paired'", "'pairwise'"]),
 ])
 def test_bad_config_value_exits_64_with_the_library_choices(layout, tmp_path, capsys, text,
                                                              shown):
@@ -102,6 +104,26 @@ def test_choices_come_from_the_library():
     assert choices[("fmri", "strategy")] == tuple(STRATEGIES)
     assert choices[("fmri", "kind")] == tuple(KINDS)
     assert choices[("dti", "method")] == tuple(METHODS)
+
+
+def test_nbs_design_from_config_and_command_line(tmp_path):
+    """[group] nbs_design is checked and normalised; --nbs-design offers the same designs
+    and wins over the config file."""
+    from msimaging.cli import check_options
+    from msimaging.pipeline.group import NBS_DESIGNS
+    from msimaging.pipeline.options import check_config, known_parameters
+
+    assert known_parameters()["group"]["nbs_design"] == "auto"
+    assert check_config({"group": {"nbs_design": "Paired"}})["group"]["nbs_design"] == "paired"
+    parser = build_app_parser()
+    flag = next(a for a in parser._actions if "--nbs-design" in a.option_strings)
+    assert tuple(flag.choices) == NBS_DESIGNS
+    config = _config(tmp_path, '[group]\nnbs_design = "trend"\n')
+    args = parser.parse_args(["bids", "out", "group", "--config", config])
+    assert check_options(args)["group"] == {"nbs_design": "trend"}
+    args = parser.parse_args(["bids", "out", "group", "--config", config,
+                              "--nbs-design", "repeated_measures"])
+    assert check_options(args)["group"] == {"nbs_design": "repeated_measures"}
 
 
 def test_unknown_and_partly_unknown_session_labels_exit_17(layout, tmp_path, capsys):

@@ -100,8 +100,9 @@ def build_app_parser() -> argparse.ArgumentParser:
             "tract metrics), fMRI (cleaned node time series and connectivity matrices) and "
             "volumetry (tissue volumes, lesions by location), each visit an independent task on "
             "Dask. The group level gathers the study tables, tracks lesions across visits, "
-            "runs the Network-Based Statistic (first vs last visit) and the exact longitudinal "
-            "statistics, and writes one HTML report."
+            "runs the Network-Based Statistic (repeated-measures F over every visit, or the "
+            "design chosen with --nbs-design) and the exact longitudinal statistics, and "
+            "writes one HTML report."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -137,8 +138,13 @@ def build_app_parser() -> argparse.ArgumentParser:
                         help="JSON or TOML file of parameters per modality, e.g. "
                         '{"fmri": {"strategy": "scrubbing"}, "group": {"nbs_tail": "right"}}')
     parser.add_argument("--nbs-tail", choices=("both", "right", "left"), default=None,
-                        help="group level: 'right' tests an increase from the first to the "
-                        "last visit (default: both)")
+                        help="group level: 'right' tests an increase (later > earlier visit) "
+                        "in the paired, pairwise and trend designs (default: both)")
+    parser.add_argument("--nbs-design", default=None,
+                        choices=("auto", "repeated_measures", "trend", "paired", "pairwise"),
+                        help="group level NBS design (default auto: repeated-measures F over "
+                        "every visit when >= 3 visits with >= 2 complete subjects, else paired "
+                        "first vs last; the report says which ran and why)")
     parser.add_argument("--force", action="store_true",
                         help="recompute tasks whose outputs are already up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -189,6 +195,8 @@ def check_options(args: argparse.Namespace) -> dict[str, Any]:
     group = dict(config.get("group", {}))
     if args.nbs_tail:
         group["nbs_tail"] = args.nbs_tail
+    if args.nbs_design:
+        group["nbs_design"] = args.nbs_design
     check_labels(args.participant_label, "participant label", "sub-")
     check_labels(args.session_label, "session label", "ses-")
     return {"params": params, "group": group, "filters": filters}

@@ -2,8 +2,10 @@
 
 :func:`run_group` reads what the participant level wrote (per-visit tables, connectomes),
 concatenates it into study tables under ``group/``, tracks lesions across each subject's visits
-(:func:`msimaging.volumetry.match_lesions`), runs the Network-Based Statistic on the first vs
-the last visit (paired), and builds the HTML report (:func:`msimaging.report.build_report`).
+(:func:`msimaging.volumetry.match_lesions`), runs the Network-Based Statistic (the design from
+``nbs_design``: by default the repeated-measures F over every visit when there are >= 3, else
+paired first vs last; plus paired comparisons of every visit pair for the direction), and
+builds the HTML report (:func:`msimaging.report.build_report`).
 It runs on whatever succeeded: visits listed in ``failures.tsv`` (or without outputs) are
 left out, and ``group/excluded.tsv`` says which and why.
 """
@@ -27,7 +29,7 @@ from msimaging.derivatives import (
 )
 from msimaging.errors import InputError, MSImagingWarning
 
-__all__ = ["GroupRun", "run_group"]
+__all__ = ["NBS_DESIGNS", "GroupRun", "run_group"]
 
 # Study tables concatenated from per-visit tables (names of PARTICIPANT_OUTPUTS).
 _TABLES = ("dti_nawm", "dti_tracts", "volumetry_tissue", "volumetry_lesion_load")
@@ -43,6 +45,8 @@ class GroupRun:
     nbs: Any = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: Paired NBS per visit pair ``(months_a, months_b)`` (>= 3 visits or nbs_design pairwise).
+    nbs_pairwise: dict[tuple[float, float], Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (f"GroupRun({len(self.tables)} tables, {len(self.excluded)} exclusions, "
@@ -62,6 +66,7 @@ def run_group(
     *,
     nbs_threshold_p: float = 0.001,
     nbs_tail: str = "both",
+    nbs_design: str = "auto",
     n_permutations: int = 5000,
     report: bool = True,
     n_jobs: int = -1,
@@ -78,7 +83,16 @@ def run_group(
     nbs_threshold_p : float
         Primary (edge) threshold of the NBS, as a p-value.
     nbs_tail : {"both", "right", "left"}
-        "right" tests an increase from the first to the last visit.
+        Direction of the t designs (paired, pairwise, trend): "right" tests an increase
+        (later > earlier visit, or a rising trend). The repeated-measures F has no direction
+        (always "right"); the pairwise table gives the direction of each change.
+    nbs_design : {"auto", "repeated_measures", "trend", "paired", "pairwise"}
+        The NBS design. "auto": the repeated-measures F over every visit when there are
+        >= 3 visits (months) with >= 2 subjects at every visit (subjects missing a visit are
+        left out, and ``notes`` says which), else paired first vs last visit. With >= 3
+        visits the paired comparison of every visit pair is run too, for the direction
+        (``group/fmri_nbs_pairwise.tsv``). The sidecars say which design ran, why, its
+        permutation space, whether it was enumerated and its smallest attainable p.
     n_permutations : int
         NBS permutations when the exact sign-flip enumeration is larger.
     report : bool
@@ -124,8 +138,11 @@ def run_group(
             tracks, "volumetry_lesion_tracks",
             sidecar={"Description": "Lesion tracks across visits (match_lesions)"})
         _lesion_figure(tracks, output)
-    nbs = _nbs(output, sessions, writer, tables, nbs_threshold_p, nbs_tail, n_permutations,
-               progress, notes)
+    if nbs_design not in NBS_DESIGNS:
+        raise InputError(f"nbs_design {nbs_design!r} is not one of {', '.join(NBS_DESIGNS)}.")
+    nbs, nbs_pairwise = _nbs(output, sessions, writer, tables, design=nbs_design,
+                             threshold_p=nbs_threshold_p, tail=nbs_tail,
+                             n_permutations=n_permutations, progress=progress, notes=notes)
     tables["excluded"] = writer.write_group_table(
         excluded, "excluded",
         sidecar={"Description": "Visits and modalities left out of the group level"})
@@ -134,7 +151,8 @@ def run_group(
         from msimaging.report import build_report
 
         report_path = build_report(output, bids_dir=bids_dir)
-    return GroupRun(tables, excluded, report_path, nbs, time.perf_counter() - started, notes)
+    return GroupRun(tables, excluded, report_path, nbs, time.perf_counter() - started, notes,
+                    nbs_pairwise)
 
 
 def _excluded(output: Path, study) -> pd.DataFrame:
@@ -422,13 +440,90 @@ def _lesion_figure(tracks: pd.DataFrame, output: Path) -> None:
     plot_lesion_evolution(tracks, path=output / "figures" / "group_desc-lesionevolution.png")
 
 
-def _nbs(output, sessions, writer, tables, threshold_p, tail, n_permutations, progress,
-         notes):
-    from msimaging.fmri import load_connectome, nbs_paired
+#: Group-level NBS designs (``[group] nbs_design``); "auto" picks one from the visits present.
+NBS_DESIGNS: tuple[str, ...] = ("auto", "repeated_measures", "trend", "paired", "pairwise")
 
+_NBS_DESIGN_NAMES = {
+    "repeated_measures": "repeated-measures F across every visit (visits permuted within "
+                         "subjects)",
+    "trend": "within-subject linear trend over months (t)",
+    "paired": "paired t, first vs last visit (sign flips of the subjects' differences)",
+    "pairwise": "paired t for every pair of visits (sign flips); the first-vs-last pair is "
+                "the main result",
+}
+#: Figure labels (group_desc-nbs<label><visits>_<style>.png).
+_NBS_FIGURE_LABELS = {"repeated_measures": "F", "trend": "Trend", "paired": "",
+                      "pairwise": ""}
+_NBS_ALPHA = 0.05
+#: Subjects a paired first-vs-last NBS needs (2 subjects: 4 sign flips, smallest p 0.25).
+_MIN_PAIRED_SUBJECTS = 3
+#: Seed of the random permutations when the permutation space is too large to enumerate.
+_NBS_SEED = 0
+_NBS_TABLES = ("fmri_nbs_components", "fmri_nbs_edges", "fmri_nbs_pairwise")
+
+
+def _visit_label(months: float) -> str:
+    return f"M{months:g}".replace(".", "p").replace("-", "minus")
+
+
+def _paired_floor(n_subjects: int, tail: str) -> float:
+    """Smallest attainable p of a paired NBS of n subjects: 1/2^n one-sided, 2/2^n two-sided."""
+    return (2.0 if tail == "both" else 1.0) / 2.0 ** n_subjects
+
+
+def _nbs_conclusion(result, n_subjects: int) -> str:
+    space = f"{result.permutation_space:,} permutations, {'exact' if result.exact else 'random'}"
+    if result.smallest_p >= _NBS_ALPHA:
+        return (f"No component can reach p < {_NBS_ALPHA:g} with this design and n = "
+                f"{n_subjects}: the smallest attainable p is {result.smallest_p:.4g} ({space}).")
+    found = len(result.significant(_NBS_ALPHA))
+    return (f"The smallest attainable p is {result.smallest_p:.4g} ({space}); {found} "
+            f"component(s) with p < {_NBS_ALPHA:g}.")
+
+
+def _remove_stale_nbs(output: Path) -> None:
+    """Outputs of an earlier group run whose design may differ (they would mix in the report)."""
+    layout = DerivativesLayout(output)
+    for name in _NBS_TABLES:
+        table = layout.group_table(name)
+        for path in (table, table.with_suffix(".json")):
+            path.unlink(missing_ok=True)
+    for path in (output / "figures").glob("group_desc-nbs*.png"):
+        path.unlink(missing_ok=True)
+
+
+def _choose_nbs_design(design: str, visits: list[float], complete: list[str],
+                       n_first_last: int, tail: str) -> tuple[str, str]:
+    """The design that runs and why (the sentence goes to the sidecars and the report)."""
+    if design != "auto":
+        return design, f"set in the configuration ([group] nbs_design = {design!r})"
+    shown = ", ".join(f"{m:g}" for m in visits)
+    paired = (f"the paired first-vs-last test of {n_first_last} subjects could reach at best "
+              f"p = {_paired_floor(n_first_last, tail):.4g}")
+    if len(visits) >= 3 and len(complete) >= 2:
+        return "repeated_measures", (
+            f"auto: {len(visits)} visits (months {shown}) with {len(complete)} subjects at "
+            "every visit, so the repeated-measures F uses every visit (permutations of the "
+            f"visits within subjects); {paired}")
+    if len(visits) >= 3:
+        return "paired", (f"auto: {len(visits)} visits (months {shown}) but only "
+                          f"{len(complete)} subject(s) at every visit (the repeated-measures F "
+                          "needs 2), so first vs last visit, paired")
+    return "paired", f"auto: 2 visits (months {shown}), so paired first vs last"
+
+
+def _nbs(output, sessions, writer, tables, *, design, threshold_p, tail, n_permutations,
+         progress, notes):
+    """Run the group-level NBS design, write its tables, sidecars and figures.
+
+    Returns ``(main result or None, {(months_a, months_b): NBSResult})``.
+    """
+    from msimaging.errors import DesignError
+
+    _remove_stale_nbs(output)
     relmats = DerivativesLayout(output).participant_outputs("fmri_connectome")
     if not relmats:
-        return None
+        return None, {}
     months = {(r.participant_id, r.session_id): r.months for r in sessions.itertuples()}
     by_subject: dict[str, dict[float, Path]] = {}
     for path in relmats:
@@ -438,29 +533,158 @@ def _nbs(output, sessions, writer, tables, threshold_p, tail, n_permutations, pr
             by_subject.setdefault(key[0], {})[months[key]] = path
     visits = sorted({m for v in by_subject.values() for m in v})
     if len(visits) < 2:
-        return None
+        notes.append(f"NBS skipped: connectomes at {len(visits)} visit(s); 2 needed")
+        return None, {}
+    complete = sorted(s for s, v in by_subject.items() if all(m in v for m in visits))
     first, last = visits[0], visits[-1]
-    pairs = [(v[first], v[last]) for v in by_subject.values() if first in v and last in v]
-    if len(pairs) < 3:
-        notes.append(f"NBS skipped: {len(pairs)} subjects have connectomes at months "
-                     f"{first:g} and {last:g} (3 needed)")
-        return None
+    first_last = sorted(s for s, v in by_subject.items() if first in v and last in v)
+    chosen, reason = _choose_nbs_design(design, visits, complete, len(first_last), tail)
+    options = dict(threshold_p=threshold_p, n_permutations=n_permutations, seed=_NBS_SEED,
+                   progress=progress)
+    from msimaging.fmri import load_connectome
+
+    cache: dict[Path, Any] = {}
+
+    def load(subject: str, visit: float):
+        path = by_subject[subject][visit]
+        if path not in cache:
+            cache[path] = load_connectome(path)
+        return cache[path]
+
+    def paired(a: float, b: float, subjects: list[str]):
+        from msimaging.fmri import nbs_paired
+
+        return nbs_paired([load(s, a) for s in subjects], [load(s, b) for s in subjects],
+                          tail=tail, **options)
+
+    result, used, dropped, used_visits = None, [], [], visits
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MSImagingWarning)
-        before = [load_connectome(a) for a, _ in pairs]
-        after = [load_connectome(b) for _, b in pairs]
-        result = nbs_paired(before, after, threshold_p=threshold_p, tail=tail,
-                            n_permutations=n_permutations, progress=progress)
-    label = f"M{first:g}M{last:g}"
-    meta = {"Description": f"NBS components, paired month {first:g} vs {last:g}",
-            "ThresholdP": threshold_p, "Tail": tail, "Patients": len(pairs),
-            "SmallestAttainableP": result.smallest_p}
+        try:
+            if chosen == "repeated_measures":
+                if len(visits) < 3 or len(complete) < 2:
+                    notes.append(f"NBS skipped: the repeated-measures F needs >= 3 visits with "
+                                 f">= 2 subjects at every visit; there are {len(visits)} "
+                                 f"visit(s) and {len(complete)} such subject(s) (set "
+                                 "[group] nbs_design = 'paired' or 'auto')")
+                    return None, {}
+                from msimaging.fmri import nbs_repeated_measures
+
+                used = complete
+                dropped = sorted(set(by_subject) - set(complete))
+                result = nbs_repeated_measures(
+                    [load(s, m) for s in used for m in visits],
+                    [s for s in used for _ in visits],
+                    [_visit_label(m) for _ in used for m in visits], tail="right", **options)
+            elif chosen == "trend":
+                try:
+                    from msimaging.fmri.nbs import nbs_trend
+                except ImportError:
+                    notes.append("NBS skipped: nbs_design = 'trend' needs "
+                                 "msimaging.fmri.nbs.nbs_trend, which this version lacks")
+                    return None, {}
+                used = sorted(s for s, v in by_subject.items() if len(v) >= 2)
+                dropped = sorted(set(by_subject) - set(used))
+                observations = [(s, m) for s in used for m in sorted(by_subject[s])]
+                result = nbs_trend([load(s, m) for s, m in observations],
+                                   subject=[s for s, _ in observations],
+                                   months=[m for _, m in observations], tail=tail, **options)
+                used_visits = sorted({m for _, m in observations})
+            else:  # paired, pairwise: first vs last is the main result
+                if len(first_last) < _MIN_PAIRED_SUBJECTS:
+                    notes.append(f"NBS skipped: {len(first_last)} subjects have connectomes at "
+                                 f"months {first:g} and {last:g} ({_MIN_PAIRED_SUBJECTS} "
+                                 "needed)")
+                    return None, {}
+                used = first_last
+                dropped = sorted(set(by_subject) - set(first_last))
+                used_visits = [first, last]
+                result = paired(first, last, used)
+        except DesignError as exc:
+            notes.append(f"NBS ({chosen}) skipped: {exc}")
+            return None, {}
+        pairwise = {}
+        if len(visits) >= 3 or chosen == "pairwise":
+            for i, a in enumerate(visits):
+                for b in visits[i + 1:]:
+                    both = sorted(s for s, v in by_subject.items() if a in v and b in v)
+                    if len(both) < 2:
+                        notes.append(f"NBS pairwise months {a:g} vs {b:g} skipped: "
+                                     f"{len(both)} subject(s) at both visits")
+                        continue
+                    try:
+                        pairwise[(a, b)] = (paired(a, b, both), len(both))
+                    except DesignError as exc:
+                        notes.append(f"NBS pairwise months {a:g} vs {b:g} skipped: {exc}")
+    if dropped:
+        notes.append(f"NBS ({chosen}): {len(dropped)} subject(s) without the visits the design "
+                     f"needs were left out: {', '.join(dropped)}")
+    shown = ", ".join(f"{m:g}" for m in used_visits)
+    meta = {
+        "Description": f"NBS components, {_NBS_DESIGN_NAMES[chosen]}, months {shown}",
+        "Design": chosen,
+        "DesignDescription": _NBS_DESIGN_NAMES[chosen],
+        "DesignReason": reason,
+        "Statistic": result.statistic,
+        "ThresholdP": threshold_p,
+        "Tail": result.tail,
+        "Patients": len(used),
+        "Subjects": used,
+        "SubjectsDropped": dropped,
+        "VisitsMonths": used_visits,
+        "PermutationSpace": int(result.permutation_space),
+        "Exact": bool(result.exact),
+        "NPermutations": int(result.n_permutations),
+        "Resampling": result.resampling,
+        "Seed": _NBS_SEED,
+        "SmallestAttainableP": float(result.smallest_p),
+        "SignificanceAttainable": bool(result.smallest_p < _NBS_ALPHA),
+        "Conclusion": _nbs_conclusion(result, len(used)),
+    }
+    notes.append(f"NBS: {_NBS_DESIGN_NAMES[chosen]}, months {shown}, {len(used)} subjects "
+                 f"({reason}). {meta['Conclusion']}")
     tables["fmri_nbs_components"] = writer.write_group_table(
         result.components_frame(), "fmri_nbs_components", sidecar=meta)
     tables["fmri_nbs_edges"] = writer.write_group_table(
-        result.to_frame(), "fmri_nbs_edges", sidecar=meta)
+        result.to_frame(), "fmri_nbs_edges",
+        sidecar={**meta, "Description": meta["Description"].replace("components", "edges")})
+    if pairwise:
+        tables["fmri_nbs_pairwise"] = writer.write_group_table(
+            _pairwise_frame(pairwise), "fmri_nbs_pairwise", sidecar={
+                "Description": "Paired NBS for every pair of visits (direction of the change); "
+                               "p-values are FWER-corrected over edges within each pair, not "
+                               "across pairs",
+                "Design": "pairwise", "ThresholdP": threshold_p, "Tail": tail,
+                "DesignReason": "run for direction whenever there are >= 3 visits"
+                                if chosen != "pairwise" else reason,
+                "Seed": _NBS_SEED,
+                "smallest_p": "Smallest attainable p of that pair's permutations (1/2^n "
+                              "one-sided, 2/2^n two-sided, n subjects at both visits)",
+                "best_p": "p of the pair's most significant component (empty: none)",
+                "direction": "positive: connectivity higher at months_b; negative: lower",
+            })
     if result.components:
+        label = _NBS_FIGURE_LABELS[chosen] + "".join(_visit_label(m) for m in used_visits)
         for style, suffix in (("adjacency", "adjacency"), ("connectogram", "connectogram"),
                               ("glass_brain", "glassbrain")):
             result.plot(style, path=output / "figures" / f"group_desc-nbs{label}_{suffix}.png")
-    return result
+    return result, {pair: res for pair, (res, _) in pairwise.items()}
+
+
+def _pairwise_frame(pairwise: dict) -> pd.DataFrame:
+    rows = []
+    for (a, b), (result, n) in pairwise.items():
+        best = result.components[0] if result.components else None
+        rows.append({
+            "months_a": a, "months_b": b, "n_subjects": n, "tail": result.tail,
+            "permutation_space": int(result.permutation_space), "exact": bool(result.exact),
+            "smallest_p": float(result.smallest_p),
+            "significance_attainable": bool(result.smallest_p < _NBS_ALPHA),
+            "n_components": len(result.components),
+            "n_significant": len(result.significant(_NBS_ALPHA)),
+            "best_p": best.p_value if best else None,
+            "direction": best.direction if best else None,
+            "n_edges": best.n_edges if best else 0,
+            "n_nodes": best.n_nodes if best else 0,
+        })
+    return pd.DataFrame(rows)

@@ -9,7 +9,8 @@ the participant sections from :data:`msimaging.pipeline.tasks.DEFAULTS` (every p
 task accepts has a default there), the ``group`` section from the keyword arguments of
 :func:`msimaging.pipeline.run_group`. The allowed values come from the library's own
 constants (:data:`msimaging.fmri.STRATEGIES`, :data:`msimaging.fmri.KINDS`,
-:data:`msimaging.dti.METHODS`, the NBS tails, the coordinate atlases).
+:data:`msimaging.dti.METHODS`, the NBS tails, the group-level NBS designs
+:data:`msimaging.pipeline.group.NBS_DESIGNS`, the coordinate atlases).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def _choices() -> dict[tuple[str, str], tuple[Any, ...]]:
     from msimaging.fmri.connectome import KINDS
     from msimaging.fmri.nbs import TAILS
     from msimaging.fmri.timeseries import STRATEGIES
+    from msimaging.pipeline.group import NBS_DESIGNS
 
     return {
         ("dti", "method"): tuple(METHODS),
@@ -137,6 +139,7 @@ def _choices() -> dict[tuple[str, str], tuple[Any, ...]]:
         ("fmri", "strategy"): tuple(STRATEGIES),
         ("fmri", "kind"): tuple(KINDS),
         ("group", "nbs_tail"): tuple(TAILS),
+        ("group", "nbs_design"): tuple(NBS_DESIGNS),
     }
 
 

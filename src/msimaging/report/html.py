@@ -255,16 +255,67 @@ def _diffusivities_in_um2_ms(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _nbs_meta(folder: Path, name: str = "fmri_nbs_components") -> dict[str, Any]:
+    """The JSON sidecar of an NBS table ({} when absent or unreadable)."""
+    sidecar = DerivativesLayout(folder).group_table(name).with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _nbs_design_html(meta: dict[str, Any]) -> str:
+    """Which design ran, why, its permutation space and smallest attainable p (plainly)."""
+    if not meta.get("Design"):
+        return ""
+    space = meta.get("PermutationSpace")
+    exact = "exact enumeration" if meta.get("Exact") else "random permutations"
+    smallest = meta.get("SmallestAttainableP")
+    months = ", ".join(_fmt(m) for m in meta.get("VisitsMonths", []))
+    out = [f"<p><b>Design:</b> {_e(meta.get('DesignDescription', meta['Design']))} "
+           f"(<code>{_e(meta['Design'])}</code>), months {_e(months)}, "
+           f"{_e(meta.get('Patients'))} subjects. <b>Why:</b> {_e(meta.get('DesignReason'))}. "
+           f"<b>Permutations:</b> {_e(f'{space:,}' if isinstance(space, int) else space)} "
+           f"({_e(exact)}); smallest attainable p = {_e(_fmt(smallest))}.</p>"]
+    dropped = meta.get("SubjectsDropped") or []
+    if dropped:
+        out.append(f"<p>Left out (without the visits this design needs): "
+                   f"{_e(', '.join(map(str, dropped)))}.</p>")
+    if isinstance(smallest, int | float) and smallest >= 0.05:
+        out.append(f'<p class="note"><b>No component can reach p &lt; 0.05 with this design '
+                   f"and n = {_e(meta.get('Patients'))}</b>: the smallest attainable p is "
+                   f"{_e(_fmt(smallest))}, whatever the data. A design that uses every visit "
+                   "(<code>nbs_design = \"repeated_measures\"</code> or <code>\"trend\"</code>) "
+                   "or more subjects is needed for a significant result.</p>")
+    return "".join(out)
+
+
+def _nbs_components_html(comps: pd.DataFrame) -> str:
+    """Significant components in full (or the 3 largest when none), one line for the rest."""
+    if comps.empty:
+        return "<h3>Components</h3><p>No supra-threshold edge: no component.</p>"
+    significant = comps["p_value"] < 0.05
+    shown = comps[significant] if significant.any() else comps.head(3)
+    rest = comps.drop(shown.index)
+    out = ["<h3>Components</h3>", _table(shown, highlight=shown["p_value"] < 0.05)]
+    if not rest.empty:
+        out.append(f"<p>{len(rest)} further component(s), {int(rest['n_edges'].sum())} edge(s) "
+                   f"in all (largest {int(rest['n_edges'].max())} edge(s)), every p &ge; "
+                   f"{_e(_fmt(float(rest['p_value'].min())))}.</p>")
+    return "".join(out)
+
+
 def _section_fmri(folder: Path, notes: list[str]) -> str:
     out = ['<h2 id="fmri">Functional connectivity (NBS)</h2>']
     comps = _read_group(folder, "fmri_nbs_components")
     if comps is None:
         out.append(_missing("No NBS result (group/fmri_nbs_components.tsv)."))
     else:
-        shown = comps.head(10)
-        more = f" (the 10 largest of {len(comps)})" if len(comps) > 10 else ""
-        out.append(f"<h3>Components{more}</h3>"
-                   + _table(shown, highlight=shown["p_value"] < 0.05))
+        out.append(_nbs_design_html(_nbs_meta(folder)))
+        out.append(_nbs_components_html(comps))
         edges = _read_group(folder, "fmri_nbs_edges")
         if edges is not None and not edges.empty:
             first = edges[edges["component"] == edges["component"].min()]
@@ -278,6 +329,13 @@ def _section_fmri(folder: Path, notes: list[str]) -> str:
                 [{"node": int(n), "label": labels[int(n)][0], "network": labels[int(n)][1],
                   "degree": int(d)} for n, d in degree.head(10).items()])
             out.append("<h3>Hubs (highest degree in the first component)</h3>" + _table(hubs))
+    pairwise = _read_group(folder, "fmri_nbs_pairwise")
+    if pairwise is not None and not pairwise.empty:
+        out.append("<h3>Every pair of visits (paired NBS: direction of the change)</h3>"
+                   "<p>positive: connectivity higher at the later visit. p-values are "
+                   "corrected over edges within each pair, not across pairs; a pair whose "
+                   "smallest attainable p is &ge; 0.05 cannot show p &lt; 0.05.</p>"
+                   + _table(pairwise, highlight=pairwise["best_p"].fillna(1.0) < 0.05))
     for path in _saved_figures(folder, "group_desc-nbs*.png"):
         out.append(_figure_html(path.read_bytes(), f"NBS component: {path.name}"))
     planted = _read_group(folder, "fmri_planted_subnetwork")
@@ -368,16 +426,24 @@ def _versions() -> dict[str, str]:
 def _methods(folder: Path, alpha: float) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     nbs = ""
-    sidecar = DerivativesLayout(folder).group_table("fmri_nbs_components").with_suffix(".json")
-    if sidecar.is_file():
-        try:
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            meta = {}
+    meta = _nbs_meta(folder)
+    if meta:
+        design = meta.get("DesignDescription") or "paired design"
+        smallest = meta.get("SmallestAttainableP")
+        floor = ""
+        if isinstance(smallest, int | float):
+            floor = (f" The smallest attainable p with this design and n = "
+                     f"{_e(meta.get('Patients'))} is {_e(_fmt(smallest))}"
+                     + ("; no component can reach p &lt; 0.05." if smallest >= 0.05 else "."))
+        resampling = ("exact enumeration of the" if meta.get("Exact")
+                      else "random draws from the")
+        space = meta.get("PermutationSpace")
         nbs = (" Changes in functional connectivity were tested with the Network-Based "
-               f"Statistic (paired design, primary threshold p = {_e(meta.get('ThresholdP'))}, "
-               f"tail {_e(meta.get('Tail'))}), with component-wise FWER p-values from exact or "
-               "Monte Carlo sign-flip permutations.")
+               f"Statistic ({_e(design)}; primary threshold p = {_e(meta.get('ThresholdP'))}, "
+               f"tail {_e(meta.get('Tail'))}), chosen because: {_e(meta.get('DesignReason'))}."
+               " Component-wise FWER p-values came from "
+               f"{resampling} {_e(f'{space:,}' if isinstance(space, int) else space)} "
+               f"permutations.{floor}")
     return (
         '<h2 id="methods">Methods</h2><p>'
         "Diffusion tensors were fitted by weighted least squares and averaged in normal-appearing "

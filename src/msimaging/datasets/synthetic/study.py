@@ -40,7 +40,8 @@ never mistake it for data.
     the first to entering the last: CST cerebral peduncle -> precentral gyrus, OR LGN ->
     calcarine, CC left -> right centrum semiovale), and ``func``
     {``planted_delta_r``, ``realised_mean_r_planted``, ``realised_mean_r_other``}}.
-- ``func``: atlas name, node table, ``planted_nodes``, ``planted_edges`` (i < j),
+- ``func``: atlas name, node table, ``planted_nodes`` (all 26 of the default subnetwork, or
+  the ``subnetwork_nodes`` chosen), ``planted_edges`` (i < j),
   ``population_r_planted`` per session, and the file names of the true population
   correlation matrices.
 - ``clinical``: the planted effects on the clinical table.
@@ -169,6 +170,8 @@ class Effects:
     between_network_r: float = 0.05
     bold_motion_scale: float = 1.0
     head_scale_drift: float = 0.0
+    subnetwork_nodes: int | None = None
+    n_bold_volumes: int | None = None
 
     def fraction(self, months: float) -> float:
         """Share of the full effect reached at ``months`` (linear, capped at 1)."""
@@ -338,7 +341,11 @@ def make_synthetic_study(
         ``head_scale_drift`` (relative scale change of the head's image at each later visit
         vs the first, drawn per axis from [-d, -d/2] or [d/2, d], e.g. 0.01 for the ~1 %
         gradient-calibration drift of real scanners; 0 = none; independent of
-        ``head_motion``).
+        ``head_motion``), ``subnetwork_nodes`` (plant only this many of the default
+        subnetwork's 26 nodes: those nearest the centroid of its largest group, the lateral
+        left default mode network, see :func:`functional.planted_subnetwork`; None = all 26),
+        ``n_bold_volumes`` (resting-state volumes per visit; preset value: more volumes give
+        less noisy connectomes, e.g. to detect the planted change with few subjects).
 
     Returns
     -------
@@ -373,6 +380,14 @@ def make_synthetic_study(
         )
     if eff.lesions_per_class is not None:
         cfg = replace(cfg, lesions_per_class=eff.lesions_per_class)
+    if eff.n_bold_volumes is not None:
+        volumes = eff.n_bold_volumes
+        if isinstance(volumes, bool) or not isinstance(volumes, int) or volumes < 10:
+            raise InputError(
+                f"n_bold_volumes must be an integer of at least 10 (volumes per resting-state "
+                f"run), got {volumes!r}."
+            )
+        cfg = replace(cfg, n_bold_volumes=volumes)
     say = progress or (lambda message: None)
 
     rng = np.random.default_rng(seed)
@@ -385,7 +400,7 @@ def make_synthetic_study(
     shells = (1000.0, 2000.0) if eff.second_shell else (1000.0,)
     bvals, bvecs = diffusion.gradient_scheme(cfg.n_b0, cfg.n_directions, shells, seed=seed)
     atlas = load_seitzman_2018()
-    planted = functional.planted_subnetwork(atlas)
+    planted = functional.planted_subnetwork(atlas, n_nodes=eff.subnetwork_nodes)
     cov_by_session = {
         s: functional.node_covariance(
             atlas,
