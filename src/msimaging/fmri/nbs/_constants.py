@@ -36,3 +36,6 @@ _REPORT_ALPHA = 0.05
 # Relative tolerance when comparing TFNBS scores and block statistics with their null, so that
 # permutations reproducing the observed map (mirror image, relabelled visits) count.
 _SCORE_RTOL = 1e-9
+# TFNBS: relative tolerance of "height >= grid height" (the grid's top is the largest height
+# itself; maps that reproduce it with other rounding must reach it too).
+_GRID_RTOL = 1e-10

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from msimaging.fmri.nbs._constants import _GRID_RTOL
 from msimaging.fmri.nbs.components import _edge_component_sizes, _upper_indices
 from msimaging.fmri.nbs.glm import _design_product, _Model, _statistics
 
@@ -103,7 +104,11 @@ def _scored_edges(
     iu = _upper_indices(n_nodes)
     term = grid**height_exponent * dh  # an extent of 1 contributes h^H dh at each height
     cumulative = np.concatenate([[0.0], np.cumsum(term)])
-    edges = np.flatnonzero(flat >= grid[0])
+    # Heights within 1e-10 (relative) of a grid height count as reaching it: the grid's top
+    # is the largest height itself, and a permutation that reproduces that map (a mirror
+    # image, relabelled visits) computes it with different rounding.
+    cut = grid - _GRID_RTOL * np.maximum(np.abs(grid), 1.0)
+    edges = np.flatnonzero(flat >= cut[0])
     values = flat[edges]
     b_idx, e_idx = np.divmod(edges, n_edges)
     rows = b_idx * n_nodes + iu[0][e_idx]
@@ -111,8 +116,8 @@ def _scored_edges(
     n_total = heights.shape[0] * n_nodes
     scores = np.zeros(len(edges))
     active = np.arange(len(edges))  # positions into edges, still sorted
-    for k, h in enumerate(grid):
-        active = active[values[active] >= h]
+    for k in range(len(grid)):
+        active = active[values[active] >= cut[k]]
         if not len(active):
             break
         sizes = _edge_component_sizes(rows[active], cols[active], n_total)
@@ -120,7 +125,7 @@ def _scored_edges(
         single = sizes == 1.0
         if single.any():
             done = active[single]
-            top = np.searchsorted(grid, values[done], side="right")  # heights <= the edge's
+            top = np.searchsorted(cut, values[done], side="right")  # heights <= the edge's
             scores[done] += cumulative[top] - cumulative[k + 1]
             active = active[~single]
     return edges, scores
