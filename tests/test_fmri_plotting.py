@@ -199,3 +199,16 @@ def test_network_colors_are_distinct_with_unassigned_grey(atlas):
     colors = network_colors(atlas)
     assert list(colors)[-1] == "unassigned" and colors["unassigned"] == "#bdbdbd"
     assert len(set(colors.values())) == len(colors) == 14
+
+
+def test_figures_take_any_object_with_matrix_and_nodes(conn, atlas):
+    # plotting knows no Connectome class (no import cycle): a plain matrix + atlas table works
+    # and draws the same edges as the Connectome it came from.
+    from types import SimpleNamespace
+
+    plain = SimpleNamespace(matrix=np.array(conn.matrix), nodes=atlas)
+    drawn = _coloured_edges(plot_connectogram(plain, threshold="99%")).get_segments()
+    expected = _coloured_edges(plot_connectogram(conn, threshold="99%")).get_segments()
+    assert len(drawn) == len(expected) > 0
+    with pytest.raises(InputError, match=r"\.matrix"):
+        plot_adjacency(np.eye(3))

@@ -1156,14 +1156,33 @@ def _degree_sizes(degree: np.ndarray, smallest: float, largest: float) -> np.nda
     return smallest + (largest - smallest) * (degree - 1) / (top - 1)
 
 
-def _network_legend(fig: Any, table: pd.DataFrame, **kwargs: Any) -> Any:
+def _network_legend(fig: Any, table: pd.DataFrame, *, ring: bool = False, **kwargs: Any) -> Any:
+    """Legend of the networks of ``table`` in their fixed colours (patches, or node rings)."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     names = list(dict.fromkeys(table["network"].astype(str)))
-    handles = [
-        Patch(facecolor=network_color(name), edgecolor="none", label=name) for name in names
-    ]
-    return fig.legend(handles=handles, title="network", frameon=False, **kwargs)
+    if ring:  # the glass brain shows the network as the node's outline
+        handles = [
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markersize=8,
+                markerfacecolor="white",
+                markeredgecolor=network_color(name),
+                markeredgewidth=2.0,
+                label=name,
+            )
+            for name in names
+        ]
+    else:
+        handles = [
+            Patch(facecolor=network_color(name), edgecolor="none", label=name) for name in names
+        ]
+    kwargs.setdefault("title", "network")
+    return fig.legend(handles=handles, frameon=False, **kwargs)
 
 
 def plot_subnetwork(
@@ -1357,6 +1376,7 @@ def _half_circle_layout(
 def _subnetwork_connectogram(sub: _Subnetwork, title: str) -> Figure:
     matplotlib, figure_cls = _matplotlib()
     from matplotlib.collections import LineCollection
+    from matplotlib.ticker import MaxNLocator
 
     table = sub.table
     theta, arcs, two_sides = _half_circle_layout(table)
@@ -1403,7 +1423,7 @@ def _subnetwork_connectogram(sub: _Subnetwork, title: str) -> Figure:
     radius = 1.065
     arc_lines = [
         np.column_stack([radius * np.cos(t), radius * np.sin(t)])
-        for t in (np.linspace(a, b, 24) for _, _, a, b in arcs)
+        for t in (np.linspace(a, b, 8 + int(60 * abs(b - a))) for _, _, a, b in arcs)
     ]
     ax.add_collection(
         LineCollection(
@@ -1444,13 +1464,15 @@ def _subnetwork_connectogram(sub: _Subnetwork, title: str) -> Figure:
         ax.text(reach, reach, "Right", ha="right", va="top", fontsize=13, weight="bold")
     bar = fig.colorbar(lines, cax=fig.add_subplot(grid[1, 1]), orientation="horizontal")
     bar.set_label(f"edge: {sub.weight_label}")
+    bar.locator = MaxNLocator(6)
     nodes_bar = fig.colorbar(
         matplotlib.cm.ScalarMappable(node_norm, node_cmap),
         cax=fig.add_subplot(grid[1, 3]),
         orientation="horizontal",
     )
     nodes_bar.set_label(f"node colour: strength (sum of {sub.weight_label}); size: degree")
-    legend = _network_legend(fig, table, loc="outside right upper", fontsize=8.5)
+    nodes_bar.locator = MaxNLocator(6)
+    _network_legend(fig, table, loc="outside right upper", fontsize=8.5)
     hubs = table.loc[table["hub"] > 0].sort_values("hub")
     if len(hubs):
         fig.legend(
@@ -1466,13 +1488,13 @@ def _subnetwork_connectogram(sub: _Subnetwork, title: str) -> Figure:
             handlelength=0,
             handletextpad=0,
         )
-    del legend
     fig.suptitle(title)
     return fig
 
 
 def _subnetwork_glass_brain(sub: _Subnetwork, title: str, display_mode: str) -> Figure:
     matplotlib, figure_cls = _matplotlib()
+    from matplotlib.ticker import MaxNLocator
     from nilearn.plotting import plot_connectome
 
     table = sub.table
@@ -1530,14 +1552,18 @@ def _subnetwork_glass_brain(sub: _Subnetwork, title: str, display_mode: str) -> 
         matplotlib.cm.ScalarMappable(edge_norm, edge_cmap), cax=cax, orientation="horizontal"
     )
     bar.set_label(f"edge: {sub.weight_label}", fontsize=8)
+    bar.locator = MaxNLocator(6)
     cax = fig.add_axes((0.36, (0.95 + 0.18 * len(hubs)) / height, 0.22, 0.12 / height))
     bar = fig.colorbar(
         matplotlib.cm.ScalarMappable(node_norm, node_cmap), cax=cax, orientation="horizontal"
     )
     bar.set_label(f"node fill: strength (sum of {sub.weight_label}); size = degree", fontsize=8)
+    bar.locator = MaxNLocator(6)
     _network_legend(
         fig,
         table,
+        ring=True,
+        title="network (node outline)",
         loc="upper left",
         bbox_to_anchor=(0.64, (1.45 + 0.18 * len(hubs)) / height),
         ncol=2,
@@ -1559,5 +1585,5 @@ def _subnetwork_glass_brain(sub: _Subnetwork, title: str, display_mode: str) -> 
             fontsize=8.5,
             linespacing=1.4,
         )
-    fig.suptitle(f"{title} — node outline = network", y=0.98, fontsize=11)
+    fig.suptitle(title, y=0.98, fontsize=11)
     return fig

@@ -139,8 +139,11 @@ def display_names(nodes: pd.DataFrame, anatomy: list[str | None] | None = None) 
 
 
 def hub_label(name: str, network: str | None) -> str:
-    """``"Frontal_Mid_2_L · DefaultMode"``: a node's name and its network."""
+    """``"Frontal_Mid_2_L · DefaultMode"``: a node's name and its network (if assigned)."""
+    # No network to name: missing, or an atlas's "unassigned" nodes.
     if network is None or (isinstance(network, float) and np.isnan(network)):
+        return str(name)
+    if str(network).strip().lower() in ("unassigned", "uncertain", ""):
         return str(name)
     return f"{name} · {network}"
 
