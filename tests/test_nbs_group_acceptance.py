@@ -2,11 +2,13 @@
 
 Synthetic study (tiny preset, seed 0): 4 subjects x sessions M0/M3/M6, a planted 14-node
 subnetwork (``subnetwork_nodes=14``: the 14 default-subnetwork nodes nearest the lateral left
-default-mode centroid) whose correlation rises linearly to ``connectivity_delta_r=0.5`` at
-month 6 (0.25 at month 3). The tiny preset's 40 BOLD volumes are too few for 4 subjects (the
-F map is noise: no component below p = 0.18 with the default 0.3 rise either), so the runs
-have ``n_bold_volumes=450`` (measured: 450 volumes and a 0.5 rise give one component of
-60 edges, 93 % planted, on seeds 0 and 1; 300 volumes gave 80-89 % planted on seeds 0-3).
+default-mode centroid: 11 left default mode, 3 left parietal) whose correlation rises linearly
+to ``connectivity_delta_r=0.5`` at month 6 (0.25 at month 3). The tiny preset's 40 BOLD
+volumes are too few for 4 subjects (measured on seed 0, default 26 nodes and 0.3 rise: no
+component below p = 0.59), and so are 150 (14 nodes: none below p = 0.19 with a 0.3 rise; a
+13-edge component, 77 % planted, with a 0.5 rise). The runs therefore have
+``n_bold_volumes=450`` and a 0.5 rise (measured: one component of 60 / 62 edges, 93 / 92 %
+planted, p = 1/216, on seeds 0 / 1; 300 volumes gave 80-89 % planted on seeds 0-3).
 
 Only the fMRI participant level runs (connectomes), and the segmentation derivatives are then
 removed so the group level skips lesion tracking (NBS does not use it); then the group level
@@ -79,6 +81,11 @@ def auto_run(connectomes):
 @pytest.fixture(scope="module")
 def paired_run(connectomes):
     return _group(connectomes, "paired", nbs_design="paired", nbs_tail="right")
+
+
+@pytest.fixture(scope="module")
+def trend_run(connectomes):
+    return _group(connectomes, "trend", nbs_design="trend", nbs_tail="right")
 
 
 def _sidecar(out: Path, name: str = "fmri_nbs_components") -> dict:
@@ -171,3 +178,50 @@ def test_paired_first_vs_last_says_p_below_005_is_unattainable(paired_run):
     assert "no component can reach p &lt; 0.05." in page  # the methods sentence
     figures = [p.name for p in (out / "figures").glob("group_desc-nbs*.png")]
     assert all(name.startswith("group_desc-nbsM0M6_") for name in figures)
+
+
+def test_trend_design_from_config_finds_the_rise(connectomes, trend_run):
+    """The within-subject trend over months, one-sided: 1,296 arrangements, floor 1/1,296."""
+    _, _, truth = connectomes
+    result, out = trend_run
+    meta = _sidecar(out)
+    assert meta["Design"] == "trend" and meta["Tail"] == "right"
+    assert meta["PermutationSpace"] == 6 ** N_SUBJECTS and meta["Exact"] is True
+    assert meta["SmallestAttainableP"] == pytest.approx(1 / 6 ** N_SUBJECTS)
+    edges = pd.read_csv(DerivativesLayout(out).group_table("fmri_nbs_edges"), sep="\t")
+    best = result.nbs.components[0]
+    share = _planted_share(edges[edges["component"] == best.index],
+                           set(truth["func"]["planted_nodes"]))
+    print(f"\ntrend: component p = {best.p_value:.4g}, {best.n_edges} edges, "
+          f"{100 * share:.1f} % planted")
+    assert best.p_value < 0.05 and best.direction == "positive" and share >= 0.8
+
+
+def test_subnetwork_nodes_picks_the_nodes_nearest_the_left_default_mode_centroid():
+    """subnetwork_nodes=14 keeps 14 of the 26 default nodes: every kept node is nearer the
+    centroid of the largest group (lateral left default mode) than every dropped one;
+    out-of-range sizes are refused."""
+    from msimaging.atlases.coordinates import load_seitzman_2018
+    from msimaging.datasets import make_synthetic_study
+    from msimaging.datasets.synthetic.functional import planted_subnetwork
+    from msimaging.errors import InputError
+
+    atlas = load_seitzman_2018()
+    default = planted_subnetwork(atlas)
+    nodes = planted_subnetwork(atlas, n_nodes=14)
+    assert len(default) == 26 and len(nodes) == 14 and set(nodes) <= set(default)
+    left_dmn = atlas[atlas["network"].str.contains("DefaultMode")
+                     & (atlas["structure"] == "cortexL") & (atlas["x_mm"] <= -15)]
+    assert len(left_dmn) == 18  # the documented largest group of the default subnetwork
+    xyz = atlas[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+    distance = np.linalg.norm(xyz - xyz[left_dmn.index].mean(axis=0), axis=1)
+    dropped = sorted(set(default) - set(nodes))
+    assert distance[nodes].max() < distance[dropped].min()
+    assert (atlas.iloc[nodes]["hemisphere"] == "L").all()
+    assert np.array_equal(planted_subnetwork(atlas, n_nodes=26), default)
+    for bad in (1, 27, 14.0, True):
+        with pytest.raises(InputError, match="subnetwork_nodes"):
+            planted_subnetwork(atlas, n_nodes=bad)
+    with pytest.raises(InputError, match="n_bold_volumes"):
+        make_synthetic_study(Path("/nonexistent/never-written"), preset="tiny",
+                             n_bold_volumes=5)

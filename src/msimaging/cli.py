@@ -143,7 +143,7 @@ def build_app_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nbs-design", default=None,
                         choices=("auto", "repeated_measures", "trend", "paired", "pairwise"),
                         help="group level NBS design (default auto: repeated-measures F over "
-                        "every visit when >= 3 visits with >= 2 complete subjects, else paired "
+                        "every visit when >= 3 visits with >= 3 complete subjects, else paired "
                         "first vs last; the report says which ran and why)")
     parser.add_argument("--force", action="store_true",
                         help="recompute tasks whose outputs are already up to date")
@@ -359,8 +359,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run = run_participant(bids_dir, deriv, n_workers=args.n_workers, progress=True)
     _print_table("      tasks:", run.summary())
     participant_done = time.perf_counter()
-    print("\n[3/4] group level: study tables, lesion tracks, NBS (M0 vs M6, one-sided: the "
-          "pre-specified hypothesis is a rise in connectivity), exact statistics, report")
+    print("\n[3/4] group level: study tables, lesion tracks, NBS (repeated-measures F over "
+          "every visit; paired visit pairs one-sided, the pre-specified hypothesis being a rise "
+          "in connectivity), exact statistics, report")
     group = run_group(bids_dir, deriv, nbs_tail="right", progress=False)
     _print_group(group)
     print("\n[4/4] checks against the planted truth and headline findings")
@@ -426,13 +427,16 @@ def _headline(deriv: Path, group) -> None:
             print(f"    {row.roi} RD: median change {pct.median():+.1f}% at month {last:g}; "
                   f"Friedman exact p = {row.p_exact:.4g} (chi-square approx. "
                   f"{row.p_chi2_approx:.3g}), n = {row.n_subjects}")
+    nbs_sidecar = DerivativesLayout(deriv).group_table("fmri_nbs_components").with_suffix(".json")
+    design = (json.loads(nbs_sidecar.read_text(encoding="utf-8")).get("Design", "NBS")
+              if nbs_sidecar.is_file() else "NBS")
     if group.nbs is not None and group.nbs.components:
         best = group.nbs.components[0]
-        print(f"    NBS M0 < M6: largest component {best.n_edges} edges, {best.n_nodes} "
-              f"nodes, FWER p = {best.p_value:.4g} (smallest attainable "
+        print(f"    NBS ({design}): most significant component {best.n_edges} edges, "
+              f"{best.n_nodes} nodes, FWER p = {best.p_value:.4g} (smallest attainable "
               f"{group.nbs.smallest_p:.4g}), hubs {[int(h) for h in best.hubs]}")
     elif group.nbs is not None:
-        print("    NBS M0 < M6: no suprathreshold component")
+        print(f"    NBS ({design}): no suprathreshold component")
     load_path = DerivativesLayout(deriv).group_table("volumetry_lesion_load")
     if load_path.is_file():
         loads = pd.read_csv(load_path, sep="\t")

@@ -88,8 +88,10 @@ def run_group(
         (always "right"); the pairwise table gives the direction of each change.
     nbs_design : {"auto", "repeated_measures", "trend", "paired", "pairwise"}
         The NBS design. "auto": the repeated-measures F over every visit when there are
-        >= 3 visits (months) with >= 2 subjects at every visit (subjects missing a visit are
-        left out, and ``notes`` says which), else paired first vs last visit. With >= 3
+        >= 3 visits (months) with >= 3 subjects at every visit (subjects missing a visit are
+        left out, and ``notes`` says which), else paired first vs last visit. Every design
+        needs >= 3 subjects (with 2, p < 0.05 is unattainable): fewer, and ``notes`` says the
+        NBS was skipped. With >= 3
         visits the paired comparison of every visit pair is run too, for the direction
         (``group/fmri_nbs_pairwise.tsv``). The sidecars say which design ran, why, its
         permutation space, whether it was enumerated and its smallest attainable p.
@@ -455,8 +457,10 @@ _NBS_DESIGN_NAMES = {
 _NBS_FIGURE_LABELS = {"repeated_measures": "F", "trend": "Trend", "paired": "",
                       "pairwise": ""}
 _NBS_ALPHA = 0.05
-#: Subjects a paired first-vs-last NBS needs (2 subjects: 4 sign flips, smallest p 0.25).
-_MIN_PAIRED_SUBJECTS = 3
+#: Subjects every group-level NBS design needs. With 2 subjects no design of 2 or 3 visits can
+#: reach p < 0.05 (paired: 4 sign flips, smallest p 1/4; repeated-measures F over 3 visits:
+#: smallest p 1/3! = 1/6), so the group level says so instead of running it.
+_MIN_NBS_SUBJECTS = 3
 #: Seed of the random permutations when the permutation space is too large to enumerate.
 _NBS_SEED = 0
 _NBS_TABLES = ("fmri_nbs_components", "fmri_nbs_edges", "fmri_nbs_pairwise")
@@ -500,7 +504,7 @@ def _choose_nbs_design(design: str, visits: list[float], complete: list[str],
     shown = ", ".join(f"{m:g}" for m in visits)
     paired = (f"the paired first-vs-last test of {n_first_last} subjects could reach at best "
               f"p = {_paired_floor(n_first_last, tail):.4g}")
-    if len(visits) >= 3 and len(complete) >= 2:
+    if len(visits) >= 3 and len(complete) >= _MIN_NBS_SUBJECTS:
         return "repeated_measures", (
             f"auto: {len(visits)} visits (months {shown}) with {len(complete)} subjects at "
             "every visit, so the repeated-measures F uses every visit (permutations of the "
@@ -508,7 +512,7 @@ def _choose_nbs_design(design: str, visits: list[float], complete: list[str],
     if len(visits) >= 3:
         return "paired", (f"auto: {len(visits)} visits (months {shown}) but only "
                           f"{len(complete)} subject(s) at every visit (the repeated-measures F "
-                          "needs 2), so first vs last visit, paired")
+                          f"needs {_MIN_NBS_SUBJECTS}), so first vs last visit, paired")
     return "paired", f"auto: 2 visits (months {shown}), so paired first vs last"
 
 
@@ -562,9 +566,10 @@ def _nbs(output, sessions, writer, tables, *, design, threshold_p, tail, n_permu
         warnings.simplefilter("ignore", MSImagingWarning)
         try:
             if chosen == "repeated_measures":
-                if len(visits) < 3 or len(complete) < 2:
+                if len(visits) < 3 or len(complete) < _MIN_NBS_SUBJECTS:
                     notes.append(f"NBS skipped: the repeated-measures F needs >= 3 visits with "
-                                 f">= 2 subjects at every visit; there are {len(visits)} "
+                                 f">= {_MIN_NBS_SUBJECTS} subjects at every visit; there are "
+                                 f"{len(visits)} "
                                  f"visit(s) and {len(complete)} such subject(s) (set "
                                  "[group] nbs_design = 'paired' or 'auto')")
                     return None, {}
@@ -577,23 +582,23 @@ def _nbs(output, sessions, writer, tables, *, design, threshold_p, tail, n_permu
                     [s for s in used for _ in visits],
                     [_visit_label(m) for _ in used for m in visits], tail="right", **options)
             elif chosen == "trend":
-                try:
-                    from msimaging.fmri.nbs import nbs_trend
-                except ImportError:
-                    notes.append("NBS skipped: nbs_design = 'trend' needs "
-                                 "msimaging.fmri.nbs.nbs_trend, which this version lacks")
-                    return None, {}
+                from msimaging.fmri import nbs_trend
+
                 used = sorted(s for s, v in by_subject.items() if len(v) >= 2)
                 dropped = sorted(set(by_subject) - set(used))
+                if len(used) < _MIN_NBS_SUBJECTS:
+                    notes.append(f"NBS skipped: {len(used)} subjects have connectomes at >= 2 "
+                                 f"visits ({_MIN_NBS_SUBJECTS} needed for the trend)")
+                    return None, {}
                 observations = [(s, m) for s in used for m in sorted(by_subject[s])]
                 result = nbs_trend([load(s, m) for s, m in observations],
                                    subject=[s for s, _ in observations],
                                    months=[m for _, m in observations], tail=tail, **options)
                 used_visits = sorted({m for _, m in observations})
             else:  # paired, pairwise: first vs last is the main result
-                if len(first_last) < _MIN_PAIRED_SUBJECTS:
+                if len(first_last) < _MIN_NBS_SUBJECTS:
                     notes.append(f"NBS skipped: {len(first_last)} subjects have connectomes at "
-                                 f"months {first:g} and {last:g} ({_MIN_PAIRED_SUBJECTS} "
+                                 f"months {first:g} and {last:g} ({_MIN_NBS_SUBJECTS} "
                                  "needed)")
                     return None, {}
                 used = first_last
@@ -608,7 +613,7 @@ def _nbs(output, sessions, writer, tables, *, design, threshold_p, tail, n_permu
             for i, a in enumerate(visits):
                 for b in visits[i + 1:]:
                     both = sorted(s for s, v in by_subject.items() if a in v and b in v)
-                    if len(both) < 2:
+                    if len(both) < _MIN_NBS_SUBJECTS:
                         notes.append(f"NBS pairwise months {a:g} vs {b:g} skipped: "
                                      f"{len(both)} subject(s) at both visits")
                         continue

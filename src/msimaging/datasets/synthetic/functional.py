@@ -299,7 +299,8 @@ def planted_subnetwork(
         coordinates) to the centroid of the spec's largest group (the first in spec order on a
         tie), distance ties broken by the lower row position. Deterministic, and it keeps a
         compact subnetwork: with :data:`DEFAULT_SPEC` on Seitzman 2018 and ``n_nodes=14``,
-        14 of the 18 lateral left default-mode nodes. None keeps every node.
+        11 of the 18 lateral left default-mode nodes and 3 of the 6 left parietal ones.
+        None keeps every node.
 
     Returns
     -------
