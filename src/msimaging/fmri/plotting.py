@@ -1,4 +1,10 @@
-"""Figures of a :class:`~msimaging.fmri.connectome.Connectome`.
+"""Figures of connectomes and of subnetworks (e.g. NBS components).
+
+The figures take plain data: any object with ``matrix`` (n_nodes, n_nodes) and ``nodes`` (node
+table) such as a :class:`~msimaging.fmri.connectome.Connectome`, or a matrix, a node table and
+an edge list for :func:`plot_subnetwork`. This module imports no result class, so
+``Connectome.plot`` and ``NBSResult.plot`` call into it without an import cycle (an
+import-linter contract in pyproject.toml keeps it so).
 
 * :func:`plot_adjacency`: the weighted adjacency matrix ordered by network (then hemisphere,
   then anterior to posterior), with network separators, colour strips and labels.
@@ -9,11 +15,18 @@
   node size = degree and node colour = network or strength of the drawn edges.
 * :func:`view_connectome_html`: nilearn's interactive 3-D
   :func:`~nilearn.plotting.view_connectome`, saved as one self-contained HTML file.
+* :func:`plot_subnetwork`: adjacency, connectogram or glass brain of a subnetwork drawn with
+  its own nodes only, named by their AAL3 region, node size = degree, node colour = strength,
+  hubs labelled ``"Frontal_Mid_2_L · DefaultMode"``; :func:`subnetwork_nodes` is its node
+  table in drawing order.
+* :func:`network_color` / :func:`network_colors`: one fixed colour per network name, the same
+  in every figure whatever networks it shows.
 
-Every function accepts ``highlight_edges`` — a subset of edges to show, e.g. a significant
-subnetwork: ``(i, j)`` matrix positions or a boolean ``(n_nodes, n_nodes)`` mask — and returns
-its figure object; with ``path`` it also saves it atomically, in the format given by the
-extension (``.png``, ``.svg`` or ``.pdf`` for the static figures, ``.html`` for the 3-D view).
+The whole-connectome functions accept ``highlight_edges`` — a subset of edges to show, e.g. a
+significant subnetwork: ``(i, j)`` matrix positions or a boolean ``(n_nodes, n_nodes)`` mask —
+and return their figure object; with ``path`` they also save it atomically, in the format given
+by the extension (``.png``, ``.svg`` or ``.pdf`` for the static figures, ``.html`` for the
+3-D view).
 
 Edge thresholds (``threshold``) are either a number (draw edges with ``|w| >= threshold``) or a
 string ``"p%"`` (draw edges whose ``|w|`` is at or above the p-th percentile of the finite
