@@ -482,7 +482,8 @@ def _run_tfnbs(
             for h in heights
         ])
         # Pass 2: the largest score of every permutation.
-        per_permutation = n_edges * (8 * rows + 16 * len(directions) + 48)
+        # product (float64), a mask and the entries above the grid's start per direction
+        per_permutation = n_edges * (8 * rows + 8 * len(directions) + 16)
         null_dirs = _map_blocks(
             _tfnbs_null_block, w, model, plan,
             (directions, grid, dh, extent_exponent, height_exponent, n_nodes),

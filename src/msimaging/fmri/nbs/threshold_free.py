@@ -19,7 +19,7 @@ import numpy as np
 
 from msimaging.fmri.nbs._constants import _GRID_RTOL
 from msimaging.fmri.nbs.components import _edge_component_sizes, _upper_indices
-from msimaging.fmri.nbs.glm import _design_product, _Model, _statistics
+from msimaging.fmri.nbs.glm import _design_product, _Model, _stat_at, _statistics, _supra
 
 
 def _heights(model: _Model, product: np.ndarray, directions: tuple[int, ...]) -> np.ndarray:
@@ -45,6 +45,14 @@ def _grid(start: float, h_max: float, n_steps: int) -> tuple[np.ndarray, float]:
     return np.linspace(start + dh, h_max, n_steps), float(dh)
 
 
+def _cuts(grid: np.ndarray) -> np.ndarray:
+    """Grid heights lowered by a relative 1e-10: heights that equal a grid height up to
+    rounding reach it (the grid's top is the largest height itself, and a permutation that
+    reproduces that map, a mirror image or relabelled visits, computes it with other
+    rounding)."""
+    return grid - _GRID_RTOL * np.maximum(np.abs(grid), 1.0)
+
+
 def _tfnbs_scores(
     heights: np.ndarray,
     grid: np.ndarray,
@@ -56,39 +64,29 @@ def _tfnbs_scores(
     """TFNBS scores (B, E) of a block of height maps (B, E) on a fixed grid."""
     n_block, n_edges = heights.shape
     scores = np.zeros(n_block * n_edges)
-    edges, values = _scored_edges(heights, grid, dh, extent_exponent, height_exponent, n_nodes)
-    scores[edges] = values
+    if len(grid):
+        flat = heights.ravel()
+        edges = np.flatnonzero(flat >= _cuts(grid)[0])
+        scores[edges] = _scored_edges(edges, flat[edges], n_block, n_edges, grid, dh,
+                                      extent_exponent, height_exponent, n_nodes)
     return scores.reshape(n_block, n_edges)
 
 
-def _tfnbs_max(
-    heights: np.ndarray,
+def _scored_edges(
+    edges: np.ndarray,
+    values: np.ndarray,
+    n_block: int,
+    n_edges: int,
     grid: np.ndarray,
     dh: float,
     extent_exponent: float,
     height_exponent: float,
     n_nodes: int,
 ) -> np.ndarray:
-    """Largest TFNBS score of each map of a block (B,)."""
-    n_block, n_edges = heights.shape
-    out = np.zeros(n_block)
-    edges, values = _scored_edges(heights, grid, dh, extent_exponent, height_exponent, n_nodes)
-    if len(edges):
-        owner = edges // n_edges
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        out[owner[starts]] = np.maximum.reduceat(values, starts)
-    return out
+    """Scores of the given entries of a block of maps.
 
-
-def _scored_edges(
-    heights: np.ndarray,
-    grid: np.ndarray,
-    dh: float,
-    extent_exponent: float,
-    height_exponent: float,
-    n_nodes: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices (sorted) of the edges above the first grid height, and their scores.
+    ``edges`` are the sorted flat indices ``b * n_edges + e`` of every entry whose height
+    (``values``) reaches the first grid height; all other entries score 0.
 
     One connected-components call per grid height over the whole block (the B graphs as
     one block-diagonal graph); only edges still active go on to the next, higher, height.
@@ -97,27 +95,19 @@ def _scored_edges(
     the loop: above the first few heights almost every active edge of a null map is such a
     single edge.
     """
-    n_edges = heights.shape[1]
-    flat = heights.ravel()
-    if not len(grid):
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
     iu = _upper_indices(n_nodes)
     term = grid**height_exponent * dh  # an extent of 1 contributes h^H dh at each height
     cumulative = np.concatenate([[0.0], np.cumsum(term)])
-    # Heights within 1e-10 (relative) of a grid height count as reaching it: the grid's top
-    # is the largest height itself, and a permutation that reproduces that map (a mirror
-    # image, relabelled visits) computes it with different rounding.
-    cut = grid - _GRID_RTOL * np.maximum(np.abs(grid), 1.0)
-    edges = np.flatnonzero(flat >= cut[0])
-    values = flat[edges]
+    cut = _cuts(grid)
     b_idx, e_idx = np.divmod(edges, n_edges)
     rows = b_idx * n_nodes + iu[0][e_idx]
     cols = b_idx * n_nodes + iu[1][e_idx]
-    n_total = heights.shape[0] * n_nodes
+    n_total = n_block * n_nodes
     scores = np.zeros(len(edges))
     active = np.arange(len(edges))  # positions into edges, still sorted
     for k in range(len(grid)):
-        active = active[values[active] >= cut[k]]
+        if k:
+            active = active[values[active] >= cut[k]]
         if not len(active):
             break
         sizes = _edge_component_sizes(rows[active], cols[active], n_total)
@@ -128,7 +118,7 @@ def _scored_edges(
             top = np.searchsorted(cut, values[done], side="right")  # heights <= the edge's
             scores[done] += cumulative[top] - cumulative[k + 1]
             active = active[~single]
-    return edges, scores
+    return scores
 
 
 def _block_product(w: np.ndarray, model: _Model, perms: np.ndarray | None,
@@ -136,6 +126,13 @@ def _block_product(w: np.ndarray, model: _Model, perms: np.ndarray | None,
     design = _design_product(model, perms, signs, w.dtype)
     n_block = design.shape[0] // model.q.shape[1]
     return (design @ w).reshape(n_block, model.q.shape[1], w.shape[1])
+
+
+def _monotone(model: _Model) -> bool:
+    """Whether t is a monotone function of the tested part of the product alone (no
+    nuisance direction moved by the permutations), so that maps are thresholded on the
+    product and t is formed only where needed."""
+    return model.r == 1 and model.n_variable_nuisance == 0
 
 
 def _max_height_block(
@@ -146,8 +143,21 @@ def _max_height_block(
     directions: tuple[int, ...],
 ) -> np.ndarray:
     """Largest height of each permutation of a block (over the tested directions), (B, 1)."""
-    heights = _heights(model, _block_product(w, model, perms, signs), directions)
-    return heights.max(axis=(0, 2))[:, None]
+    product = _block_product(w, model, perms, signs)
+    n_block = product.shape[0]
+    if _monotone(model):
+        rows = np.arange(n_block)
+        tested = product[:, 0, :]
+        tops = [
+            _stat_at(model, product, rows,
+                     (np.argmax if sign > 0 else np.argmin)(tested, axis=1), sign)
+            for sign in directions
+        ]
+        return np.max(tops, axis=0)[:, None]
+    stats = _statistics(model, product)
+    if model.r > 1:
+        return np.sqrt(np.maximum(stats.max(axis=1), 0.0))[:, None]
+    return np.max([(sign * stats).max(axis=1) for sign in directions], axis=0)[:, None]
 
 
 def _tfnbs_null_block(
@@ -163,14 +173,33 @@ def _tfnbs_null_block(
     n_nodes: int,
 ) -> np.ndarray:
     """Largest TFNBS score per permutation and direction, shape (B, n_directions)."""
-    heights = _heights(model, _block_product(w, model, perms, signs), directions)
-    return np.stack(
-        [
-            _tfnbs_max(h, grid, dh, extent_exponent, height_exponent, n_nodes)
-            for h in heights
-        ],
-        axis=1,
-    )
+    product = _block_product(w, model, perms, signs)
+    n_block, n_edges = product.shape[0], product.shape[2]
+    out = np.zeros((n_block, len(directions)))
+    if not len(grid):
+        return out
+    cut = float(_cuts(grid)[0])
+    # Both directions are scored together, as 2B maps (one connected-components call per
+    # grid height for the whole block): direction d of permutation b is map d * B + b.
+    parts, heights = [], []
+    for d, sign in enumerate(directions):
+        # Entries reaching the first grid height; heights (t or sqrt F) formed there only.
+        b_idx, e_idx, values = _supra(model, product, cut if model.r == 1 else cut**2, sign)
+        if values is None:
+            values = _stat_at(model, product, b_idx, e_idx, sign)
+        values = values.astype(np.float64)
+        parts.append((d * n_block + b_idx.astype(np.int64)) * n_edges + e_idx)
+        heights.append(np.sqrt(values) if model.r > 1 else values)
+    edges = np.concatenate(parts)
+    if not len(edges):
+        return out
+    scores = _scored_edges(edges, np.concatenate(heights), n_block * len(directions), n_edges,
+                           grid, dh, extent_exponent, height_exponent, n_nodes)
+    owner = edges // n_edges
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    d_idx, b_idx = np.divmod(owner[starts], n_block)
+    out[b_idx, d_idx] = np.maximum.reduceat(scores, starts)
+    return out
 
 
 def _start_height(threshold: float | None, threshold_p: float | None, model: _Model,
