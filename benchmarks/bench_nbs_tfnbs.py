@@ -77,7 +77,12 @@ def _timed(call):
 
 
 def main() -> dict:
-    import tfnbs
+    try:
+        import tfnbs
+    except ImportError:  # the anchor is not a dependency of msimaging
+        print("tfnbs is not installed: pip install --no-deps tfnbs==1.1.0 (its scoring and "
+              "statistics modules need only numpy, scipy, pandas and scikit-learn); skipped.")
+        return {}
     from tfnbs import pairwise_stats, tfnbs_score
     from threadpoolctl import threadpool_limits
 

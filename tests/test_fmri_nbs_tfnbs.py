@@ -19,7 +19,7 @@ import pytest
 from scipy import stats
 
 from msimaging.errors import InputError, MSImagingWarning
-from msimaging.fmri.nbs import nbs_paired, nbs_repeated_measures
+from msimaging.fmri.nbs import nbs_one_sample, nbs_paired, nbs_repeated_measures
 from msimaging.fmri.nbs.threshold_free import _grid, _tfnbs_scores
 
 START = 1.65  # the documented default start of the grid
@@ -196,6 +196,36 @@ def test_repeated_measures_scores_sqrt_f_and_exact_p_equals_brute_force():
     np.testing.assert_allclose(upper(result.edge_score_matrix), observed, rtol=1e-8)
     np.testing.assert_allclose(upper(result.edge_p_matrix), expected_p, atol=1e-12)
     assert result.edge_p_matrix.min() >= result.smallest_p == 6 / 216
+
+
+def test_covariate_freedman_lane_p_equals_brute_force():
+    rng = np.random.default_rng(31)
+    n, n_nodes = 6, 7
+    age = rng.normal(size=n)
+    data = symmetric(rng, n, n_nodes) + 0.8 * age[:, None, None] * symmetric(rng, 1, n_nodes)
+    data = plant(data, [0, 1, 2, 3], 1.2)
+    result = quiet(nbs_one_sample, data, covariates=age, method="tfnbs")
+    assert result.exact and result.n_permutations == 2**n
+    y = upper(data)
+    x = np.column_stack([np.ones(n), age])
+    unscaled = np.linalg.inv(x.T @ x)[0, 0]
+    # Freedman-Lane: flip the residuals of the nuisance-only model (age) and refit
+    fitted = np.outer(age, age @ y) / (age @ age)
+    resid = y - fitted
+
+    def t_intercept(values):
+        beta, rss = np.linalg.lstsq(x, values, rcond=None)[:2]
+        return beta[0] / np.sqrt(rss / (n - 2) * unscaled)
+
+    t_maps = [t_intercept(np.array(f)[:, None] * resid + fitted)
+              for f in itertools.product([1, -1], repeat=n)]
+    grid, dh = brute_grid(max(float(t.max()) for t in t_maps))
+    null = np.array([brute_scores(t, n_nodes, grid, dh).max() for t in t_maps])
+    observed = brute_scores(t_maps[0], n_nodes, grid, dh)
+    expected_p = np.array([np.sum(null >= s - 1e-9 * s) / len(null) for s in observed])
+    np.testing.assert_allclose(upper(result.statistic_matrix), t_maps[0], rtol=1e-9)
+    np.testing.assert_allclose(upper(result.edge_score_matrix), observed, rtol=1e-8)
+    np.testing.assert_allclose(upper(result.edge_p_matrix), expected_p, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------

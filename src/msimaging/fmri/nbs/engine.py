@@ -431,13 +431,14 @@ def _p_from_null(null: np.ndarray, observed: np.ndarray, exact: bool) -> np.ndar
 
 
 def _reported(p: np.ndarray, eligible: np.ndarray) -> np.ndarray:
-    """Which entries become components: p < 0.05, or (when none) those with the smallest p.
+    """Which entries become components: p < 0.05, or (when none) those with the smallest p
+    (unless it is 1).
 
     The fallback shows the best attainable evidence (e.g. the 1/2^n floor of a small paired
     design) instead of an empty result.
     """
     chosen = eligible & (p < _REPORT_ALPHA)
-    if not chosen.any() and eligible.any():
+    if not chosen.any() and eligible.any() and p[eligible].min() < 1.0:
         chosen = eligible & (p <= p[eligible].min() * (1 + 1e-12))
     return chosen
 
