@@ -174,7 +174,8 @@ def main() -> dict:
             / (ours_c_s / ours_c.n_permutations),
             "n_blocks": ours_c.parameters["n_blocks"],
             "significant_blocks": [
-                f"{c.network_pairs and next(iter(c.network_pairs))} p={c.p_value:.4g}"
+                f"{'-'.join(next(iter(c.network_pairs)))} ({c.n_edges} edges, planted "
+                f"{int(planted[c.edges[:, 0], c.edges[:, 1]].sum())}) p={c.p_value:.4g}"
                 for c in ours_c.significant()
             ],
         }

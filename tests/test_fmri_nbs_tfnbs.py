@@ -301,6 +301,10 @@ def test_constrained_networks_from_column_name_or_sequence_agree():
                       networks="system")
     by_sequence = quiet(nbs_paired, pre, post, method="constrained", networks=NETWORKS)
     pd.testing.assert_frame_equal(by_column.network_table, by_sequence.network_table)
+    assert by_sequence.components  # the smallest-p block(s) when none reaches 0.05
+    for comp in by_sequence.components:  # the block's pair even without a node table
+        ((a, b), count), = comp.network_pairs.items()
+        assert count == comp.n_edges and {NETWORKS[i] for i in comp.nodes} == {a, b}
 
 
 def test_bad_options():

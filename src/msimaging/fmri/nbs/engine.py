@@ -3,6 +3,7 @@ distribution of the largest component, and component p-values."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -583,8 +584,10 @@ def _run_constrained(
         edge_idx = np.flatnonzero(block == b)
         iu = _upper_indices(n_nodes)
         nodes = np.unique(np.r_[iu[0][edge_idx], iu[1][edge_idx]])
-        components.append(_component(len(components), names[directions[d]], nodes, edge_idx,
-                                     stat[edge_idx], observed[k], fwer[k], table, n_nodes))
+        comp = _component(len(components), names[directions[d]], nodes, edge_idx,
+                          stat[edge_idx], observed[k], fwer[k], table, n_nodes)
+        # the block's own network pair (networks may come from the argument, not the table)
+        components.append(dataclasses.replace(comp, network_pairs={pairs[b]: len(edge_idx)}))
     edge_p = fwer.reshape(len(directions), n_blocks).min(axis=0)[block]
     parameters = dict(parameters, block_statistic="mean t" if model.r == 1 else "mean F",
                       fwer="largest block statistic standardised by its permutation mean and SD",
