@@ -15,8 +15,11 @@ permutations, is not one statistic applied to every permutation).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from msimaging.errors import InputError
 from msimaging.fmri.nbs._constants import _GRID_RTOL
 from msimaging.fmri.nbs.components import _edge_component_sizes, _upper_indices
 from msimaging.fmri.nbs.glm import _design_product, _Model, _stat_at, _statistics, _supra
@@ -205,11 +208,7 @@ def _tfnbs_null_block(
 def _start_height(threshold: float | None, threshold_p: float | None, model: _Model,
                   default: float) -> tuple[float, float]:
     """Start of the grid in height units (t or sqrt F) and its uncorrected one-sided p."""
-    import math
-
     from scipy import stats
-
-    from msimaging.errors import InputError
 
     if threshold is not None and threshold_p is not None:
         raise InputError("give threshold (a statistic) or threshold_p (a p-value), not both.")
