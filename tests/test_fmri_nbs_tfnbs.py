@@ -252,6 +252,23 @@ def test_fwer_under_the_null_exact_paired_n6():
         assert abs(rate - alpha) <= 2 * se
 
 
+@pytest.mark.slow
+def test_fwer_under_the_null_exact_repeated_measures_4x3():
+    rng = np.random.default_rng(43)
+    n_datasets, n_nodes, alpha = 600, 10, 0.05
+    subject, visit = np.repeat(np.arange(4), 3), np.tile(np.arange(3), 4)
+    hits = 0
+    for _ in range(n_datasets):
+        result = quiet(nbs_repeated_measures, symmetric(rng, 12, n_nodes), subject, visit,
+                       method="tfnbs")
+        assert result.exact and result.n_permutations == 1296
+        hits += bool(result.significant(alpha))
+    rate, se = hits / n_datasets, np.sqrt(alpha * (1 - alpha) / n_datasets)
+    print(f"FWER TFNBS exact repeated measures 4x3 (sqrt F), {n_datasets} null data sets: "
+          f"{rate:.4f} (alpha {alpha}, 2 SE {2 * se:.4f}; attainable 60/1296 = 0.0463)")
+    assert abs(rate - alpha) <= 2 * se
+
+
 # --------------------------------------------------------------------------------------------
 # Constrained (network-level) NBS
 # --------------------------------------------------------------------------------------------
