@@ -70,6 +70,15 @@ def brute_scores(heights: np.ndarray, n_nodes: int, grid: np.ndarray, dh: float,
     return out
 
 
+def z_of_t(t: np.ndarray, df: float) -> np.ndarray:
+    """z heights as documented: the normal quantile of the edge's one-sided t p-value."""
+    return stats.norm.isf(stats.t.sf(t, df))
+
+
+def z_of_f(f: np.ndarray, df1: float, df2: float) -> np.ndarray:
+    return stats.norm.isf(stats.f.sf(f, df1, df2))
+
+
 def brute_grid(h_max: float) -> tuple[np.ndarray, float]:
     dh = (h_max - START) / STEPS
     return START + dh * np.arange(1, STEPS + 1), dh
@@ -111,29 +120,70 @@ def test_scores_equal_the_tfnbs_package_on_the_same_map():
         np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-9 * reference.max())
 
 
+def test_z_heights_equal_scipy_and_stay_ordered_in_the_far_tail():
+    rng = np.random.default_rng(9)
+    n, n_nodes = 8, 12
+    diff = symmetric(rng, n, n_nodes) + 0.8
+    result = quiet(nbs_one_sample, diff, method="tfnbs", tail="both", n_permutations=50,
+                   exact=False, seed=1)
+    t = stats.ttest_1samp(upper(diff), 0.0).statistic
+    z = z_of_t(t, n - 1)  # independent: scipy's t.sf then norm.isf
+    assert result.parameters["tfnbs_height"] == "z"
+    assert result.parameters["h_max"] >= z.max() - 1e-9  # observed map is part of the grid
+    assert result.parameters["native_h_max"] == pytest.approx(
+        z_inverse := stats.t.isf(stats.norm.sf(result.parameters["h_max"]), n - 1), rel=1e-9)
+    assert z_inverse >= t.max() - 1e-9
+    # the engine's transform itself, where scipy's p underflows (t = 1e6 at df 200) too
+    from msimaging.fmri.nbs.glm import _Model
+    from msimaging.fmri.nbs.threshold_free import _z_from_native
+
+    def model(r, df):
+        return _Model(q=np.zeros((3, r)), q_nuisance=np.zeros((3, 0)), r=r, df=df, tested=None)
+
+    values = np.array([-6.0, -1.0, 0.0, 0.7, 1.65, 3.0, 12.0, 40.0, 1e3, 1e6])
+    for df in (4.0, 30.0, 200.0):
+        ours = _z_from_native(values, model(1, df))
+        # scipy's sf of a negative t is 1 - tiny (digits lost): use z(-t) = -z(t) there
+        reference = np.sign(values) * z_of_t(np.abs(values), df)
+        finite = np.abs(reference) < 30  # where scipy's p is representable with digits left
+        np.testing.assert_allclose(ours[finite], reference[finite], rtol=1e-10, atol=1e-10)
+        assert np.all(np.isfinite(ours)) and np.all(np.diff(ours) > 0)
+    root_f = np.sqrt([0.3, 2.0, 9.0, 1e3, 1e12])
+    ours = _z_from_native(root_f, model(2, 100.0))
+    np.testing.assert_allclose(ours[:3], z_of_f(root_f[:3] ** 2, 2, 100), rtol=1e-10)
+    assert np.all(np.isfinite(ours)) and np.all(np.diff(ours) > 0)
+    with pytest.raises(InputError, match="tfnbs_height"):
+        quiet(nbs_one_sample, diff, method="tfnbs", tfnbs_height="p")
+
+
 # --------------------------------------------------------------------------------------------
 # Exact p-values: enumeration equals brute force
 # --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("height", ["z", "t"])
 @pytest.mark.parametrize("tail", ["right", "both"])
-def test_exact_paired_p_equals_brute_force_over_every_sign_flip(tail):
+def test_exact_paired_p_equals_brute_force_over_every_sign_flip(tail, height):
     rng = np.random.default_rng(5)
     n, n_nodes = 5, 7
     pre = symmetric(rng, n, n_nodes)
     post = plant(symmetric(rng, n, n_nodes), [0, 1, 2, 3], 1.5)
-    result = quiet(nbs_paired, pre, post, method="tfnbs", tail=tail)
+    result = quiet(nbs_paired, pre, post, method="tfnbs", tail=tail, tfnbs_height=height)
     assert result.exact and result.n_permutations == 32 and result.method == "tfnbs"
+    assert result.parameters["tfnbs_height"] == height
 
     diff = upper(post - pre)
     flips = [np.array(s) for s in itertools.product([1, -1], repeat=n)]
     t_maps = [stats.ttest_1samp(s[:, None] * diff, 0.0).statistic for s in flips]
     signs = (1, -1) if tail == "both" else (1,)
-    h_max = max(float((sign * t).max()) for t in t_maps for sign in signs)
+    # heights of each direction: z of the one-sided p of sign * t (df = n - 1), or t itself
+    h_maps = {sign: [z_of_t(sign * t, n - 1) if height == "z" else sign * t for t in t_maps]
+              for sign in signs}
+    h_max = max(float(h.max()) for sign in signs for h in h_maps[sign])
     grid, dh = brute_grid(h_max)
     null = np.array([
-        max(brute_scores(sign * t, n_nodes, grid, dh).max() for sign in signs)
-        for t in t_maps
+        max(brute_scores(h_maps[sign][k], n_nodes, grid, dh).max() for sign in signs)
+        for k in range(len(t_maps))
     ])
-    observed = {sign: brute_scores(sign * t_maps[0], n_nodes, grid, dh) for sign in signs}
+    observed = {sign: brute_scores(h_maps[sign][0], n_nodes, grid, dh) for sign in signs}
     best = np.max([observed[s] for s in signs], axis=0)
     expected_p = np.array([np.sum(null >= s - 1e-9 * s) / 32 for s in best])
     signed = np.where(observed[1] >= best, best, -best) if tail == "both" else best
@@ -166,14 +216,16 @@ def test_smallest_p_counts_the_identity_paired_n5():
     assert both.components[0].p_value == 2 / 32  # the all-flipped map mirrors the observed
 
 
-def test_repeated_measures_scores_sqrt_f_and_exact_p_equals_brute_force():
+@pytest.mark.parametrize("height", ["z", "t"])
+def test_repeated_measures_scores_z_or_sqrt_f_and_exact_p_equals_brute_force(height):
     rng = np.random.default_rng(21)
     n_sub, k, n_nodes = 3, 3, 6
     subject = np.repeat(np.arange(n_sub), k)
     visit = np.tile(np.arange(k), n_sub)
     stack = symmetric(rng, n_sub * k, n_nodes)
     stack[visit == 2] = plant(stack[visit == 2], [0, 1, 2], 2.0)
-    result = quiet(nbs_repeated_measures, stack, subject, visit, method="tfnbs")
+    result = quiet(nbs_repeated_measures, stack, subject, visit, method="tfnbs",
+                   tfnbs_height=height)
     assert result.exact and result.n_permutations == 216
 
     y = upper(stack).reshape(n_sub, k, -1)  # rows ordered subject-major, visits 0..2
@@ -186,9 +238,11 @@ def test_repeated_measures_scores_sqrt_f_and_exact_p_equals_brute_force():
         return (ss_visit / (k - 1)) / (ss_error / ((k - 1) * (n_sub - 1)))
 
     orders = list(itertools.permutations(range(k)))
-    heights = [np.sqrt(rm_f(np.stack([y[s, list(o)] for s, o in enumerate(combo)])))
-               for combo in itertools.product(orders, repeat=n_sub)]
-    np.testing.assert_allclose(heights[0] ** 2, upper(result.statistic_matrix), rtol=1e-8)
+    f_maps = [rm_f(np.stack([y[s, list(o)] for s, o in enumerate(combo)]))
+              for combo in itertools.product(orders, repeat=n_sub)]
+    np.testing.assert_allclose(f_maps[0], upper(result.statistic_matrix), rtol=1e-8)
+    df1, df2 = k - 1, (k - 1) * (n_sub - 1)
+    heights = [z_of_f(f, df1, df2) if height == "z" else np.sqrt(f) for f in f_maps]
     grid, dh = brute_grid(max(float(h.max()) for h in heights))
     null = np.array([brute_scores(h, n_nodes, grid, dh).max() for h in heights])
     observed = brute_scores(heights[0], n_nodes, grid, dh)
@@ -198,7 +252,7 @@ def test_repeated_measures_scores_sqrt_f_and_exact_p_equals_brute_force():
     assert result.edge_p_matrix.min() >= result.smallest_p == 6 / 216
 
 
-def test_covariate_freedman_lane_p_equals_brute_force():
+def test_covariate_freedman_lane_p_equals_brute_force():  # z heights, df = n - 2
     rng = np.random.default_rng(31)
     n, n_nodes = 6, 7
     age = rng.normal(size=n)
@@ -219,9 +273,10 @@ def test_covariate_freedman_lane_p_equals_brute_force():
 
     t_maps = [t_intercept(np.array(f)[:, None] * resid + fitted)
               for f in itertools.product([1, -1], repeat=n)]
-    grid, dh = brute_grid(max(float(t.max()) for t in t_maps))
-    null = np.array([brute_scores(t, n_nodes, grid, dh).max() for t in t_maps])
-    observed = brute_scores(t_maps[0], n_nodes, grid, dh)
+    z_maps = [z_of_t(t, n - 2) for t in t_maps]
+    grid, dh = brute_grid(max(float(z.max()) for z in z_maps))
+    null = np.array([brute_scores(z, n_nodes, grid, dh).max() for z in z_maps])
+    observed = brute_scores(z_maps[0], n_nodes, grid, dh)
     expected_p = np.array([np.sum(null >= s - 1e-9 * s) / len(null) for s in observed])
     np.testing.assert_allclose(upper(result.statistic_matrix), t_maps[0], rtol=1e-9)
     np.testing.assert_allclose(upper(result.edge_score_matrix), observed, rtol=1e-8)
@@ -246,7 +301,7 @@ def test_fwer_under_the_null_exact_paired_n6():
         constrained_hits += bool(cn.significant(alpha))
     se = np.sqrt(alpha * (1 - alpha) / n_datasets)
     rates = tfnbs_hits / n_datasets, constrained_hits / n_datasets
-    print(f"FWER exact paired n=6, {n_datasets} null data sets: TFNBS {rates[0]:.4f}, "
+    print(f"FWER exact paired n=6, {n_datasets} null data sets: TFNBS (z) {rates[0]:.4f}, "
           f"constrained {rates[1]:.4f} (alpha {alpha}, 2 SE {2 * se:.4f}; attainable 3/64)")
     for rate in rates:
         assert abs(rate - alpha) <= 2 * se
@@ -264,7 +319,7 @@ def test_fwer_under_the_null_exact_repeated_measures_4x3():
         assert result.exact and result.n_permutations == 1296
         hits += bool(result.significant(alpha))
     rate, se = hits / n_datasets, np.sqrt(alpha * (1 - alpha) / n_datasets)
-    print(f"FWER TFNBS exact repeated measures 4x3 (sqrt F), {n_datasets} null data sets: "
+    print(f"FWER TFNBS (z heights) exact repeated measures 4x3, {n_datasets} null data sets: "
           f"{rate:.4f} (alpha {alpha}, 2 SE {2 * se:.4f}; attainable 60/1296 = 0.0463)")
     assert abs(rate - alpha) <= 2 * se
 

@@ -10,6 +10,9 @@ TAILS = ("right", "left", "both")
 #: (TFNBS: every edge scored by integrating component extent over thresholds) and constrained
 #: (network-level) NBS (one statistic per pair of predefined networks).
 METHODS = ("nbs", "tfnbs", "constrained")
+#: Accepted ``tfnbs_height`` values: TFNBS heights on the z scale (``norm.isf`` of the edge's
+#: one-sided p; the default) or the statistic itself (t, or sqrt(F); the ``tfnbs`` package).
+TFNBS_HEIGHTS = ("z", "t")
 #: Uncorrected one-sided p per edge used when neither ``threshold`` nor ``threshold_p`` is
 #: given (the df-aware version of MATLAB NBS's t = 3.1, which is p = 0.001 for large samples).
 DEFAULT_THRESHOLD_P = 0.001
@@ -26,9 +29,10 @@ _BLOCK_OVERHEAD_BYTES = 24
 # Largest permutation space that exact=True enumerates.
 _MAX_ENUMERATION = 1_000_000
 
-# TFNBS: start of the threshold grid in height units (t, or sqrt(F) for F tests; the ``tfnbs``
-# package's default, one-sided p = 0.05 for large samples) when neither ``threshold`` nor
-# ``threshold_p`` is given, and the number of grid steps (``tfnbs``'s default for scoring).
+# TFNBS: start of the threshold grid in height units when neither ``threshold`` nor
+# ``threshold_p`` is given (z: one-sided p = 0.05 at every df; with tfnbs_height="t", t or
+# sqrt(F): the ``tfnbs`` package's default, p = 0.05 for large samples), and the number of
+# grid steps (``tfnbs``'s default for scoring).
 _TFNBS_START = 1.65
 _TFNBS_STEPS = 100
 # TFNBS and constrained NBS report as components the edges (blocks) with FWER p below this.

@@ -57,6 +57,7 @@ def nbs(
     method: str = "nbs",
     extent_exponent: float = 0.5,
     height_exponent: float = 2.0,
+    tfnbs_height: str = "z",
     networks: Any = None,
 ) -> NBSResult:
     """Network-Based Statistic of a general linear model over a stack of connectivity matrices.
@@ -112,6 +113,12 @@ def nbs(
         Memory budget (MB) of the permutation blocks, shared by the workers.
     progress : bool
         Show a progress bar (tqdm, stderr) over the permutation blocks (one worker).
+    tfnbs_height : {"z", "t"}
+        TFNBS height scale. ``"z"`` (default): ``z = norm.isf(p)`` of each edge's one-sided p
+        (``t.sf(t, df)``, or ``f.sf(F, df1, df2)``), so that at small df one extreme edge of
+        the heavy-tailed t no longer outscores a whole component; ``"t"``: the statistic
+        itself (t, or sqrt(F)), the ``tfnbs`` package's definition. See "Methods" in
+        :mod:`msimaging.fmri.nbs`.
 
     Returns
     -------
@@ -150,6 +157,7 @@ def nbs(
         method=method,
         extent_exponent=extent_exponent,
         height_exponent=height_exponent,
+        tfnbs_height=tfnbs_height,
         networks=networks,
     )
     result.parameters["design"] = "general linear model"
@@ -176,6 +184,7 @@ def nbs_one_sample(
     method: str = "nbs",
     extent_exponent: float = 0.5,
     height_exponent: float = 2.0,
+    tfnbs_height: str = "z",
     networks: Any = None,
 ) -> NBSResult:
     """NBS of the mean edge value against zero, by sign flips (``tail="right"``: mean > 0).
@@ -192,6 +201,9 @@ def nbs_one_sample(
         Keyword-only options, as in :func:`nbs`.
     nodes, seed, n_jobs, memory_mb, progress : optional
         Keyword-only options, as in :func:`nbs`.
+    tfnbs_height : {"z", "t"}, optional
+        TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
+        edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
 
     Returns
     -------
@@ -209,7 +221,7 @@ def nbs_one_sample(
         tail=tail, exact=exact, exchange_blocks=exchange_blocks, sign_flips=sign_flips, seed=seed,
         n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
         method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
-        networks=networks,
+        tfnbs_height=tfnbs_height, networks=networks,
     )
     result.parameters["design"] = "one-sample"
     return result
@@ -236,6 +248,7 @@ def nbs_paired(
     method: str = "nbs",
     extent_exponent: float = 0.5,
     height_exponent: float = 2.0,
+    tfnbs_height: str = "z",
     networks: Any = None,
 ) -> NBSResult:
     """Paired NBS of ``post - pre`` by sign flips of the subjects' differences.
@@ -261,6 +274,9 @@ def nbs_paired(
         Keyword-only options, as in :func:`nbs`.
     nodes, seed, n_jobs, memory_mb, progress : optional
         Keyword-only options, as in :func:`nbs`.
+    tfnbs_height : {"z", "t"}, optional
+        TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
+        edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
 
     Returns
     -------
@@ -288,7 +304,7 @@ def nbs_paired(
         tail=tail, exact=exact, exchange_blocks=exchange_blocks, sign_flips=sign_flips, seed=seed,
         n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
         method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
-        networks=networks,
+        tfnbs_height=tfnbs_height, networks=networks,
     )
 
 
@@ -327,6 +343,7 @@ def nbs_two_sample(
     method: str = "nbs",
     extent_exponent: float = 0.5,
     height_exponent: float = 2.0,
+    tfnbs_height: str = "z",
     networks: Any = None,
 ) -> NBSResult:
     """Two-sample NBS (pooled-variance t) by permutation of the group labels.
@@ -348,6 +365,9 @@ def nbs_two_sample(
         Keyword-only options, as in :func:`nbs`.
     nodes, seed, n_jobs, memory_mb, progress : optional
         Keyword-only options, as in :func:`nbs`.
+    tfnbs_height : {"z", "t"}, optional
+        TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
+        edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
 
     Returns
     -------
@@ -373,7 +393,7 @@ def nbs_two_sample(
         tail=tail, exact=exact, exchange_blocks=exchange_blocks, sign_flips=sign_flips, seed=seed,
         n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
         method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
-        networks=networks,
+        tfnbs_height=tfnbs_height, networks=networks,
     )
     result.parameters["design"] = "two-sample"
     return result
@@ -401,6 +421,7 @@ def nbs_repeated_measures(
     method: str = "nbs",
     extent_exponent: float = 0.5,
     height_exponent: float = 2.0,
+    tfnbs_height: str = "z",
     networks: Any = None,
 ) -> NBSResult:
     """Repeated-measures NBS: F test of any difference between >= 3 visits.
@@ -426,6 +447,9 @@ def nbs_repeated_measures(
         Time-varying nuisance regressors (Freedman–Lane).
     threshold_p, n_permutations, size, tail, exact, nodes, seed, n_jobs, memory_mb, progress
         Keyword-only options, as in :func:`nbs` (``tail`` "right" only: F test).
+    tfnbs_height : {"z", "t"}, optional
+        TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
+        edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
     exchange_blocks, sign_flips : None
         Set by the design (visits are permuted within subjects); passing exchange blocks or
         ``sign_flips=True`` is an error.
@@ -487,7 +511,7 @@ def nbs_repeated_measures(
         tail=tail, exact=exact, exchange_blocks=np.asarray(subject, dtype=object),
         sign_flips=False, seed=seed, n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
         method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
-        networks=networks,
+        tfnbs_height=tfnbs_height, networks=networks,
     )
     result.parameters.update(design="repeated-measures F", visits=list(visits),
                              subjects=list(subjects))
@@ -514,6 +538,7 @@ def nbs_trend(
     method: str = "nbs",
     extent_exponent: float = 0.5,
     height_exponent: float = 2.0,
+    tfnbs_height: str = "z",
     networks: Any = None,
 ) -> NBSResult:
     """Longitudinal NBS of a within-subject linear trend over months.
@@ -554,6 +579,9 @@ def nbs_trend(
         spaced visits, the smallest p doubles).
     method, extent_exponent, height_exponent, networks : optional
         Keyword-only options of the engine, as in :func:`nbs`.
+    tfnbs_height : {"z", "t"}, optional
+        TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
+        edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
 
     Returns
     -------
@@ -615,7 +643,7 @@ def nbs_trend(
         tail=tail, exact=exact, exchange_blocks=np.asarray(subject, dtype=object),
         sign_flips=False, seed=seed, n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
         method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
-        networks=networks,
+        tfnbs_height=tfnbs_height, networks=networks,
     )
     result.parameters.update(
         design="linear trend over months", months=t.tolist(), subjects=list(subjects),
@@ -643,6 +671,7 @@ def nbs_pairwise(
     method: str = "nbs",
     extent_exponent: float = 0.5,
     height_exponent: float = 2.0,
+    tfnbs_height: str = "z",
     networks: Any = None,
 ) -> dict[tuple[Any, Any], NBSResult]:
     """Paired NBS of every pair of visits: the direction of a change found by an F test.
@@ -670,6 +699,9 @@ def nbs_pairwise(
         Keyword-only options, as in :func:`nbs`.
     method, extent_exponent, height_exponent, networks : optional
         Keyword-only options of the engine, as in :func:`nbs`.
+    tfnbs_height : {"z", "t"}, optional
+        TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
+        edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
 
     Returns
     -------
@@ -717,7 +749,7 @@ def nbs_pairwise(
             size=size, tail=tail, exact=exact, exchange_blocks=None, sign_flips=None,
             seed=seed, n_jobs=n_jobs, memory_mb=memory_mb, progress=progress,
             method=method, extent_exponent=extent_exponent, height_exponent=height_exponent,
-            networks=networks,
+            tfnbs_height=tfnbs_height, networks=networks,
         )
         result.parameters.update(visits=(a, b), subjects=list(common))
         out[(a, b)] = result

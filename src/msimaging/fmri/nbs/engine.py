@@ -23,6 +23,7 @@ from msimaging.fmri.nbs._constants import (
     METHODS,
     SIZE_MEASURES,
     TAILS,
+    TFNBS_HEIGHTS,
 )
 from msimaging.fmri.nbs.components import (
     _null_block,
@@ -48,12 +49,15 @@ from msimaging.fmri.nbs.inputs import _check_option
 from msimaging.fmri.nbs.permutations import _Plan, _plan
 from msimaging.fmri.nbs.results import NBSComponent, NBSResult
 from msimaging.fmri.nbs.threshold_free import (
+    _cuts,
     _grid,
     _heights,
     _max_height_block,
+    _native_cuts,
     _start_height,
     _tfnbs_null_block,
     _tfnbs_scores,
+    _z_from_native,
 )
 
 
@@ -83,10 +87,12 @@ def _run(
     method: str = "nbs",
     extent_exponent: float = 0.5,
     height_exponent: float = 2.0,
+    tfnbs_height: str = "z",
     networks: Any = None,
 ) -> NBSResult:
     n = y.shape[0]
     method = _check_option(method, "method", METHODS)
+    tfnbs_height = _check_option(tfnbs_height, "tfnbs_height", TFNBS_HEIGHTS)
     size = _check_option(size, "size", SIZE_MEASURES)
     if method != "nbs" and size != "extent":
         raise InputError(f"size={size!r} applies to method='nbs' only; leave size unset "
@@ -132,7 +138,7 @@ def _run(
     if method == "nbs":
         thr, thr_p = _threshold(threshold, threshold_p, model)
     elif method == "tfnbs":
-        thr, thr_p = _start_height(threshold, threshold_p, model, _TFNBS_START)
+        thr, thr_p = _start_height(threshold, threshold_p, model, _TFNBS_START, tfnbs_height)
     else:
         if threshold is not None or threshold_p is not None:
             raise InputError("method='constrained' has no threshold (every edge of a "
@@ -201,8 +207,8 @@ def _run(
         stat_obs = stat.copy()
         return _run_tfnbs(
             w, model, plan, directions, names, observed_product, constant, stat_obs, thr,
-            float(extent_exponent), float(height_exponent), table, n_nodes, n_jobs,
-            memory_mb, progress, common, parameters,
+            float(extent_exponent), float(height_exponent), tfnbs_height, table, n_nodes,
+            n_jobs, memory_mb, progress, common, parameters,
         )
     if method == "constrained":
         return _run_constrained(
@@ -444,6 +450,14 @@ def _reported(p: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     return chosen
 
 
+_HEIGHT_DEFINITIONS = {
+    ("z", True): "z = norm.isf(t.sf(t, df)) (-t for the negative direction)",
+    ("z", False): "z = norm.isf(f.sf(F, df1, df2))",
+    ("t", True): "t (-t for the negative direction)",
+    ("t", False): "sqrt(F)",
+}
+
+
 def _run_tfnbs(
     w: np.ndarray,
     model: _Model,
@@ -456,6 +470,7 @@ def _run_tfnbs(
     start: float,
     extent_exponent: float,
     height_exponent: float,
+    height: str,
     table: pd.DataFrame | None,
     n_nodes: int,
     n_jobs: int,
@@ -466,29 +481,37 @@ def _run_tfnbs(
 ) -> NBSResult:
     n_edges = w.shape[1]
     rows = model.q.shape[1]
-    heights = _heights(model, observed_product, directions)[:, 0, :]  # (n_dirs, E)
-    heights[:, constant] = 0.0
-    scores = np.zeros_like(heights)
+    # Native heights (sign * t, or sqrt F); on the z scale every comparison with the grid is
+    # made in native units against the grid mapped back (the transform is monotone, one df).
+    native = _heights(model, observed_product, directions)[:, 0, :]  # (n_dirs, E)
+    native[:, constant] = 0.0
+    to_height = (lambda v: _z_from_native(v, model)) if height == "z" else (lambda v: v)
+    scores = np.zeros_like(native)
     null_dirs = np.zeros((0, len(directions)))
-    grid, dh, h_max = np.zeros(0), 0.0, float(heights.max(initial=0.0))
+    native_max = float(native.max(initial=0.0))
+    grid, dh = np.zeros(0), 0.0
+    h_max = float(to_height(np.array([native_max]))[0])
     if h_max > start:
         # Pass 1: the grid's top is the largest height of every map (observed and
         # permuted), so that one grid, hence one statistic, serves every permutation.
         per_permutation = n_edges * (8 * rows + 8 * len(directions) + 16)
         tops = _map_blocks(_max_height_block, w, model, plan, (directions,), per_permutation,
                            n_jobs, memory_mb, False, "TFNBS grid")
-        h_max = max(h_max, float(tops.max()))
+        native_max = max(native_max, float(tops.max()))
+        h_max = float(to_height(np.array([native_max]))[0])
         grid, dh = _grid(start, h_max, _TFNBS_STEPS)
+        levels = _native_cuts(grid, native_max, model) if height == "z" else grid
         scores = np.stack([
-            _tfnbs_scores(h[None], grid, dh, extent_exponent, height_exponent, n_nodes)[0]
-            for h in heights
+            _tfnbs_scores(h[None], grid, dh, extent_exponent, height_exponent, n_nodes,
+                          levels=levels)[0]
+            for h in native
         ])
         # Pass 2: the largest score of every permutation.
         # product (float64), a mask and the entries above the grid's start per direction
         per_permutation = n_edges * (8 * rows + 8 * len(directions) + 16)
         null_dirs = _map_blocks(
             _tfnbs_null_block, w, model, plan,
-            (directions, grid, dh, extent_exponent, height_exponent, n_nodes),
+            (directions, grid, dh, extent_exponent, height_exponent, n_nodes, _cuts(levels)),
             per_permutation, n_jobs, memory_mb, progress, "TFNBS permutations",
         )
         if plan.exact:  # permutation 0 is the identity: the observed map itself
@@ -514,11 +537,13 @@ def _run_tfnbs(
     )
     parameters = dict(
         parameters,
-        tfnbs_height="t" if model.r == 1 else "sqrt(F)",
+        tfnbs_height=height,
+        height_definition=_HEIGHT_DEFINITIONS[height, model.r == 1],
         start_height=float(start),
         n_steps=_TFNBS_STEPS,
         dh=float(dh),
         h_max=float(h_max),
+        native_h_max=native_max,
         extent_exponent=extent_exponent,
         height_exponent=height_exponent,
         report_alpha=_REPORT_ALPHA,

@@ -11,6 +11,15 @@ of edges with height >= h. The grid ``h_1 < ... < h_n`` runs from ``start + dh``
 height of the observed map *and of every permutation*, so every permutation is scored on the
 same grid (a grid taken from each map's own maximum, as the ``tfnbs`` package does during its
 permutations, is not one statistic applied to every permutation).
+
+Heights are on the z scale by default (``tfnbs_height="z"``): ``z = norm.isf(t.sf(t, df))``
+(``norm.isf(f.sf(F, df1, df2))`` for F), as FSL's TFCE scores z maps. At small df the heavy
+tails of t let one extreme null edge outscore any real component (t = 19 alone against a
+12-node clique at t ~ 3); z compresses those tails. The transform is monotone with one df for
+every edge, so an edge reaches a z grid height exactly when its native height (t or sqrt F)
+reaches that height mapped back to the native scale: permutations are scored on native maps
+against native cuts (no per-edge special function), with the z grid heights in the terms.
+``tfnbs_height="t"`` scores t (sqrt F) itself, the ``tfnbs`` package's definition.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import special
 
 from msimaging.errors import InputError
 from msimaging.fmri.nbs._constants import _GRID_RTOL
@@ -35,6 +45,78 @@ def _heights(model: _Model, product: np.ndarray, directions: tuple[int, ...]) ->
     if model.r > 1:
         return np.sqrt(np.maximum(stats, 0.0))[None]
     return np.stack([sign * stats for sign in directions])
+
+
+def _log_betainc(a: float, b: float, x: np.ndarray) -> np.ndarray:
+    """log of the regularised incomplete beta ``I_x(a, b)``, finite far into the tail.
+
+    Where ``betainc`` underflows (extreme t or F at large df) the exact series form
+    ``I_x(a, b) = x^a (1 - x)^b / (a B(a, b)) 2F1(a + b, 1; a + 1; x)`` (DLMF 8.17.8) is
+    taken in logs.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        out = np.log(special.betainc(a, b, x))
+    tiny = out < -700.0  # within a few decades of underflow (exp(-745) is the last double)
+    if tiny.any():
+        xt = x[tiny]
+        with np.errstate(divide="ignore"):
+            out[tiny] = (a * np.log(xt) + b * np.log1p(-xt) - math.log(a) - special.betaln(a, b)
+                         + np.log(special.hyp2f1(a + b, 1.0, a + 1.0, xt)))
+    return out
+
+
+def _z_from_native(values: np.ndarray, model: _Model) -> np.ndarray:
+    """z heights ``norm.isf(p)`` of native heights: ``p = t.sf(t, df)`` (signed t, so the
+    negative direction is ``-t``), or ``p = f.sf(s**2, r, df)`` for ``s = sqrt(F)``.
+
+    Computed from logs (``ndtri_exp``), so extreme statistics keep finite, ordered z.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    df = model.df
+    if model.r == 1:
+        size = np.abs(values)
+        log_p = math.log(0.5) + _log_betainc(df / 2.0, 0.5, df / (df + size * size))
+        return -np.sign(values) * special.ndtri_exp(log_p)
+    f_values = np.maximum(values, 0.0) ** 2
+    log_p = _log_betainc(df / 2.0, model.r / 2.0, df / (df + model.r * f_values))
+    return -special.ndtri_exp(log_p)  # F = 0: p = 1, z = -inf (below every grid height)
+
+
+def _ordered_keys(values: np.ndarray) -> np.ndarray:
+    """int64 keys in the order of the doubles (adjacent doubles have adjacent keys)."""
+    bits = np.asarray(values, dtype=np.float64).view(np.int64)
+    return np.where(bits >= 0, bits, -(bits & np.int64(0x7FFFFFFFFFFFFFFF)))
+
+
+def _from_keys(keys: np.ndarray) -> np.ndarray:
+    bits = np.where(keys >= 0, keys, (-keys) | np.int64(-0x8000000000000000))
+    return bits.astype(np.int64).view(np.float64)
+
+
+def _native_cuts(levels: np.ndarray, native_top: float, model: _Model) -> np.ndarray:
+    """Smallest native heights whose z reaches each z level (at most ``native_top``, the
+    native height of the grid's top, which is set exactly).
+
+    Bisection over the doubles themselves (64 halvings of their ordered bit patterns) with
+    the z function of the observed map, so "native >= cut" and "z >= level" agree exactly.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    hi = np.full(len(levels), _ordered_keys(np.array([float(native_top)]))[0])
+    low = -float(native_top) if model.r == 1 else 0.0
+    lo = np.full(len(levels), _ordered_keys(np.array([low]))[0])
+    for _ in range(66):  # invariant: z(hi) >= level (or hi = top); z(lo) < level
+        mid = (lo & hi) + ((lo ^ hi) >> 1)  # floor((lo + hi) / 2) without overflow
+        moving = mid != lo  # hi - lo > 1
+        if not moving.any():
+            break
+        reach = _z_from_native(_from_keys(mid), model) >= levels
+        hi = np.where(moving & reach, mid, hi)
+        lo = np.where(moving & ~reach, mid, lo)
+    cuts = _from_keys(hi)
+    if len(cuts):
+        cuts[-1] = float(native_top)
+    return cuts
 
 
 def _grid(start: float, h_max: float, n_steps: int) -> tuple[np.ndarray, float]:
@@ -63,15 +145,21 @@ def _tfnbs_scores(
     extent_exponent: float,
     height_exponent: float,
     n_nodes: int,
+    levels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """TFNBS scores (B, E) of a block of height maps (B, E) on a fixed grid."""
+    """TFNBS scores (B, E) of a block of height maps (B, E) on a fixed grid.
+
+    ``levels``: the grid in the units of ``heights`` when they differ from the grid's (native
+    heights scored on a z grid: :func:`_native_cuts`); by default the grid itself.
+    """
     n_block, n_edges = heights.shape
     scores = np.zeros(n_block * n_edges)
     if len(grid):
+        cut = _cuts(grid if levels is None else levels)
         flat = heights.ravel()
-        edges = np.flatnonzero(flat >= _cuts(grid)[0])
+        edges = np.flatnonzero(flat >= cut[0])
         scores[edges] = _scored_edges(edges, flat[edges], n_block, n_edges, grid, dh,
-                                      extent_exponent, height_exponent, n_nodes)
+                                      extent_exponent, height_exponent, n_nodes, cut)
     return scores.reshape(n_block, n_edges)
 
 
@@ -85,11 +173,14 @@ def _scored_edges(
     extent_exponent: float,
     height_exponent: float,
     n_nodes: int,
+    cut: np.ndarray,
 ) -> np.ndarray:
     """Scores of the given entries of a block of maps.
 
     ``edges`` are the sorted flat indices ``b * n_edges + e`` of every entry whose height
-    (``values``) reaches the first grid height; all other entries score 0.
+    (``values``) reaches the first grid height; all other entries score 0. ``cut``: the grid
+    heights in the units of ``values``, lowered by :func:`_cuts` (an entry reaches grid
+    height k when ``value >= cut[k]``); the terms use the grid itself.
 
     One connected-components call per grid height over the whole block (the B graphs as
     one block-diagonal graph); only edges still active go on to the next, higher, height.
@@ -101,7 +192,6 @@ def _scored_edges(
     iu = _upper_indices(n_nodes)
     term = grid**height_exponent * dh  # an extent of 1 contributes h^H dh at each height
     cumulative = np.concatenate([[0.0], np.cumsum(term)])
-    cut = _cuts(grid)
     b_idx, e_idx = np.divmod(edges, n_edges)
     rows = b_idx * n_nodes + iu[0][e_idx]
     cols = b_idx * n_nodes + iu[1][e_idx]
@@ -174,14 +264,19 @@ def _tfnbs_null_block(
     extent_exponent: float,
     height_exponent: float,
     n_nodes: int,
+    cuts: np.ndarray,
 ) -> np.ndarray:
-    """Largest TFNBS score per permutation and direction, shape (B, n_directions)."""
+    """Largest TFNBS score per permutation and direction, shape (B, n_directions).
+
+    ``cuts``: the grid in native heights (t or sqrt F), lowered by :func:`_cuts`; maps are
+    compared with it in native units, so no per-edge z is formed.
+    """
     product = _block_product(w, model, perms, signs)
     n_block, n_edges = product.shape[0], product.shape[2]
     out = np.zeros((n_block, len(directions)))
     if not len(grid):
         return out
-    cut = float(_cuts(grid)[0])
+    cut = float(cuts[0])
     # Both directions are scored together, as 2B maps (one connected-components call per
     # grid height for the whole block): direction d of permutation b is map d * B + b.
     parts, heights = [], []
@@ -197,7 +292,7 @@ def _tfnbs_null_block(
     if not len(edges):
         return out
     scores = _scored_edges(edges, np.concatenate(heights), n_block * len(directions), n_edges,
-                           grid, dh, extent_exponent, height_exponent, n_nodes)
+                           grid, dh, extent_exponent, height_exponent, n_nodes, cuts)
     owner = edges // n_edges
     starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
     d_idx, b_idx = np.divmod(owner[starts], n_block)
@@ -206,8 +301,13 @@ def _tfnbs_null_block(
 
 
 def _start_height(threshold: float | None, threshold_p: float | None, model: _Model,
-                  default: float) -> tuple[float, float]:
-    """Start of the grid in height units (t or sqrt F) and its uncorrected one-sided p."""
+                  default: float, height: str = "z") -> tuple[float, float]:
+    """Start of the grid in height units (z, or t / sqrt F for ``height="t"``) and its
+    uncorrected one-sided p.
+
+    ``threshold`` is a statistic (t, or F for F tests) whatever the height scale;
+    ``default`` is in height units (1.65: p = 0.05 one-sided on the z scale, at every df).
+    """
     from scipy import stats
 
     if threshold is not None and threshold_p is not None:
@@ -215,6 +315,8 @@ def _start_height(threshold: float | None, threshold_p: float | None, model: _Mo
     if threshold_p is not None:
         if not (isinstance(threshold_p, int | float) and 0.0 < float(threshold_p) < 1.0):
             raise InputError(f"threshold_p={threshold_p!r} must be a p-value in (0, 1).")
+        if height == "z":
+            return float(stats.norm.isf(threshold_p)), float(threshold_p)
         if model.r == 1:
             return float(stats.t.isf(threshold_p, model.df)), float(threshold_p)
         return math.sqrt(float(stats.f.isf(threshold_p, model.r, model.df))), float(threshold_p)
@@ -225,9 +327,15 @@ def _start_height(threshold: float | None, threshold_p: float | None, model: _Mo
                 f"threshold={threshold!r}: with method='tfnbs' the threshold is where the "
                 "integration starts; give a finite statistic value >= 0 (t, or F for F tests)."
             )
-        start = float(threshold) if model.r == 1 else math.sqrt(float(threshold))
+        native = float(threshold) if model.r == 1 else math.sqrt(float(threshold))
+        start = float(_z_from_native(np.array([native]), model)[0]) if height == "z" \
+            else native
+    elif height == "z":
+        return default, float(stats.norm.sf(default))
     else:
         start = default
     if model.r == 1:
-        return start, float(stats.t.sf(start, model.df))
-    return start, float(stats.f.sf(start**2, model.r, model.df))
+        return start, float(stats.t.sf(float(threshold) if threshold is not None else start,
+                                       model.df))
+    f_value = float(threshold) if threshold is not None else start**2
+    return start, float(stats.f.sf(f_value, model.r, model.df))
