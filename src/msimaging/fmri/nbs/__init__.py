@@ -60,18 +60,25 @@ three use the same GLM statistic, the same permutations (exact enumeration, iden
 included, whenever the space is small) and report the same ``smallest_p``.
 
 * **Threshold-free NBS** (``method="tfnbs"``; Baggio et al. 2018, the TFCE of Smith &
-  Nichols 2009 on graphs). Each edge gets a *height*: ``t`` (``-t`` for the negative
-  direction), or ``sqrt(F)`` for F tests (so that F = t^2 maps use the same scale, start and
-  exponents). Its score is ``sum over grid heights h <= height of extent(h)^E * h^H * dh``,
-  where ``extent(h)`` is the number of edges of its component in the graph of edges with
-  height ``>= h`` (``E = extent_exponent``, default 0.5; ``H = height_exponent``, default
-  2.0: the ``tfnbs`` package's defaults). The grid is ``start + dh, start + 2 dh, ...,
-  h_max`` in 100 steps (``dh = (h_max - start) / 100``), ``start`` = ``threshold`` (t, or F
-  for F tests) or the height of ``threshold_p``, by default 1.65 (the ``tfnbs`` default).
-  ``h_max`` is the largest height of the observed map **and of every permutation**, so one
-  grid (one statistic) serves every permutation and the test is exact; the ``tfnbs`` package
-  instead takes each map's own maximum (and 10 steps during permutations). On the same t map
-  and grid the two give the same scores (benchmarks/bench_nbs_tfnbs.py: 1e-12 relative).
+  Nichols 2009 on graphs). Each edge gets a *height*. By default (``tfnbs_height="z"``) it is
+  on the z scale, as FSL's TFCE scores z maps: ``z = norm.isf(t.sf(t, df))`` (of ``-t`` for
+  the negative direction), ``z = norm.isf(f.sf(F, df1, df2))`` for F tests, computed from
+  log-p so extreme statistics keep finite, ordered heights. ``tfnbs_height="t"`` takes the
+  statistic itself: ``t`` (``-t``), or ``sqrt(F)`` (so that F = t^2 maps use the t scale),
+  the ``tfnbs`` package's definition. Its score is ``sum over grid heights h <= height of
+  extent(h)^E * h^H * dh``, where ``extent(h)`` is the number of edges of its component in
+  the graph of edges with height ``>= h`` (``E = extent_exponent``, default 0.5;
+  ``H = height_exponent``, default 2.0: the ``tfnbs`` package's defaults). The grid is
+  ``start + dh, start + 2 dh, ..., h_max`` in 100 steps (``dh = (h_max - start) / 100``),
+  ``start`` = the height of ``threshold`` (a t, or F, value) or of ``threshold_p``, by
+  default 1.65 in height units (z: one-sided p = 0.05 at every df; t: p = 0.05 only for
+  large samples, the ``tfnbs`` default). ``h_max`` is the largest height of the observed
+  map **and of every permutation**, so one grid (one statistic) serves every permutation
+  and the test is exact; the ``tfnbs`` package instead takes each map's own maximum (and 10
+  steps during permutations). On the same t map and grid the two give the same scores
+  (benchmarks/bench_nbs_tfnbs.py: 1e-12 relative). The z transform is monotone with one df
+  for all edges, so the permutation test stays exact; permutations are compared with the z
+  grid mapped back to t (sqrt F) by bisection, so no per-edge z is formed for them.
   The FWER p of an edge is the fraction of permutations whose largest score (over both
   directions for ``tail="both"``) is ``>=`` the edge's score; exact p counts the identity,
   so with 5 paired subjects no p is below 1/32 (``tfnbs`` reports 0 there). Components are
@@ -79,9 +86,23 @@ included, whenever the space is small) and report the same ``smallest_p``.
   its smallest edge p and its ``size`` its largest score. When no edge reaches p < 0.05,
   the edges with the smallest p are reported instead, so the result always shows the best
   evidence. ``edge_score_matrix`` (negative for the negative direction) and
-  ``edge_p_matrix`` hold every edge; ``parameters`` the grid. At small df the heavy tails of
-  t let single extreme edges dominate the scores (t = 40 alone scores more than a clique of
-  t = 5 at df = 4): below about 10 df prefer NBS with ``threshold_p``.
+  ``edge_p_matrix`` hold every edge; ``parameters`` the height scale (``tfnbs_height``,
+  ``height_definition``) and the grid (``start_height``, ``dh``, ``h_max`` in height units,
+  ``native_h_max`` in t or sqrt F). *Why z by default*: at small df the heavy tails of t let
+  single extreme null edges dominate the largest score (at df = 7 a lone edge at t = 19
+  outscores a 66-edge component at t ~ 3), so t heights lose real components that z heights
+  find. Measured (benchmarks/results/nbs_tfnbs.json, ``height_comparison``; FWER under the
+  null in tests/test_fmri_nbs_tfnbs.py): power (share of
+  10 data sets with a significant edge) t -> z: paired n = 8, 264 nodes, 12-node clique,
+  effect 1.0 / 1.5 / 2.0: 0 -> 0.1, 0 -> 0.7, 0.2 -> 1.0 (planted edges found at effect 2.0:
+  0.2 -> 19.5 of 66); 4 subjects x 3 visits, 30 nodes, 10 rising: trend slope 1.0 0.9 -> 1.0,
+  repeated-measures F slope 1.0 0.1 -> 0.3, slope 2.0 both 1.0 (planted edges found 26.8 ->
+  35.5 and 4.5 -> 13.4 of 45). Precision (share of significant edges planted, pooled) is
+  0.83-0.96 with z against 0.96-1.0 with t (on far fewer edges): edges next to a component
+  share its extent. FWER with z (exact, 600 null data sets): paired n = 6 0.057, repeated
+  measures 4 x 3 0.035 (0.05 +- 0.018). Neither scale reliably finds the 264-node benchmark's
+  effect-1.0 clique (z: 1 of 10; planted t ~ 2 at df 7, near the start): use NBS with
+  ``threshold_p`` or constrained NBS there.
 * **Constrained NBS** (``method="constrained"``; Noble & Scheinost 2020). Edges are grouped
   into blocks by the (unordered) pair of networks of their nodes; ``networks`` is None (the
   node table's ``network`` column), a node-table column name, or one label per node. The
