@@ -8,8 +8,8 @@ public function with exact enumeration of the (3!)^4 = 1,296 within-subject perm
 * ``nbs_repeated_measures`` (F across the 3 visits; p-values are multiples of 6/1,296 since
   the 3! global relabellings of the visits tie);
 * ``nbs_trend`` (within-subject linear trend over months, one-sided ``tail="right"``);
-* ``nbs_trend(method="tfnbs")`` (threshold-free NBS on the trend t; smallest FWER-corrected
-  edge p per data set), when the engine provides it.
+* ``nbs_trend(method="tfnbs")`` (threshold-free NBS on the trend t with z heights, the
+  default; smallest FWER-corrected edge p per data set), when the engine provides it.
 
 NBS designs use ``threshold_p=0.05`` and ``size="intensity"`` (a nearly continuous null
 distribution, so the FWER sits close to its level). The FWER is the fraction of data sets
