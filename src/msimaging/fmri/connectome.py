@@ -52,6 +52,7 @@ import pandas as pd
 from msimaging.atlases.coordinates import hemisphere_of
 from msimaging.derivatives import read_relmat, read_table, sidecar_path
 from msimaging.errors import DependencyError, InputError, MSImagingWarning
+from msimaging.fmri.subnetwork import _edge_mask
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -462,40 +463,6 @@ def _estimate(subjects: list[_Subject], kind: str, cov_estimator: Any) -> list[n
         np.array(measure().fit_transform([s.data[:, ~s.excluded]])[0], dtype=np.float64)
         for s in subjects
     ]
-
-
-# --------------------------------------------------------------------------------------------
-# Edge selections
-# --------------------------------------------------------------------------------------------
-def _edge_mask(edges: Any, n_nodes: int, argument: str = "edges") -> np.ndarray:
-    """Symmetric boolean (n, n) mask, False diagonal, from (i, j) pairs or a boolean mask."""
-    array = np.asarray(edges)
-    if array.dtype == bool:
-        if array.shape != (n_nodes, n_nodes):
-            raise InputError(
-                f"{argument} as a boolean mask must have shape ({n_nodes}, {n_nodes}), got "
-                f"{array.shape}."
-            )
-        mask = array | array.T
-    else:
-        if array.size == 0:
-            return np.zeros((n_nodes, n_nodes), dtype=bool)
-        if array.ndim != 2 or array.shape[1] != 2 or not np.issubdtype(array.dtype, np.integer):
-            raise InputError(
-                f"{argument} must be a list of (i, j) integer node positions (shape (k, 2)) or "
-                f"a boolean ({n_nodes}, {n_nodes}) mask, got an array of shape {array.shape} "
-                f"and dtype {array.dtype}."
-            )
-        if array.min() < 0 or array.max() >= n_nodes:
-            raise InputError(
-                f"{argument} has node positions from {array.min()} to {array.max()}; they must "
-                f"be matrix row positions in 0..{n_nodes - 1}."
-            )
-        mask = np.zeros((n_nodes, n_nodes), dtype=bool)
-        mask[array[:, 0], array[:, 1]] = True
-        mask |= mask.T
-    np.fill_diagonal(mask, False)
-    return mask
 
 
 def _check_number(value: Any, argument: str) -> float:

@@ -16,12 +16,13 @@ depends on neither of them.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from msimaging.atlases.anatomy import DEFAULT_ANATOMICAL_ATLAS, UNLABELLED, region_names
-from msimaging.errors import DependencyError, MSImagingWarning
+from msimaging.errors import DependencyError, InputError, MSImagingWarning
 
 __all__ = [
     "SUBNETWORK_COLUMNS",
@@ -211,3 +212,34 @@ def subnetwork_table(
         )
     order = np.lexsort((out["node"], -np.abs(out["strength"]), -out["degree"]))
     return out.iloc[order].reset_index(drop=True)[list(SUBNETWORK_COLUMNS)]
+
+
+def _edge_mask(edges: Any, n_nodes: int, argument: str = "edges") -> np.ndarray:
+    """Symmetric boolean (n, n) mask, False diagonal, from (i, j) pairs or a boolean mask."""
+    array = np.asarray(edges)
+    if array.dtype == bool:
+        if array.shape != (n_nodes, n_nodes):
+            raise InputError(
+                f"{argument} as a boolean mask must have shape ({n_nodes}, {n_nodes}), got "
+                f"{array.shape}."
+            )
+        mask = array | array.T
+    else:
+        if array.size == 0:
+            return np.zeros((n_nodes, n_nodes), dtype=bool)
+        if array.ndim != 2 or array.shape[1] != 2 or not np.issubdtype(array.dtype, np.integer):
+            raise InputError(
+                f"{argument} must be a list of (i, j) integer node positions (shape (k, 2)) or "
+                f"a boolean ({n_nodes}, {n_nodes}) mask, got an array of shape {array.shape} "
+                f"and dtype {array.dtype}."
+            )
+        if array.min() < 0 or array.max() >= n_nodes:
+            raise InputError(
+                f"{argument} has node positions from {array.min()} to {array.max()}; they must "
+                f"be matrix row positions in 0..{n_nodes - 1}."
+            )
+        mask = np.zeros((n_nodes, n_nodes), dtype=bool)
+        mask[array[:, 0], array[:, 1]] = True
+        mask |= mask.T
+    np.fill_diagonal(mask, False)
+    return mask
