@@ -225,3 +225,38 @@ def test_subnetwork_nodes_picks_the_nodes_nearest_the_left_default_mode_centroid
     with pytest.raises(InputError, match="n_bold_volumes"):
         make_synthetic_study(Path("/nonexistent/never-written"), preset="tiny",
                              n_bold_volumes=5)
+
+
+def test_node_table_names_the_component_nodes(auto_run):
+    """group/fmri_nbs_nodes.tsv: exactly the nodes of the reported component, with the degree
+    counted from the edge table, an AAL3 region or the label, and the network."""
+    _, out = auto_run
+    layout = DerivativesLayout(out)
+    nodes = pd.read_csv(layout.group_table("fmri_nbs_nodes"), sep="\t")
+    edges = pd.read_csv(layout.group_table("fmri_nbs_edges"), sep="\t")
+    first = nodes[nodes["component"] == 0]
+    comp = edges[edges["component"] == 0]
+    degree = pd.concat([comp["node_i"], comp["node_j"]]).value_counts()
+    assert set(first["node"]) == set(degree.index)
+    assert dict(zip(first["node"], first["degree"], strict=True)) == degree.to_dict()
+    assert first["degree"].is_monotonic_decreasing  # hubs first
+    assert first["name"].notna().all() and first["network"].notna().all()
+    page = (out / "report.html").read_text()
+    hub = first.iloc[0]
+    assert f"{hub['name']} · {hub['network']}" in page
+
+
+def test_threshold_free_method_from_config(connectomes):
+    """[group] nbs_method = "tfnbs" runs the same design with threshold-free inference: the
+    significant edges (FWER per edge) are planted ones."""
+    _, _, truth = connectomes
+    result, out = _group(connectomes, "tfnbs", nbs_design="trend", nbs_method="tfnbs",
+                         nbs_tail="right")
+    assert _sidecar(out)["Method"] == "tfnbs"
+    assert result.nbs.method == "tfnbs"
+    edges = pd.read_csv(DerivativesLayout(out).group_table("fmri_nbs_edges"), sep="\t")
+    significant = edges[edges["p_value"] < 0.05]
+    share = _planted_share(significant, set(truth["func"]["planted_nodes"]))
+    print(f"\ntrend TFNBS: {len(significant)} significant edges, {100 * share:.1f} % planted, "
+          f"smallest p {edges['p_value'].min():.4g}")
+    assert len(significant) > 0 and share >= 0.8

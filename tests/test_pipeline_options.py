@@ -341,3 +341,23 @@ def test_python_api_checks_the_atlas_before_any_work(layout, tmp_path):
             run_participant(layout, tmp_path / "out", modalities=["fmri"],
                             params={"fmri": {"atlas": atlas}}, n_workers=1, progress=False)
     _nothing_ran(tmp_path)
+
+
+def test_nbs_method_from_config_and_command_line(tmp_path):
+    """[group] nbs_method takes the library's methods (checked before any work); --nbs-method
+    offers the same ones and wins over the config file."""
+    from msimaging.cli import check_options
+    from msimaging.fmri.nbs import METHODS
+    from msimaging.pipeline.options import ConfigError, check_config, known_parameters
+
+    assert known_parameters()["group"]["nbs_method"] == "nbs"
+    assert check_config({"group": {"nbs_method": "TFNBS"}})["group"]["nbs_method"] == "tfnbs"
+    with pytest.raises(ConfigError, match="constrained"):
+        check_config({"group": {"nbs_method": "tfce"}})
+    parser = build_app_parser()
+    flag = next(a for a in parser._actions if "--nbs-method" in a.option_strings)
+    assert tuple(flag.choices) == METHODS
+    config = _config(tmp_path, '[group]\nnbs_method = "constrained"\n')
+    args = parser.parse_args(["bids", "out", "group", "--config", config,
+                              "--nbs-method", "tfnbs"])
+    assert check_options(args)["group"] == {"nbs_method": "tfnbs"}

@@ -145,6 +145,9 @@ def build_app_parser() -> argparse.ArgumentParser:
                         help="group level NBS design (default auto: repeated-measures F over "
                         "every visit when >= 3 visits with >= 3 complete subjects, else paired "
                         "first vs last; the report says which ran and why)")
+    parser.add_argument("--nbs-method", default=None, choices=("nbs", "tfnbs", "constrained"),
+                        help="group level NBS inference: components of supra-threshold edges "
+                        "(default), threshold-free NBS, or constrained NBS per network pair")
     parser.add_argument("--force", action="store_true",
                         help="recompute tasks whose outputs are already up to date")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -197,6 +200,8 @@ def check_options(args: argparse.Namespace) -> dict[str, Any]:
         group["nbs_tail"] = args.nbs_tail
     if args.nbs_design:
         group["nbs_design"] = args.nbs_design
+    if args.nbs_method:
+        group["nbs_method"] = args.nbs_method
     check_labels(args.participant_label, "participant label", "sub-")
     check_labels(args.session_label, "session label", "ses-")
     return {"params": params, "group": group, "filters": filters}

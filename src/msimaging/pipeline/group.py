@@ -67,6 +67,7 @@ def run_group(
     nbs_threshold_p: float = 0.001,
     nbs_tail: str = "both",
     nbs_design: str = "auto",
+    nbs_method: str = "nbs",
     n_permutations: int = 5000,
     report: bool = True,
     n_jobs: int = -1,
@@ -95,6 +96,10 @@ def run_group(
         visits the paired comparison of every visit pair is run too, for the direction
         (``group/fmri_nbs_pairwise.tsv``). The sidecars say which design ran, why, its
         permutation space, whether it was enumerated and its smallest attainable p.
+    nbs_method : {"nbs", "tfnbs", "constrained"}
+        Inference of every NBS design: components of supra-threshold edges (default),
+        threshold-free NBS (no edge threshold; FWER per edge) or constrained NBS (one mean
+        statistic per pair of networks). See :mod:`msimaging.fmri.nbs`.
     n_permutations : int
         NBS permutations when the exact sign-flip enumeration is larger.
     report : bool
@@ -142,8 +147,12 @@ def run_group(
         _lesion_figure(tracks, output)
     if nbs_design not in NBS_DESIGNS:
         raise InputError(f"nbs_design {nbs_design!r} is not one of {', '.join(NBS_DESIGNS)}.")
+    from msimaging.fmri.nbs import METHODS
+
+    if nbs_method not in METHODS:
+        raise InputError(f"nbs_method {nbs_method!r} is not one of {', '.join(METHODS)}.")
     nbs, nbs_pairwise = _nbs(output, sessions, writer, tables, design=nbs_design,
-                             threshold_p=nbs_threshold_p, tail=nbs_tail,
+                             method=nbs_method, threshold_p=nbs_threshold_p, tail=nbs_tail,
                              n_permutations=n_permutations, progress=progress, notes=notes)
     tables["excluded"] = writer.write_group_table(
         excluded, "excluded",
@@ -516,7 +525,7 @@ def _choose_nbs_design(design: str, visits: list[float], complete: list[str],
     return "paired", f"auto: 2 visits (months {shown}), so paired first vs last"
 
 
-def _nbs(output, sessions, writer, tables, *, design, threshold_p, tail, n_permutations,
+def _nbs(output, sessions, writer, tables, *, design, method, threshold_p, tail, n_permutations,
          progress, notes):
     """Run the group-level NBS design, write its tables, sidecars and figures.
 
@@ -544,7 +553,7 @@ def _nbs(output, sessions, writer, tables, *, design, threshold_p, tail, n_permu
     first_last = sorted(s for s, v in by_subject.items() if first in v and last in v)
     chosen, reason = _choose_nbs_design(design, visits, complete, len(first_last), tail)
     options = dict(threshold_p=threshold_p, n_permutations=n_permutations, seed=_NBS_SEED,
-                   progress=progress)
+                   progress=progress, method=method)
     from msimaging.fmri import load_connectome
 
     cache: dict[Path, Any] = {}
@@ -630,6 +639,7 @@ def _nbs(output, sessions, writer, tables, *, design, threshold_p, tail, n_permu
         "Design": chosen,
         "DesignDescription": _NBS_DESIGN_NAMES[chosen],
         "DesignReason": reason,
+        "Method": method,
         "Statistic": result.statistic,
         "ThresholdP": threshold_p,
         "Tail": result.tail,

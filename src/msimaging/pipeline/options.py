@@ -129,6 +129,7 @@ def _choices() -> dict[tuple[str, str], tuple[Any, ...]]:
     """Allowed values, asked from the library rather than copied."""
     from msimaging.dti.tensor import METHODS
     from msimaging.fmri.connectome import KINDS
+    from msimaging.fmri.nbs import METHODS as NBS_METHODS
     from msimaging.fmri.nbs import TAILS
     from msimaging.fmri.timeseries import STRATEGIES
     from msimaging.pipeline.group import NBS_DESIGNS
@@ -140,6 +141,7 @@ def _choices() -> dict[tuple[str, str], tuple[Any, ...]]:
         ("fmri", "kind"): tuple(KINDS),
         ("group", "nbs_tail"): tuple(TAILS),
         ("group", "nbs_design"): tuple(NBS_DESIGNS),
+        ("group", "nbs_method"): tuple(NBS_METHODS),
     }
 
 

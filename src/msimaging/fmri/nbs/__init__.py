@@ -150,7 +150,7 @@ Package layout (one idea per module; the public names are re-exported here)
 * :mod:`~msimaging.fmri.nbs._constants`: accepted options, defaults and tolerances.
 """
 
-from msimaging.fmri.nbs._constants import DEFAULT_THRESHOLD_P, SIZE_MEASURES, TAILS
+from msimaging.fmri.nbs._constants import DEFAULT_THRESHOLD_P, METHODS, SIZE_MEASURES, TAILS
 from msimaging.fmri.nbs.designs import (
     nbs,
     nbs_one_sample,
@@ -164,6 +164,7 @@ from msimaging.fmri.nbs.results import NBSComponent, NBSResult
 
 __all__ = [
     "DEFAULT_THRESHOLD_P",
+    "METHODS",
     "SIZE_MEASURES",
     "TAILS",
     "NBSComponent",
