@@ -371,7 +371,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _print_group(group)
     print("\n[4/4] checks against the planted truth and headline findings")
     _check_against_truth(deriv, truth)
-    _headline(deriv, group)
+    _headline(deriv, group, truth)
     done = time.perf_counter()
     print(f"\nTimes: study generation {generated - started:.0f} s, participant level "
           f"{participant_done - generated:.0f} s ({run.n_workers} workers), group level "
@@ -411,7 +411,7 @@ def _check_against_truth(deriv: Path, truth: dict) -> None:
               f"ones: {got.to_dict()}")
 
 
-def _headline(deriv: Path, group) -> None:
+def _headline(deriv: Path, group, truth: dict) -> None:
     import pandas as pd
 
     from msimaging.stats import compare_visits
@@ -437,9 +437,14 @@ def _headline(deriv: Path, group) -> None:
               if nbs_sidecar.is_file() else "NBS")
     if group.nbs is not None and group.nbs.components:
         best = group.nbs.components[0]
+        planted = set(truth.get("func", {}).get("planted_nodes", []))
+        inside = sum(int(i) in planted and int(j) in planted for i, j in best.edges)
+        hubs = group.nbs.node_table(0).head(3)
+        named = "; ".join(f"{row.name} · {row.network}" for row in hubs.itertuples())
         print(f"    NBS ({design}): most significant component {best.n_edges} edges, "
               f"{best.n_nodes} nodes, FWER p = {best.p_value:.4g} (smallest attainable "
-              f"{group.nbs.smallest_p:.4g}), hubs {[int(h) for h in best.hubs]}")
+              f"{group.nbs.smallest_p:.4g}); {100 * inside / best.n_edges:.0f} % of its edges "
+              f"join planted nodes; hubs {named}")
     elif group.nbs is not None:
         print(f"    NBS ({design}): no suprathreshold component")
     load_path = DerivativesLayout(deriv).group_table("volumetry_lesion_load")

@@ -68,7 +68,7 @@ def run_group(
     nbs_tail: str = "both",
     nbs_design: str = "auto",
     nbs_method: str = "nbs",
-    n_permutations: int = 5000,
+    n_permutations: int = 10000,
     report: bool = True,
     n_jobs: int = -1,
     progress: bool = True,
@@ -101,7 +101,8 @@ def run_group(
         threshold-free NBS (no edge threshold; FWER per edge) or constrained NBS (one mean
         statistic per pair of networks). See :mod:`msimaging.fmri.nbs`.
     n_permutations : int
-        NBS permutations when the exact sign-flip enumeration is larger.
+        Random NBS permutations when the permutation space is larger; smaller spaces are
+        enumerated exactly (10,000 covers 5 subjects x 3 visits: (3!)^5 = 7,776).
     report : bool
         Build ``report.html``.
     n_jobs : int
