@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUNDLE_DEFAULTS",
+    "BUNDLE_STATUSES",
+    "DEFAULT_MIN_FOV_FRACTION",
     "SEEDING_MODES",
     "TRACKING_METHODS",
     "TractBundle",
@@ -68,8 +70,18 @@ __all__ = [
 
 #: Library defaults of the :func:`bundle` parameters a tract definition may override.
 BUNDLE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {"seeding": "rois", "seeds_per_voxel": 2, "max_angle_deg": 45.0, "clean": False}
+    {"seeding": "rois", "seeds_per_voxel": 2, "max_angle_deg": 45.0, "clean": False,
+     "waypoint_margin_mm": 0.0}
 )
+
+#: ``TractBundle.status`` values: streamlines found; tracked but none satisfied the
+#: definition; not tracked because a waypoint lies outside the image's field of view.
+BUNDLE_STATUSES = ("found", "not_found", "outside_fov")
+
+#: Default :func:`bundle` ``min_fov_fraction``: a tract is not tracked when less than this
+#: share of one of its waypoints is imaged. 0.1 of a 7 mm waypoint sphere is a cap ~3 mm
+#: thick (1.5 voxels of 2 mm): thinner than that no streamline can be seen to cross it.
+DEFAULT_MIN_FOV_FRACTION = 0.1
 
 #: Accepted ``method`` values of :func:`track`.
 TRACKING_METHODS = ("deterministic", "probabilistic")
@@ -98,6 +110,8 @@ _METRIC_COLUMNS = [
     "n_streamlines",
     "unit",
     "source",
+    "status",
+    "reason",
 ]
 _PROFILE_COLUMNS = [
     "participant_id",
@@ -108,6 +122,8 @@ _PROFILE_COLUMNS = [
     "value",
     "unit",
     "n_streamlines",
+    "status",
+    "reason",
 ]
 # Voxels of the pmf array of the probabilistic tracker computed at once.
 _PMF_CHUNK_VOXELS = 20_000
@@ -144,6 +160,16 @@ class TractBundle:
         brain mask, or lesion). :meth:`mask` keeps only these: the voxel where a streamline
         stops (FA below the threshold) lies outside the tracked white matter, and counting it
         biased whole-tract FA by −0.03 to −0.07 on the synthetic study.
+    status : str
+        One of :data:`BUNDLE_STATUSES`: ``"found"`` (at least one streamline),
+        ``"not_found"`` (tracked, nothing satisfied the definition) or ``"outside_fov"``
+        (a waypoint lies outside the image's field of view: not tracked, or tracked with
+        nothing kept while a waypoint is less than half imaged; see :func:`bundle`).
+    reason : str
+        Why the tract is empty, in words (the counts of streamlines reaching each waypoint,
+        the waypoint outside the field of view and the MNI z range imaged there, ...); for
+        a found tract, a note when a waypoint is only partly imaged (the tract is then cut
+        at the image's edge); empty otherwise. Copied into every table row.
     """
 
     name: str
@@ -154,6 +180,8 @@ class TractBundle:
     parameters: dict[str, Any] = field(default_factory=dict)
     waypoint_span: np.ndarray | None = None
     tracked_region: np.ndarray | None = None
+    status: str = "found"
+    reason: str = ""
 
     def between_waypoints(self) -> Any:
         """The streamlines cut to the stretch strictly between the first and last waypoints.
@@ -261,7 +289,8 @@ class TractBundle:
         return final
 
     def to_frame(self) -> pd.DataFrame:
-        """One-row summary: tract, n_streamlines, mean length (mm), n_voxels, volume_mm3."""
+        """One-row summary: tract, n_streamlines, mean length (mm), n_voxels, volume_mm3,
+        status and reason."""
         from dipy.tracking.streamline import length
 
         mask = np.asanyarray(self.mask().dataobj).astype(bool)
@@ -274,6 +303,8 @@ class TractBundle:
                     "mean_length_mm": float(lengths.mean()) if lengths.size else np.nan,
                     "n_voxels": int(mask.sum()),
                     "volume_mm3": float(mask.sum()) * _voxel_mm3(self.affine),
+                    "status": self.status,
+                    "reason": self.reason,
                 }
             ]
         )
@@ -281,7 +312,7 @@ class TractBundle:
     def __repr__(self) -> str:
         return (
             f"TractBundle({self.name!r}, n_streamlines={self.n_streamlines}, "
-            f"shape={self.shape})"
+            f"status={self.status!r}, shape={self.shape})"
         )
 
 
@@ -305,13 +336,29 @@ def track(
     seed: int = 0,
     n_jobs: int = 1,
 ) -> Any:
-    """Track streamlines along the principal diffusion direction of a tensor fit.
+    """Track streamlines along the fibre directions of a tensor, CSD or peaks model.
 
     Parameters
     ----------
-    fit : msimaging.dti.TensorFit
-        Tensor fit (uses ``fa``, ``v1``, ``mask``, and ``ad``/``rd`` for the probabilistic
-        method).
+    fit : msimaging.dti.TensorFit, msimaging.dti.orientations.CSDFit or Peaks
+        The orientation model. Every kind is stopped the same way: by its ``fa`` map (FA; for
+        a :class:`~msimaging.dti.orientations.Peaks` read without FA, its normalised peak
+        amplitude, see there) at ``fa_threshold``, within its ``mask`` and
+        ``stopping_mask``.
+
+        * ``TensorFit``: as described under ``method`` (uses ``fa``, ``v1``, ``mask``, and
+          ``ad``/``rd`` for the probabilistic method).
+        * ``CSDFit``: ``"deterministic"`` is dipy's ``deterministic_tracking`` on the fODF SH
+          coefficients (the maximum of the trilinearly interpolated fODF within
+          ``max_angle_deg`` of the incoming direction; dipy's relative pmf threshold 0.1);
+          ``"probabilistic"`` is dipy's ``probabilistic_tracking`` sampling the fODF
+          (``pmf_power`` is not used). The fODF is zeroed outside the tracking region.
+        * ``Peaks`` (e.g. an MRtrix/TractSeg peaks image read by
+          :func:`~msimaging.dti.orientations.load_peaks`): ``"deterministic"`` only: dipy's
+          EuDX following, in each of the 8 neighbouring voxels, the peak closest to the
+          incoming direction (within ``max_angle_deg``); voxels whose ``fa`` is at or below
+          ``fa_threshold`` do not vote. Each seed starts along its voxel's largest peak (both
+          ways), as the CSD tracker does.
     seeds_mask : nibabel image, path or bool ndarray
         Seed region on the fit's grid.
     stopping_mask : nibabel image, path or bool ndarray, optional
@@ -389,6 +436,7 @@ def track(
     if n_jobs == 0:
         raise InputError("n_jobs must be a positive number of threads or -1 (all cores), got 0.")
     fa, v1, brain, affine = _fit_arrays(fit)
+    kind = _orientation_kind(fit, method)
     shape = fa.shape
     seeds = _as_bool(seeds_mask, "seeds_mask", shape, affine)
     if not seeds.any():
@@ -431,7 +479,12 @@ def track(
         "random_seed": seed + 1,
         "return_all": True,
     }
-    if method == "deterministic":
+    if kind != "tensor":
+        generator = _orientation_tracking(
+            fit, kind, method, seed_points, stopping, crop_affine, box, allowed[box],
+            weight > fa_threshold, common,
+        )
+    elif method == "deterministic":
         peaks = _peaks(v1[box], allowed[box], weight)
         generator = eudx_tracking(
             seed_points, stopping, crop_affine, pam=peaks, sphere=peaks.sphere,
@@ -447,6 +500,84 @@ def track(
             pmf_threshold=0.1, **common,
         )
     return _filter_length(Streamlines(generator), min_length_mm, max_length_mm)
+
+
+def _orientation_kind(fit: Any, method: str) -> str:
+    """``"tensor"``, ``"csd"`` or ``"peaks"``; rejects probabilistic tracking on peaks."""
+    from msimaging.dti.orientations import CSDFit, Peaks
+
+    if isinstance(fit, CSDFit):
+        return "csd"
+    if isinstance(fit, Peaks):
+        if method != "deterministic":
+            raise InputError(
+                "method='probabilistic' needs a fibre ODF: a Peaks object holds only discrete "
+                "directions. Use method='deterministic' with peaks, or pass the CSDFit "
+                "(msimaging.dti.orientations.fit_csd) for probabilistic tracking."
+            )
+        return "peaks"
+    return "tensor"
+
+
+def _orientation_tracking(
+    fit: Any,
+    kind: str,
+    method: str,
+    seed_points: np.ndarray,
+    stopping: Any,
+    affine: np.ndarray,
+    box: tuple[slice, slice, slice],
+    allowed: np.ndarray,
+    votes: np.ndarray,
+    common: dict[str, Any],
+) -> Any:
+    """dipy's tracking generator for a CSDFit (SH) or Peaks (EuDX), on the cropped box."""
+    from dipy.data import default_sphere
+    from dipy.tracking.tracker import (
+        closestpeak_tracking,
+        eudx_tracking,
+        probabilistic_tracking,
+    )
+
+    if kind == "csd":
+        sh = np.where(allowed[..., None], fit.shm_coeff[box], 0.0).astype(np.float64)
+        tracker = closestpeak_tracking if method == "deterministic" else probabilistic_tracking
+        return tracker(
+            seed_points, stopping, affine, sh=np.ascontiguousarray(sh), sphere=default_sphere,
+            pmf_threshold=0.1, **common,
+        )
+    pam = _multi_peaks(fit.directions[box], fit.values[box], allowed & votes)
+    return eudx_tracking(
+        seed_points, stopping, affine, pam=pam, sphere=pam.sphere, max_cross=1,
+        pmf_threshold=1e-6, **common,
+    )
+
+
+def _multi_peaks(directions: np.ndarray, values: np.ndarray, votes: np.ndarray) -> Any:
+    """PeaksAndMetrics of several peaks per voxel whose "sphere" is the peaks themselves
+    (no quantisation), values = amplitude relative to the voxel's largest peak in voting
+    voxels, 0 elsewhere and for absent peaks."""
+    from dipy.core.sphere import Sphere
+    from dipy.direction.peaks import PeaksAndMetrics
+
+    n_peaks = directions.shape[3]
+    dirs = np.asarray(directions, np.float64).reshape(-1, 3)
+    norm = np.linalg.norm(dirs, axis=1)
+    good = norm > 0.5
+    dirs[good] /= norm[good, None]
+    dirs[~good] = (1.0, 0.0, 0.0)
+    amplitude = np.asarray(values, np.float64)
+    largest = amplitude[..., :1]
+    relative = np.divide(amplitude, largest, out=np.zeros_like(amplitude), where=largest > 0)
+    relative = np.where(votes[..., None] & good.reshape(relative.shape), relative, 0.0)
+    peaks = PeaksAndMetrics()
+    peaks.sphere = Sphere(xyz=dirs)
+    peaks.peak_indices = np.arange(dirs.shape[0], dtype=np.float64).reshape(
+        *votes.shape, n_peaks
+    )
+    peaks.peak_values = relative
+    peaks.peak_dirs = dirs.reshape(*votes.shape, n_peaks, 3)
+    return peaks
 
 
 def _random_seeds_from_mask(
@@ -712,12 +843,15 @@ def bundle(
     max_length_mm: float = 250.0,
     pmf_power: float = 1.0,
     clean: bool | None = None,
+    waypoint_margin_mm: float | None = None,
+    min_fov_fraction: float = DEFAULT_MIN_FOV_FRACTION,
     seed: int = 0,
     n_jobs: int = 1,
 ) -> TractBundle:
     """Reconstruct one tract: seed, track, select, orient and (optionally) clean.
 
-    ``seeding``, ``seeds_per_voxel``, ``max_angle_deg`` and ``clean`` left at ``None`` take
+    ``seeding``, ``seeds_per_voxel``, ``max_angle_deg``, ``clean`` and
+    ``waypoint_margin_mm`` left at ``None`` take
     the value the definition recommends (``definition.tracking``, see
     :attr:`msimaging.atlases.tracts.TractDefinition.tracking`), else the library default
     (:data:`BUNDLE_DEFAULTS`: ROI seeding, 2 seeds per voxel, 45 degrees, no cleaning). The
@@ -757,6 +891,20 @@ def bundle(
     clean : bool, optional
         Remove outlier streamlines after selection (:func:`clean_bundle`, AFQ's cleaning with
         its default thresholds).
+    waypoint_margin_mm : float, optional
+        Grow the seed, waypoint and endpoint ROIs (never the exclusions) by this margin (mm,
+        Euclidean distance on the grid) so that waypoints placed by an affine MNI
+        registration still catch a tract whose individual course is a few mm off the
+        template's (library default 0; see the definitions' recommendation).
+    min_fov_fraction : float
+        When the definition can say how much of each waypoint the image covers
+        (``definition.coverage(shape, affine, to_mni)``, as
+        :meth:`msimaging.atlases.tracts.TractDefinition.coverage`), a tract with a waypoint
+        less than this share imaged is not tracked: it gets ``status = "outside_fov"`` and a
+        reason naming the waypoint and the MNI z range imaged there. A waypoint less than
+        half imaged is named in the reason: a found tract keeps its streamlines ("cut at the
+        image's edge"); a tract tracked but not found is ``"outside_fov"`` too (the field
+        of view, not the tracking, is the likely cause).
     method, seeds_per_voxel, step_size_mm, fa_threshold, max_angle_deg, min_length_mm, \
 max_length_mm, pmf_power, seed, n_jobs
         Tracking parameters (see :func:`track`).
@@ -764,8 +912,10 @@ max_length_mm, pmf_power, seed, n_jobs
     Returns
     -------
     TractBundle
-        Empty (``n_streamlines == 0``) when no streamline satisfies the definition, with an
-        :class:`~msimaging.errors.MSImagingWarning`.
+        Empty (``n_streamlines == 0``) when no streamline satisfies the definition or a
+        waypoint is outside the field of view, with an
+        :class:`~msimaging.errors.MSImagingWarning`; ``status`` and ``reason`` say which
+        and why (also for an empty seed region or waypoints outside the brain mask).
     """
     name = str(getattr(definition, "name", definition))
     if not callable(getattr(definition, "masks", None)):
@@ -775,10 +925,13 @@ max_length_mm, pmf_power, seed, n_jobs
         )
     recommended = {**BUNDLE_DEFAULTS, **dict(getattr(definition, "tracking", None) or {})}
     given = {"seeding": seeding, "seeds_per_voxel": seeds_per_voxel,
-             "max_angle_deg": max_angle_deg, "clean": clean}
-    seeding, seeds_per_voxel, max_angle_deg, clean = (
+             "max_angle_deg": max_angle_deg, "clean": clean,
+             "waypoint_margin_mm": waypoint_margin_mm}
+    seeding, seeds_per_voxel, max_angle_deg, clean, waypoint_margin_mm = (
         recommended[key] if value is None else value for key, value in given.items()
     )
+    waypoint_margin_mm = _check_float(waypoint_margin_mm, "waypoint_margin_mm", 0.0, 50.0)
+    min_fov_fraction = _check_float(min_fov_fraction, "min_fov_fraction", 0.0, 1.0)
     if not isinstance(clean, bool | np.bool_):
         raise InputError(
             f"clean must be True or False (or None: the tract's choice), got {clean!r}."
@@ -787,6 +940,10 @@ max_length_mm, pmf_power, seed, n_jobs
     fa, _, brain, affine = _fit_arrays(fit)
     shape = tuple(int(s) for s in fit.fa.shape[:3])
     masks = _definition_masks(definition.masks(shape, affine, to_mni), name, shape)
+    labels = _waypoint_labels(definition, len(masks["waypoints"]))
+    coverage = _fov_coverage(definition, shape, affine, to_mni)
+    if waypoint_margin_mm > 0:
+        masks = _grown_masks(masks, affine, waypoint_margin_mm)
     parameters = {
         "method": method,
         "seeding": seeding,
@@ -798,9 +955,14 @@ max_length_mm, pmf_power, seed, n_jobs
         "max_length_mm": max_length_mm,
         "pmf_power": pmf_power,
         "clean": clean,
+        "waypoint_margin_mm": waypoint_margin_mm,
         "seed": seed,
         "lesion_mask": lesion_mask is not None,
+        "waypoint_voxels": [int(m.sum()) for m in masks["waypoints"]],
+        "waypoint_voxels_in_brain": [int((m & brain).sum()) for m in masks["waypoints"]],
     }
+    if coverage is not None:
+        parameters["waypoint_fov_fraction"] = [round(c[0], 3) for c in coverage]
     seeding = _check_choice(seeding, "seeding", SEEDING_MODES)
     seeds = np.zeros(shape, bool)
     if seeding == "rois":
@@ -812,22 +974,40 @@ max_length_mm, pmf_power, seed, n_jobs
         seeds = _waypoint_box(masks["waypoints"] or masks["seeds"], shape, affine, seed_margin_mm)
         seeds &= brain & (fa >= seed_fa)
 
-    def empty(reason: str, n_tracked: int = 0) -> TractBundle:
+    partial = _partial_fov_note(coverage, labels)
+
+    def empty(reason: str, n_tracked: int = 0, status: str = "not_found") -> TractBundle:
         from dipy.tracking.streamline import Streamlines
 
+        if status == "not_found":
+            reason = "; ".join([reason, *_outside_brain_notes(masks["waypoints"], brain, labels)])
+            if partial:
+                # Tracked, nothing kept, and a waypoint mostly beyond the image: the field of
+                # view, not the tracking, is the likely cause.
+                status = "outside_fov"
+                reason = f"{reason}; {partial}: the tract leaves the image"
+            causes = (
+                f" Likely causes: fa_threshold={fa_threshold:g} too high for this tract (low "
+                "FA, lesions: pass lesion_mask), seed/waypoint/exclusion ROIs placed off the "
+                "tract, or a wrong registration to MNI (to_mni)."
+            )
+        else:
+            causes = ""
         warnings.warn(
-            f"tract {name!r}: no streamline found ({reason}). Likely causes: fa_threshold="
-            f"{fa_threshold:g} too high for this tract (low FA, lesions: pass lesion_mask), "
-            "seed/waypoint/exclusion ROIs placed off the tract, or a wrong registration to "
-            "MNI (to_mni). The tract gets an empty bundle and rows with n_streamlines = 0.",
+            f"tract {name!r}: no streamline found ({reason}).{causes} The tract gets an empty "
+            "bundle and rows with n_streamlines = 0 and this reason.",
             MSImagingWarning,
             stacklevel=3,
         )
         return TractBundle(
             name, Streamlines(), 0, affine, shape,
             {**parameters, "n_seed_voxels": int(seeds.sum()), "n_tracked": n_tracked},
+            status=status, reason=reason,
         )
 
+    outside = _outside_fov_reason(coverage, labels, min_fov_fraction)
+    if outside:
+        return empty(outside, status="outside_fov")
     if not seeds.any():
         return empty(f"the seed region ({seeding!r}) has no voxel on this grid")
     with warnings.catch_warnings():
@@ -863,6 +1043,8 @@ max_length_mm, pmf_power, seed, n_jobs
          "n_selected": len(kept)},
         waypoint_span=span[keep] if len(masks["waypoints"]) >= 2 else None,
         tracked_region=region,
+        status="found",
+        reason=f"found; {partial}: the tract is cut at the image's edge" if partial else "",
     )
     return clean_bundle(result) if clean else result
 
@@ -958,6 +1140,103 @@ def _waypoint_box(
     return box
 
 
+def _waypoint_labels(definition: Any, n: int) -> list[str]:
+    """Names of the waypoints (the regions' labels when the definition has them)."""
+    regions = tuple(getattr(definition, "waypoints", ()) or ())
+    labels = [str(getattr(r, "label", "") or "") for r in regions][:n]
+    labels += [""] * (n - len(labels))
+    return [label or f"waypoint {k + 1}" for k, label in enumerate(labels)]
+
+
+def _fov_coverage(
+    definition: Any, shape: tuple[int, ...], affine: np.ndarray, to_mni: Any
+) -> list[tuple[float, float, float]] | None:
+    """(imaged fraction, lowest and highest MNI z imaged at its centre) per waypoint, or
+    None when the definition cannot say (no ``coverage`` method)."""
+    coverage = getattr(definition, "coverage", None)
+    if not callable(coverage):
+        return None
+    table = coverage(shape, affine, to_mni)
+    return [
+        (float(r.fov_fraction), float(r.imaged_z_min_mm), float(r.imaged_z_max_mm))
+        for r in table.itertuples()
+    ]
+
+
+def _imaged_range(low: float, high: float) -> str:
+    if not np.isfinite(low):
+        return "the image does not reach its centre"
+    return f"the image covers MNI z {low:.0f} to {high:.0f} mm there"
+
+
+def _outside_fov_reason(
+    coverage: list[tuple[float, float, float]] | None, labels: list[str], minimum: float
+) -> str:
+    if coverage is None:
+        return ""
+    notes = [
+        f"waypoint '{label}' outside the DWI field of view ({100 * fraction:.0f}% of it "
+        f"imaged, below min_fov_fraction={minimum:g}; {_imaged_range(low, high)})"
+        for label, (fraction, low, high) in zip(labels, coverage, strict=False)
+        if fraction < minimum
+    ]
+    return "; ".join(notes)
+
+
+def _partial_fov_note(
+    coverage: list[tuple[float, float, float]] | None, labels: list[str]
+) -> str:
+    """A note for waypoints less than half imaged: the tract is cut at the image's edge."""
+    if coverage is None:
+        return ""
+    notes = [
+        f"waypoint '{label}' only {100 * fraction:.0f}% inside the DWI field of view "
+        f"({_imaged_range(low, high)})"
+        for label, (fraction, low, high) in zip(labels, coverage, strict=False)
+        if fraction < 0.5
+    ]
+    return "; ".join(notes)
+
+
+def _outside_brain_notes(
+    waypoints: Sequence[np.ndarray], brain: np.ndarray, labels: list[str]
+) -> list[str]:
+    """Waypoints with voxels outside the fit's brain mask (e.g. a brainstem that
+    ``median_otsu`` dropped), where no streamline can go."""
+    notes = []
+    for label, mask in zip(labels, waypoints, strict=False):
+        n = int(mask.sum())
+        n_in = int((mask & brain).sum())
+        if n == 0:
+            notes.append(f"waypoint '{label}' has no voxel on this grid")
+        elif n_in < 0.5 * n:
+            notes.append(
+                f"waypoint '{label}': only {n_in} of its {n} voxels inside the brain mask "
+                "(tracking stops outside it: pass a brain mask that keeps the brainstem)"
+            )
+    return notes
+
+
+def _grown_masks(
+    masks: dict[str, list[np.ndarray]], affine: np.ndarray, margin_mm: float
+) -> dict[str, list[np.ndarray]]:
+    """Seeds, waypoints and endpoints grown by ``margin_mm`` (Euclidean, in mm on the grid);
+    exclusions unchanged."""
+    from scipy import ndimage
+
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+    def grow(mask: np.ndarray) -> np.ndarray:
+        if not mask.any() or mask.all():
+            return mask
+        return ndimage.distance_transform_edt(~mask, sampling=zooms) <= margin_mm
+
+    return {
+        role: arrays if role == "exclusions" else [grow(m) for m in arrays]
+        for role, arrays in masks.items()
+    }
+
+
 def _definition_masks(
     masks: Any, name: str, shape: tuple[int, ...]
 ) -> dict[str, list[np.ndarray]]:
@@ -1013,7 +1292,9 @@ def tract_metrics(
     pandas.DataFrame
         Columns participant_id, session_id, tract, part, metric, mean, weighted_mean,
         median, sd (ddof=1), n_voxels, volume_mm3, n_streamlines, unit, source
-        (``"tractography"``). Values are voxel statistics over the tract mask;
+        (``"tractography"``), status and reason (:attr:`TractBundle.status` and
+        :attr:`TractBundle.reason`: why a tract is empty, never a silently missing row).
+        Values are voxel statistics over the tract mask;
         ``weighted_mean`` weights each voxel by its streamline count (tract-density weighting,
         as in track-weighted imaging, Calamante et al. 2010), so the bundle's core counts
         more than the rim voxels that a few streamlines stray into. On the default synthetic
@@ -1036,7 +1317,7 @@ def tract_metrics(
         mask = tract._mask_of(density, mask_threshold)
         rows += _region_rows(
             name, mask, lesion, loaded, reference.affine, tract.n_streamlines, "tractography",
-            weights=density,
+            weights=density, status=tract.status, reason=tract.reason,
         )
     return _frame(rows, _METRIC_COLUMNS, participant_id, session_id)
 
@@ -1092,7 +1373,8 @@ def tract_profiles(
     -------
     pandas.DataFrame
         Columns participant_id, session_id, tract, node (0..n_nodes-1), metric, value, unit,
-        n_streamlines. Tracts with no streamline get NaN values and ``n_streamlines = 0``.
+        n_streamlines, status, reason. Tracts with no streamline get NaN values,
+        ``n_streamlines = 0`` and their bundle's status and reason.
         With a single streamline the profile is that streamline's values; when the node
         coordinates of the streamlines are degenerate (all streamlines in a plane) the
         weights cannot be computed and the streamlines are averaged with equal weights (with
@@ -1149,6 +1431,8 @@ def tract_profiles(
                         "value": np.asarray(values, np.float64),
                         "unit": UNITS.get(metric, "n/a"),
                         "n_streamlines": n,
+                        "status": tract.status,
+                        "reason": tract.reason,
                     }
                 )
             )
@@ -1296,7 +1580,11 @@ def tracts_from_atlas(
                 MSImagingWarning,
                 stacklevel=2,
             )
-        rows += _region_rows(name, mask, lesion, loaded, reference.affine, 0, "atlas")
+        rows += _region_rows(
+            name, mask, lesion, loaded, reference.affine, 0, "atlas",
+            status="found" if mask.any() else "not_found",
+            reason="" if mask.any() else "the atlas has no voxel of this tract on the grid",
+        )
     return _frame(rows, _METRIC_COLUMNS, participant_id, session_id)
 
 
@@ -1309,6 +1597,8 @@ def _region_rows(
     n_streamlines: int,
     source: str,
     weights: np.ndarray | None = None,
+    status: str = "found",
+    reason: str = "",
 ) -> list[dict[str, Any]]:
     """Rows of one tract; ``weights`` (e.g. streamline counts) give ``weighted_mean``, which
     equals ``mean`` without weights."""
@@ -1340,6 +1630,8 @@ def _region_rows(
                     "n_streamlines": int(n_streamlines),
                     "unit": UNITS.get(metric, "n/a"),
                     "source": source,
+                    "status": status,
+                    "reason": reason,
                 }
             )
     return rows
