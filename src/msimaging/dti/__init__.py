@@ -5,6 +5,9 @@
 - :func:`nawm_rois` — normal-appearing WM whole/left/right (lesions and an optional
   perilesional margin removed, hemispheres split at the midsagittal plane through MNI);
 - :func:`roi_stats` — tidy table of map values per region;
+- orientations (:mod:`msimaging.dti.orientations`): :func:`fit_csd` (dipy CSD),
+  :class:`Peaks` from CSD or tensor fits, :func:`load_peaks` / :func:`save_peaks` for MRtrix
+  ``sh2peaks`` images; all of them track like a tensor fit;
 - :func:`dti_session` — one visit end to end (fit, T1w->DWI and MNI registration, NAWM,
   table, derivatives);
 - tracts (:mod:`msimaging.dti.tracts`): :func:`bundle` tracks an offline tract definition
@@ -13,6 +16,15 @@
   instead, :func:`tract_session` runs a visit's tract stage.
 """
 
+from msimaging.dti.orientations import (
+    CSDFit,
+    Peaks,
+    fit_csd,
+    load_peaks,
+    peaks_from_csd,
+    peaks_from_tensor,
+    save_peaks,
+)
 from msimaging.dti.rois import ROI, nawm_rois, roi_stats
 from msimaging.dti.session import DTISession, TractStage, dti_session, tract_session
 from msimaging.dti.tensor import METHODS, TensorFit, fit_tensor
@@ -30,18 +42,25 @@ from msimaging.dti.tracts import (
 __all__ = [
     "METHODS",
     "ROI",
+    "CSDFit",
     "DTISession",
+    "Peaks",
     "TensorFit",
     "TractBundle",
     "TractStage",
     "bundle",
     "clean_bundle",
     "dti_session",
+    "fit_csd",
     "fit_tensor",
+    "load_peaks",
     "nawm_rois",
+    "peaks_from_csd",
+    "peaks_from_tensor",
     "plot_profiles",
     "plot_tract_overlay",
     "roi_stats",
+    "save_peaks",
     "tract_metrics",
     "tract_profiles",
     "tract_session",
