@@ -285,7 +285,8 @@ def test_tract_metrics_split_matches_hand_counts(phantom, tube_bundle):
     )
     assert list(table.columns) == [
         "participant_id", "session_id", "tract", "part", "metric", "mean", "weighted_mean",
-        "median", "sd", "n_voxels", "volume_mm3", "n_streamlines", "unit", "source",
+        "median", "sd", "n_voxels", "volume_mm3", "n_streamlines", "unit", "source", "status",
+        "reason",
     ]
     assert len(table) == 3 * 4
     mask = np.asanyarray(tube_bundle.mask().dataobj).astype(bool)
@@ -321,7 +322,7 @@ def test_fa_profile_follows_the_true_fa_along_the_tube(phantom, tube_bundle):
     )
     assert list(profile.columns) == [
         "participant_id", "session_id", "tract", "node", "metric", "value", "unit",
-        "n_streamlines",
+        "n_streamlines", "status", "reason",
     ]
     fa = profile[profile["metric"] == "fa"].sort_values("node")
     assert fa["node"].tolist() == list(range(100))

@@ -482,9 +482,15 @@ def tract_session(
     **tracking
         Passed to :func:`msimaging.dti.tracts.bundle` (seeding, seeds_per_voxel, seed_fa,
         seed_margin_mm, step_size_mm, fa_threshold, max_angle_deg, min_length_mm,
-        max_length_mm, clean, seed, n_jobs). Seeding, seeds per voxel, the turn limit and
-        cleaning left out take each tract's recommendation (CST and OR: white-matter seeding,
-        30 degrees, AFQ cleaning; CC: seeds in the midsagittal callosum, 45 degrees).
+        max_length_mm, clean, waypoint_margin_mm, min_fov_fraction, seed, n_jobs). Seeding,
+        seeds per voxel, the turn limit, cleaning and the waypoint margin left out take each
+        tract's recommendation (CST and OR: white-matter seeding, 30 degrees, AFQ cleaning,
+        waypoints grown by 2 mm; CC: seeds in the midsagittal callosum, 45 degrees).
+
+    Every requested tract gets its rows: a tract that is not found, or whose waypoint lies
+    outside the DWI field of view (a slab that misses the brainstem or the occipital pole),
+    has ``n_streamlines = 0`` and its ``status`` and ``reason`` in every metrics and profile
+    row (:attr:`msimaging.dti.tracts.TractBundle.reason`).
     """
     from msimaging.atlases.tracts import tract_definitions
 
@@ -526,7 +532,8 @@ def _write_tracts(writer, dti, bundles, metrics, profiles, method, figures) -> d
         out[f"mask_{name}"] = writer.write_image(
             tract.mask(),
             writer.path(participant, session, "dwi", "mask", ".nii.gz", desc=f"tract{label}"),
-            sidecar={"Tract": name, "NStreamlines": tract.n_streamlines},
+            sidecar={"Tract": name, "NStreamlines": tract.n_streamlines,
+                     "Status": tract.status, "Reason": tract.reason},
         )
     out["metrics"] = writer.write_table(
         metrics, participant, session, "dwi", "stats", model="tensor", desc="tracts",

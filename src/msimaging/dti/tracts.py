@@ -19,8 +19,11 @@ The chain is ``track -> select -> bundle -> tract_metrics / tract_profiles``:
 Empty results are never errors: a tract definition that no streamline satisfies gives an
 :class:`~msimaging.errors.MSImagingWarning` naming the tract and the likely causes, an empty
 bundle, and table rows with ``n_streamlines = 0``, ``n_voxels = 0`` and NaN values, so that a
-session with a missing tract still produces a complete table and the count says why a value
-is missing.
+session with a missing tract still produces a complete table. Every bundle and row carries a
+``status`` (``found``, ``not_found``, ``outside_fov``) and a ``reason`` in words: the
+streamlines reaching each waypoint, a waypoint outside the image's field of view (a DWI slab
+that misses the brainstem or the occipital pole; measured with the definition's
+``coverage()``), a waypoint outside the brain mask.
 
 dipy is imported inside the functions that use it and matplotlib inside the plotting functions
 (which draw on a :class:`matplotlib.figure.Figure`, without pyplot, so they work with the Agg
@@ -1702,8 +1705,9 @@ def plot_tract_overlay(
         ax.set_title(f"{title} (voxel {int(centre[axis])})")
         ax.set_axis_off()
     if masks:
+        labels = _overlay_labels(bundles_or_masks)
         handles = [
-            patch_cls(color=colour[:3], label=name)
+            patch_cls(color=colour[:3], label=labels.get(name, name))
             for colour, name in zip(colours, masks, strict=False)
         ]
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(masks), 6))
@@ -1801,6 +1805,23 @@ def _overlay_masks(
         else:
             out[str(name)] = _as_bool(item, f"mask {name!r}", fa.shape[:3], fa.affine)
     return out
+
+
+def _overlay_labels(items: Any) -> dict[str, str]:
+    """Legend labels: an empty bundle's name says why it is empty (e.g. "outside fov")."""
+    if isinstance(items, TractBundle):
+        items = [items]
+    if isinstance(items, Mapping):
+        pairs = list(items.items())
+    elif isinstance(items, Sequence) and not isinstance(items, str):
+        pairs = [(getattr(item, "name", f"tract {k + 1}"), item) for k, item in enumerate(items)]
+    else:
+        pairs = []
+    return {
+        str(name): f"{name} ({item.status.replace('_', ' ')}, 0 streamlines)"
+        for name, item in pairs
+        if isinstance(item, TractBundle) and item.n_streamlines == 0
+    }
 
 
 def _matplotlib() -> tuple[Any, Any, Any]:
