@@ -1,0 +1,173 @@
+"""The second tract phantom (issue 17, deliverable 4): its truth, and the tract acceptance on it.
+
+The phantom (:mod:`msimaging.datasets.synthetic.phantom2`) re-draws the CST, OR (with Meyer's
+loop) and CC from other landmarks, adds an SLF and callosal fibres that cross the CST, and
+simulates crossing voxels with a multi-compartment signal. Its truth is checked against dipy's
+multi-tensor simulator and the analytic tensor FA. The acceptance (issue 17) on one subject at
+M0 (default preset, tensor model, package defaults): every tract >= 50 streamlines, Dice >= 0.7
+with the planted tube, |FA error| <= 0.02, profile r >= 0.95. Targets that the tract stage does
+not meet yet are strict xfails carrying the value measured when they were written, so a fix
+shows up as an XPASS; the targets themselves are never loosened.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from msimaging.datasets.synthetic import diffusion, phantom2
+
+TRACTS = ("CC", "CST_L", "CST_R", "OR_L", "OR_R")
+
+
+# ---- the phantom's geometry and signal --------------------------------------------------------
+def test_bundles_cross_where_drawn():
+    """CST x SLF x CC in the left corona radiata; the OR's Meyer's loop reaches y = -8 mm."""
+    names = list(phantom2.BUNDLES)
+    member, direction, _ = phantom2.bundle_membership(np.array([[-30.0, -21.0, 33.0]]))
+    inside = {names[b] for b in np.flatnonzero(member[0])}
+    assert {"CST_L", "SLF_L"} <= inside
+    grid = np.stack(np.meshgrid(np.arange(-40, -15, 2.0), np.arange(-30, -10, 2.0),
+                                np.arange(30, 56, 2.0), indexing="ij"), -1).reshape(-1, 3)
+    member, direction, _ = phantom2.bundle_membership(grid)
+    cst, cc = names.index("CST_L"), names.index("CC")
+    both = member[:, cst] & member[:, cc]
+    assert both.sum() >= 5
+    # Real crossings: the CST runs up, the callosal fibres left-right (angle > 45 degrees).
+    cosine = np.abs(np.einsum("nk,nk->n", direction[both, cst], direction[both, cc]))
+    assert np.all(cosine < np.cos(np.deg2rad(45)))
+    loop = phantom2.BUNDLES["OR_L"].polylines_mm[1]
+    assert loop[:, 1].max() >= -9.0 and phantom2.BUNDLES["OR_L"].polylines_mm[0][:, 1].max() < -20
+
+
+def test_crossing_signal_is_the_multi_tensor_sum():
+    """A voxel in two bundles: dipy's multi_tensor with the two bundle tensors at 50/50."""
+    from dipy.core.gradients import gradient_table
+    from dipy.sims.voxel import multi_tensor
+
+    bvals, bvecs = diffusion.gradient_scheme(2, 30)
+    point = np.array([[-30.0, -21.0, 33.0]])
+    member, direction, position = phantom2.bundle_membership(point)
+    sim = phantom2._simulate_visit(
+        np.array([3]), np.array([False]), point, np.eye(3), bvals, bvecs, 1.0, None,
+        np.random.default_rng(0))
+    k = int(sim["count"][0])
+    assert k >= 2
+    present = np.flatnonzero(member[0])
+    params = diffusion.TissueDiffusivities()
+    evals = [np.array([params.bundle_wm_ad_mm2_s, *(2 * [params.bundle_wm_rd_mm2_s
+                       * params.along_tract_rd_factor(position[0, b])])]) for b in present]
+    angles = []
+    for b in present:
+        x, y, z = direction[0, b]
+        angles.append((np.degrees(np.arccos(np.clip(z, -1, 1))), np.degrees(np.arctan2(y, x))))
+    expected, _ = multi_tensor(gradient_table(bvals, bvecs=bvecs), np.array(evals),
+                               S0=1000.0, angles=angles, fractions=[100.0 / k] * k, snr=None)
+    np.testing.assert_allclose(sim["signal"][0], expected, rtol=1e-5)
+    # The recorded truth FA of a crossing voxel is its noise-free tensor FA, below the bundle's.
+    assert diffusion.tensor_metrics(sim["evals"])["fa"][0] < sim["compartment_fa"][0, present[0]]
+
+
+def test_single_bundle_voxels_match_the_default_model():
+    """Outside crossings a bundle voxel is the default study's single bundle tensor."""
+    bvals, bvecs = diffusion.gradient_scheme(2, 30)
+    point = np.array([[-38.0, -50.0, 0.0]])  # central optic radiation, sagittal stratum
+    sim = phantom2._simulate_visit(
+        np.array([3]), np.array([False]), point, np.eye(3), bvals, bvecs, 1.0, None,
+        np.random.default_rng(0))
+    assert sim["count"][0] == 1
+    b = list(phantom2.BUNDLES).index("OR_L")
+    fa = diffusion.tensor_metrics(sim["evals"])["fa"][0]
+    assert fa == pytest.approx(sim["compartment_fa"][0, b], abs=1e-9)
+    # Along-tract RD bump: FA between the bundle-WM extremes 0.70 and 0.80.
+    assert 0.69 < fa < 0.81
+
+
+# ---- acceptance on the phantom ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    from msimaging.bids import Study
+    from msimaging.dti import dti_session, tract_session
+
+    root = phantom2.make_phantom2_study(
+        tmp_path_factory.mktemp("phantom2") / "study", n_subjects=1, sessions=("M0",))
+    truth = json.loads((root / "sourcedata/ground_truth/ground_truth.json").read_text())
+    (visit,) = list(Study(root))
+    sub, ses = visit.participant_id, visit.session_id
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dti = dti_session(visit.get("dwi"), visit.get("t1w"), seg=visit.get("dseg"),
+                          lesion_mask=visit.get("lesion_mask"), participant_id=sub,
+                          session_id=ses)
+        stage = tract_session(dti, tracts=list(TRACTS))
+    tubes = phantom2.tract_mask_truth(root, sub, ses)
+    expected = truth["subjects"][sub]["sessions"][ses]["dwi"]
+    rows = {}
+    for name in TRACTS:
+        mask = np.asanyarray(stage.bundles[name].mask().dataobj) > 0
+        whole = stage.metrics[(stage.metrics.tract == name) & (stage.metrics.metric == "fa")
+                              & (stage.metrics.part == "whole")].iloc[0]
+        profile = stage.profiles[(stage.profiles.tract == name)
+                                 & (stage.profiles.metric == "fa")]
+        profile = profile.sort_values("node")["value"].to_numpy()
+        true_profile = np.asarray(expected["profiles_fa"][name])
+        rows[name] = {
+            "n_streamlines": stage.bundles[name].n_streamlines,
+            "dice": 2 * (mask & tubes[name]).sum() / (mask.sum() + tubes[name].sum()),
+            "fa_error": whole["mean"] - expected["regions"][name]["fa"],
+            "profile_r": (np.corrcoef(profile, true_profile)[0, 1]
+                          if profile.size == true_profile.size and np.isfinite(profile).all()
+                          else np.nan),
+        }
+        print(name, {k: round(float(v), 3) for k, v in rows[name].items()})
+    return rows
+
+
+def _case(name, measured_value, met):
+    marks = () if met else pytest.mark.xfail(
+        strict=True, reason=f"measured {measured_value} on sub-01 M0 (tensor, defaults)")
+    return pytest.param(name, marks=marks, id=name)
+
+
+# Values measured on sub-01 ses-M0 (seed 0) when the test was written.
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", [
+    _case("CC", 276, True), _case("CST_L", 76, True), _case("CST_R", 39, False),
+    _case("OR_L", 20, False), _case("OR_R", 13, False),
+])
+def test_tract_found_with_at_least_50_streamlines(measured, name):
+    assert measured[name]["n_streamlines"] >= 50
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", [
+    _case("CC", 0.697, False), _case("CST_L", 0.617, False), _case("CST_R", 0.570, False),
+    _case("OR_L", 0.358, False), _case("OR_R", 0.355, False),
+])
+def test_dice_with_planted_tube_at_least_07(measured, name):
+    assert measured[name]["dice"] >= 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", [
+    _case("CC", -0.004, True), _case("CST_L", -0.024, False), _case("CST_R", 0.005, True),
+    _case("OR_L", -0.039, False), _case("OR_R", -0.018, True),
+])
+def test_tract_fa_within_002_of_truth(measured, name):
+    assert abs(measured[name]["fa_error"]) <= 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", [
+    _case("CC", 0.999, True), _case("CST_L", 0.922, False), _case("CST_R", 0.846, False),
+    _case("OR_L", 0.830, False), _case("OR_R", 0.923, False),
+])
+def test_profile_correlates_at_least_095(measured, name):
+    assert measured[name]["profile_r"] >= 0.95
