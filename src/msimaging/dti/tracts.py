@@ -351,17 +351,20 @@ def track(
 
         * ``TensorFit``: as described under ``method`` (uses ``fa``, ``v1``, ``mask``, and
           ``ad``/``rd`` for the probabilistic method).
-        * ``CSDFit``: ``"deterministic"`` is dipy's ``deterministic_tracking`` on the fODF SH
-          coefficients (the maximum of the trilinearly interpolated fODF within
-          ``max_angle_deg`` of the incoming direction; dipy's relative pmf threshold 0.1);
-          ``"probabilistic"`` is dipy's ``probabilistic_tracking`` sampling the fODF
-          (``pmf_power`` is not used). The fODF is zeroed outside the tracking region.
         * ``Peaks`` (e.g. an MRtrix/TractSeg peaks image read by
           :func:`~msimaging.dti.orientations.load_peaks`): ``"deterministic"`` only: dipy's
           EuDX following, in each of the 8 neighbouring voxels, the peak closest to the
-          incoming direction (within ``max_angle_deg``); voxels whose ``fa`` is at or below
-          ``fa_threshold`` do not vote. Each seed starts along its voxel's largest peak (both
-          ways), as the CSD tracker does.
+          incoming direction (within ``max_angle_deg``), trilinearly weighted; voxels whose
+          ``fa`` is at or below ``fa_threshold`` do not vote (as for the tensor). Each seed
+          starts along its voxel's largest peak (both ways).
+        * ``CSDFit``: ``"deterministic"`` follows the fit's own peaks (``CSDFit.peaks``)
+          exactly as for a ``Peaks`` object, so a peaks image saved from the fit and read
+          back tracks the same bundle (and it is 3-6x faster than dipy's closest-peak getter
+          on the SH coefficients, which re-extracts peaks of the interpolated fODF at every
+          step; on the default synthetic study that getter's bundles had Dice 0.82-0.88
+          with the peak-following ones). ``"probabilistic"`` is dipy's
+          ``probabilistic_tracking`` sampling the fODF SH coefficients (``pmf_power`` is not
+          used; dipy's pmf threshold 0.1), zeroed outside the tracking region.
     seeds_mask : nibabel image, path or bool ndarray
         Seed region on the fit's grid.
     stopping_mask : nibabel image, path or bool ndarray, optional
@@ -536,20 +539,18 @@ def _orientation_tracking(
 ) -> Any:
     """dipy's tracking generator for a CSDFit (SH) or Peaks (EuDX), on the cropped box."""
     from dipy.data import default_sphere
-    from dipy.tracking.tracker import (
-        closestpeak_tracking,
-        eudx_tracking,
-        probabilistic_tracking,
-    )
+    from dipy.tracking.tracker import eudx_tracking, probabilistic_tracking
 
-    if kind == "csd":
+    if kind == "csd" and method == "probabilistic":
         sh = np.where(allowed[..., None], fit.shm_coeff[box], 0.0).astype(np.float64)
-        tracker = closestpeak_tracking if method == "deterministic" else probabilistic_tracking
-        return tracker(
+        return probabilistic_tracking(
             seed_points, stopping, affine, sh=np.ascontiguousarray(sh), sphere=default_sphere,
             pmf_threshold=0.1, **common,
         )
-    pam = _multi_peaks(fit.directions[box], fit.values[box], allowed & votes)
+    # Deterministic: the same peak following for a CSD fit (its own peaks) and a peaks image,
+    # so that a saved and re-read peaks image tracks what the fit tracks.
+    peaks = fit.peaks if kind == "csd" else fit
+    pam = _multi_peaks(peaks.directions[box], peaks.values[box], allowed & votes)
     return eudx_tracking(
         seed_points, stopping, affine, pam=pam, sphere=pam.sphere, max_cross=1,
         pmf_threshold=1e-6, **common,
