@@ -137,6 +137,7 @@ def _track(source, seeds, **kwargs):
 
 
 TUBE = _unit([1.0, 0.6, 0.3])
+CROSSING = [_unit([1.0, 0.4, 0.2]), _unit(_rotation("z", 70) @ _unit([1.0, 0.4, 0.2]))]
 
 
 @pytest.fixture(scope="module")
@@ -215,26 +216,25 @@ def test_csd_recovers_a_simulated_crossing():
 
 @pytest.fixture(scope="module")
 def crossing(tmp_path_factory):
-    """Two tubes crossing at 70° (noise sigma 2.5: SNR 40), on the det<0 grid."""
-    affine = _grids()["det<0"]
-    second = _unit(_rotation("z", 70) @ [1.0, 0.0, 0.0])
-    fit, tubes, dwi = _fit(affine, [_unit([1.0, 0.0, 0.0]), second], sigma=2.5)
-    x = _world_centres(affine)[:, 0].reshape(SHAPE)
-    seeds = tubes[0] & ~tubes[1] & (x < -12)
-    return affine, fit, tubes, seeds, dwi, tmp_path_factory.mktemp("crossing")
+    """Two tubes crossing at 70° along oblique world directions (noise sigma 2.5: SNR 40),
+    on the oblique grid: a peaks frame error (a flip or a missing rotation) turns them."""
+    affine = _grids()["oblique"]
+    fit, tubes, dwi = _fit(affine, CROSSING, sigma=2.5)
+    along = (_world_centres(affine) @ CROSSING[0]).reshape(SHAPE)
+    seeds = tubes[0] & ~tubes[1] & (along < -10)
+    return affine, fit, tubes, seeds, dwi, along, tmp_path_factory.mktemp("crossing")
 
 
 def test_peaks_file_from_csd_reproduces_csd_tracking(crossing):
     from msimaging.dti.orientations import load_peaks, save_peaks
 
-    affine, fit, tubes, seeds, dwi, folder = crossing
+    affine, fit, tubes, seeds, dwi, along, folder = crossing
     path = save_peaks(fit.peaks, folder / "csd_peaks.nii.gz")
     loaded = load_peaks(path, fa=fit.fa, reference=dwi)
     model = _mask(_track(fit, seeds), affine, fit.fa)
     from_file = _mask(_track(loaded, seeds), affine, fit.fa)
     # The bundle goes through the crossing and beyond it, along the first tube.
-    x = _world_centres(affine)[:, 0].reshape(SHAPE)
-    assert (model & tubes[0] & (x > 12)).sum() > 10
+    assert (model & tubes[0] & ~tubes[1] & (along > 10)).sum() > 10
     assert _dice(model, from_file) >= 0.9
 
 
@@ -243,8 +243,8 @@ def test_hand_written_mrtrix_peaks_reproduce_csd_tracking(crossing):
     independent of save_peaks) tracks the bundle the CSD fit tracks."""
     from msimaging.dti.orientations import load_peaks
 
-    affine, fit, tubes, seeds, _, folder = crossing
-    directions = [_unit([1.0, 0.0, 0.0]), _unit(_rotation("z", 70) @ [1.0, 0.0, 0.0])]
+    affine, fit, tubes, seeds, _, _, folder = crossing
+    directions = CROSSING
     data = np.zeros((*SHAPE, 6), np.float32)
     data[tubes[0], 0:3] = directions[0]
     only_second = tubes[1] & ~tubes[0]
