@@ -4,8 +4,9 @@ The phantom (:mod:`msimaging.datasets.synthetic.phantom2`) re-draws the CST, OR 
 loop) and CC from other landmarks, adds an SLF and callosal fibres that cross the CST, and
 simulates crossing voxels with a multi-compartment signal. Its truth is checked against dipy's
 multi-tensor simulator and the analytic tensor FA. The acceptance (issue 17) on one subject at
-M0 (default preset, tensor model, package defaults): every tract >= 50 streamlines, Dice >= 0.7
-with the planted tube, |FA error| <= 0.02, profile r >= 0.95. Targets that the tract stage does
+M0 (default preset, package defaults, tensor model): every tract >= 50 streamlines, Dice >= 0.7
+with the planted tube, |FA error| <= 0.02, profile r >= 0.95; the same for CSD when
+``msimaging.dti.orientations`` is importable (skipped otherwise). Targets that the tract stage does
 not meet yet are strict xfails carrying the value measured when they were written, so a fix
 shows up as an XPASS; the targets themselves are never loosened.
 """
@@ -88,47 +89,80 @@ def test_single_bundle_voxels_match_the_default_model():
 
 # ---- acceptance on the phantom ----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory):
+def visit(tmp_path_factory):
+    """One default-preset phantom-2 visit (sub-01, M0) after the DTI stage."""
     from msimaging.bids import Study
-    from msimaging.dti import dti_session, tract_session
+    from msimaging.dti import dti_session
 
     root = phantom2.make_phantom2_study(
         tmp_path_factory.mktemp("phantom2") / "study", n_subjects=1, sessions=("M0",))
     truth = json.loads((root / "sourcedata/ground_truth/ground_truth.json").read_text())
-    (visit,) = list(Study(root))
-    sub, ses = visit.participant_id, visit.session_id
+    (bids_visit,) = list(Study(root))
+    sub, ses = bids_visit.participant_id, bids_visit.session_id
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dti = dti_session(visit.get("dwi"), visit.get("t1w"), seg=visit.get("dseg"),
-                          lesion_mask=visit.get("lesion_mask"), participant_id=sub,
-                          session_id=ses)
-        stage = tract_session(dti, tracts=list(TRACTS))
-    tubes = phantom2.tract_mask_truth(root, sub, ses)
-    expected = truth["subjects"][sub]["sessions"][ses]["dwi"]
+        dti = dti_session(bids_visit.get("dwi"), bids_visit.get("t1w"),
+                          seg=bids_visit.get("dseg"), lesion_mask=bids_visit.get("lesion_mask"),
+                          participant_id=sub, session_id=ses)
+    return {"dti": dti, "dwi": bids_visit.get("dwi"),
+            "tubes": phantom2.tract_mask_truth(root, sub, ses),
+            "expected": truth["subjects"][sub]["sessions"][ses]["dwi"]}
+
+
+def _rows(visit, bundles, metrics, profiles, model):
     rows = {}
     for name in TRACTS:
-        mask = np.asanyarray(stage.bundles[name].mask().dataobj) > 0
-        whole = stage.metrics[(stage.metrics.tract == name) & (stage.metrics.metric == "fa")
-                              & (stage.metrics.part == "whole")].iloc[0]
-        profile = stage.profiles[(stage.profiles.tract == name)
-                                 & (stage.profiles.metric == "fa")]
+        tube = visit["tubes"][name]
+        mask = np.asanyarray(bundles[name].mask().dataobj) > 0
+        whole = metrics[(metrics.tract == name) & (metrics.metric == "fa")
+                        & (metrics.part == "whole")].iloc[0]
+        profile = profiles[(profiles.tract == name) & (profiles.metric == "fa")]
         profile = profile.sort_values("node")["value"].to_numpy()
-        true_profile = np.asarray(expected["profiles_fa"][name])
+        true_profile = np.asarray(visit["expected"]["profiles_fa"][name])
         rows[name] = {
-            "n_streamlines": stage.bundles[name].n_streamlines,
-            "dice": 2 * (mask & tubes[name]).sum() / (mask.sum() + tubes[name].sum()),
-            "fa_error": whole["mean"] - expected["regions"][name]["fa"],
+            "n_streamlines": bundles[name].n_streamlines,
+            "dice": 2 * (mask & tube).sum() / (mask.sum() + tube.sum()),
+            "fa_error": whole["mean"] - visit["expected"]["regions"][name]["fa"],
             "profile_r": (np.corrcoef(profile, true_profile)[0, 1]
                           if profile.size == true_profile.size and np.isfinite(profile).all()
                           else np.nan),
         }
-        print(name, {k: round(float(v), 3) for k, v in rows[name].items()})
+        print(model, name, {k: round(float(v), 4) for k, v in rows[name].items()})
     return rows
+
+
+@pytest.fixture(scope="module")
+def measured(visit):
+    from msimaging.dti import tract_session
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stage = tract_session(visit["dti"], tracts=list(TRACTS))
+    return _rows(visit, stage.bundles, stage.metrics, stage.profiles, "tensor")
+
+
+@pytest.fixture(scope="module")
+def measured_csd(visit):
+    """CSD fit (dipy, response from the data) tracked with each tract's defaults, measured on
+    the tensor maps, as the tract stage measures any model."""
+    orientations = pytest.importorskip("msimaging.dti.orientations")
+    from msimaging.atlases.tracts import tract_definitions
+    from msimaging.dti.tracts import bundle, tract_metrics, tract_profiles
+
+    dti = visit["dti"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        csd = orientations.fit_csd(visit["dwi"], tensor=dti.fit)
+        bundles = {d.name: bundle(csd, d, to_mni=dti.dwi_to_mni, lesion_mask=dti.lesion_mask)
+                   for d in tract_definitions(list(TRACTS))}
+    metrics = tract_metrics(dti.fit, bundles, lesion_mask=dti.lesion_mask)
+    profiles = tract_profiles(dti.fit, bundles)
+    return _rows(visit, bundles, metrics, profiles, "csd")
 
 
 def _case(name, measured_value, met):
     marks = () if met else pytest.mark.xfail(
-        strict=True, reason=f"measured {measured_value} on sub-01 M0 (tensor, defaults)")
+        strict=True, reason=f"measured {measured_value} on sub-01 M0 (package defaults)")
     return pytest.param(name, marks=marks, id=name)
 
 
@@ -171,3 +205,45 @@ def test_tract_fa_within_002_of_truth(measured, name):
 ])
 def test_profile_correlates_at_least_095(measured, name):
     assert measured[name]["profile_r"] >= 0.95
+
+
+# CSD (fit_csd, tracked by bundle() with each tract's defaults): values measured on the same
+# visit with the orientations module as it stood on 2026-12-04 (work in progress).
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", [
+    _case("CC", 274, True), _case("CST_L", 148, True), _case("CST_R", 141, True),
+    _case("OR_L", 19, False), _case("OR_R", 11, False),
+])
+def test_csd_tract_found_with_at_least_50_streamlines(measured_csd, name):
+    assert measured_csd[name]["n_streamlines"] >= 50
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", [
+    _case("CC", 0.698, False), _case("CST_L", 0.831, True), _case("CST_R", 0.863, True),
+    _case("OR_L", 0.358, False), _case("OR_R", 0.340, False),
+])
+def test_csd_dice_with_planted_tube_at_least_07(measured_csd, name):
+    assert measured_csd[name]["dice"] >= 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", [
+    _case("CC", -0.003, True), _case("CST_L", -0.019, True), _case("CST_R", -0.014, True),
+    _case("OR_L", -0.042, False), _case("OR_R", -0.017, True),
+])
+def test_csd_tract_fa_within_002_of_truth(measured_csd, name):
+    assert abs(measured_csd[name]["fa_error"]) <= 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", [
+    _case("CC", 0.998, True), _case("CST_L", 0.965, True), _case("CST_R", 0.950, True),
+    _case("OR_L", 0.843, False), _case("OR_R", 0.907, False),
+])
+def test_csd_profile_correlates_at_least_095(measured_csd, name):
+    assert measured_csd[name]["profile_r"] >= 0.95
