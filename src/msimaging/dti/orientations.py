@@ -28,9 +28,11 @@ Frames (the one place this is written down)
   (:func:`msimaging.io.voxel_to_world_rotation`: ``world = R @ voxel``), so oblique grids and
   either sign of the determinant are handled; no FSL-style x flip applies to peaks.
 
-Peaks of a CSD fit are the local maxima of the fODF on dipy's 724-direction sphere
-subdivided once (~2,900 directions, about 4 degrees apart), found for all voxels at once
-(vectorised, no per-voxel loop), keeping up to ``n_peaks`` maxima at or above
+Peaks of a CSD fit are the local maxima of the fODF on dipy's default hemisphere (362
+directions), each refined to the best of the directions within 6 degrees of it on that
+hemisphere subdivided once (1,442 directions, about 4 degrees apart), for all voxels at once
+(vectorised, no per-voxel loop: 3 s for the 128,000 voxels of the default synthetic study,
+13 s when searching the fine sphere directly), keeping up to ``n_peaks`` maxima at or above
 ``relative_peak_threshold`` times the voxel's largest one and at least
 ``min_separation_angle_deg`` apart (dipy's ``peak_directions`` rules, its defaults 0.5 and
 25 degrees).
@@ -74,8 +76,9 @@ __all__ = [
 RESPONSE_FA = 0.7
 # Fewest voxels for a response estimate; below it the highest-FA voxels of the mask are used.
 _MIN_RESPONSE_VOXELS = 50
-# Voxels whose fODF is evaluated on the sphere at once (memory ~ chunk * 2,900 * 8 bytes).
-_PEAK_CHUNK_VOXELS = 20_000
+# Voxels whose fODF is evaluated on the sphere at once (memory ~ chunk * 1,450 * 4 bytes
+# per array).
+_PEAK_CHUNK_VOXELS = 10_000
 # Percentile of the first peak's amplitude that maps to 1 in the amplitude tracking metric.
 _AMPLITUDE_PERCENTILE = 99.0
 
@@ -232,6 +235,7 @@ def fit_csd(
     min_separation_angle_deg: float = 25.0,
     b0_threshold: float = 50.0,
     bvec_convention: str | None = None,
+    n_jobs: int = 1,
 ) -> CSDFit:
     """Fit constrained spherical deconvolution (dipy) in every brain voxel.
 
@@ -257,6 +261,12 @@ def fit_csd(
         here (WLS) when omitted.
     n_peaks, relative_peak_threshold, min_separation_angle_deg
         Peak extraction (see :func:`peaks_from_csd`).
+    n_jobs : int
+        Processes for dipy's voxel-wise fit (``engine="joblib"`` when not 1; -1: all cores).
+        dipy's CSD solves one small quadratic programme per voxel (measured here: about
+        0.3 ms per voxel on one core, 36-42 s for the 128,000 brain voxels of the default
+        synthetic study, 38 s for the 135,000 of the real Philips DWI): pass a white-matter
+        ``mask`` to fit fewer voxels.
 
     Returns
     -------
@@ -285,6 +295,11 @@ def fit_csd(
         )
     if tensor is None:
         tensor = fit_tensor(dwi, mask=mask)
+    elif mask is not None:
+        raise InputError(
+            "pass either mask= or tensor= to fit_csd, not both: with a tensor fit, its mask is "
+            "the CSD mask (fit the tensor with your mask: fit_tensor(dwi, mask=mask))."
+        )
     else:
         check_same_grid(dwi.img, tensor.fa, names=("dwi", "tensor.fa"))
     brain = np.asanyarray(tensor.mask.dataobj).astype(bool)
@@ -321,12 +336,16 @@ def fit_csd(
     # Fit the mask voxels only, as a (n, 1, 1, volumes) block: dipy loops over voxels.
     voxels = np.nonzero(brain)
     signal = np.asarray(data[voxels], np.float64)[:, None, None, :]
-    coeff_flat = np.asarray(model.fit(signal).shm_coeff)[:, 0, 0, :]
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int | np.integer) or n_jobs == 0:
+        raise InputError(f"n_jobs must be a non-zero integer (-1: all cores), got {n_jobs!r}.")
+    parallel = {} if n_jobs == 1 else {"engine": "joblib", "n_jobs": int(n_jobs)}
+    coeff_flat = np.asarray(model.fit(signal, **parallel).shm_coeff)[:, 0, 0, :]
     if kind == "msmt-csd":
         # Keep the WM fODF only (dipy puts the isotropic compartments first).
         coeff_flat = coeff_flat[:, -_n_sh(sh_order):]
     shm = np.zeros((*brain.shape, coeff_flat.shape[1]), np.float32)
-    shm[voxels] = coeff_flat
+    # Voxels without signal (b0 of 0 in real data) give NaN fODFs: no fibre there.
+    shm[voxels] = np.nan_to_num(coeff_flat, nan=0.0, posinf=0.0, neginf=0.0)
     peaks = peaks_from_csd(
         shm, sh_order, dwi.img.affine, brain, fa=tensor.fa, n_peaks=n_peaks,
         relative_peak_threshold=relative_peak_threshold,
@@ -416,17 +435,35 @@ def peaks_from_csd(
     from dipy.data import default_sphere
     from dipy.reconst.shm import sh_to_sf_matrix
 
-    if not 1 <= int(n_peaks) <= 10:
+    if isinstance(n_peaks, bool) or not isinstance(n_peaks, int | np.integer) or not (
+        1 <= n_peaks <= 10
+    ):
         raise InputError(f"n_peaks must be an integer in [1, 10], got {n_peaks!r}.")
-    if not 0.0 <= float(relative_peak_threshold) <= 1.0:
+    if not isinstance(relative_peak_threshold, int | float) or not (
+        0.0 <= relative_peak_threshold <= 1.0
+    ):
         raise InputError(
-            f"relative_peak_threshold must lie in [0, 1], got {relative_peak_threshold!r}."
+            f"relative_peak_threshold must be a number in [0, 1], got "
+            f"{relative_peak_threshold!r}."
+        )
+    if not isinstance(min_separation_angle_deg, int | float) or not (
+        0.0 <= min_separation_angle_deg <= 90.0
+    ):
+        raise InputError(
+            f"min_separation_angle_deg must be a number in [0, 90], got "
+            f"{min_separation_angle_deg!r}."
         )
     n_peaks = int(n_peaks)
-    sphere = HemiSphere.from_sphere(default_sphere).subdivide(n=1)
-    basis = sh_to_sf_matrix(sphere, sh_order_max=sh_order, return_inv=False)
-    vertices = sphere.vertices
-    neighbours = _neighbour_table(sphere)
+    # Maxima are searched on dipy's 362-direction hemisphere, then each is refined on the
+    # once-subdivided sphere (1,442 directions) among the fine directions around it.
+    coarse = HemiSphere.from_sphere(default_sphere)
+    fine = coarse.subdivide(n=1)
+    basis = sh_to_sf_matrix(coarse, sh_order_max=sh_order, return_inv=False).astype(np.float32)
+    fine_basis = sh_to_sf_matrix(fine, sh_order_max=sh_order, return_inv=False)
+    fine_basis = np.concatenate([fine_basis, np.zeros((fine_basis.shape[0], 1))], axis=1)
+    vertices = np.vstack([fine.vertices, np.full((1, 3), np.nan)])
+    around = _fine_neighbourhood(coarse.vertices, fine.vertices)
+    neighbours = _neighbour_table(coarse)
     cos_sep = np.cos(np.deg2rad(float(min_separation_angle_deg)))
     mask = np.asarray(mask, bool)
     voxels = np.flatnonzero(mask)
@@ -436,14 +473,28 @@ def peaks_from_csd(
     n_candidates = 3 * n_peaks
     for first in range(0, voxels.size, _PEAK_CHUNK_VOXELS):
         chunk = voxels[first : first + _PEAK_CHUNK_VOXELS]
-        odf = coeff[chunk].astype(np.float64) @ basis  # (n, V)
-        # Local maxima: not below any neighbour on the (antipodally symmetric) hemisphere.
-        padded = np.concatenate([odf, np.full((len(chunk), 1), -np.inf)], axis=1)
-        is_max = (odf >= padded[:, neighbours].max(axis=2)) & (odf > 0)
+        sh = coeff[chunk].astype(np.float32)
+        odf = sh @ basis  # (n, V)
+        # Local maxima: not below any neighbour on the (antipodally symmetric) hemisphere;
+        # one pass per neighbour slot keeps memory at a few (n, V) arrays.
+        padded = np.concatenate([odf, np.full((len(chunk), 1), -np.inf, np.float32)], axis=1)
+        is_max = odf > 0
+        for slot in range(neighbours.shape[1]):
+            is_max &= odf >= padded[:, neighbours[:, slot]]
         score = np.where(is_max, odf, -np.inf)
-        top = np.argsort(-score, axis=1)[:, :n_candidates]
-        top_val = np.take_along_axis(score, top, axis=1)
-        top_dir = vertices[top]  # (n, m, 3)
+        top = np.argpartition(-score, n_candidates, axis=1)[:, :n_candidates]
+        found = np.isfinite(np.take_along_axis(score, top, axis=1))
+        # Refine: fODF on the fine directions around each candidate (padding index -> 0).
+        fine_index = around[top]  # (n, m, k)
+        fine_odf = np.einsum("nc,cnmk->nmk", sh.astype(np.float64), fine_basis[:, fine_index])
+        fine_odf[fine_index == len(fine.vertices)] = -np.inf
+        best = np.argmax(fine_odf, axis=2)
+        top_val = np.where(found, np.take_along_axis(fine_odf, best[..., None], 2)[..., 0],
+                           -np.inf)
+        top_idx = np.take_along_axis(fine_index, best[..., None], 2)[..., 0]
+        order = np.argsort(-top_val, axis=1)
+        top_val = np.take_along_axis(top_val, order, axis=1)
+        top_dir = vertices[np.take_along_axis(top_idx, order, axis=1)]  # (n, m, 3)
         keep = np.isfinite(top_val) & (top_val >= relative_peak_threshold * top_val[:, :1])
         # Greedy separation over the few candidates (loop over candidates, not voxels).
         for i in range(1, n_candidates):
@@ -458,6 +509,18 @@ def peaks_from_csd(
         directions.reshape(*shape, n_peaks, 3), values.reshape(*shape, n_peaks),
         affine, mask, fa, "csd",
     )
+
+
+def _fine_neighbourhood(coarse: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    """(V_coarse, k) fine directions within 6 degrees of each coarse one (sign ignored),
+    padded with index ``len(fine)``."""
+    close = np.abs(coarse @ fine.T) > np.cos(np.deg2rad(6.0))
+    count = close.sum(axis=1)
+    table = np.full((len(coarse), int(count.max())), len(fine))
+    rows, cols = np.nonzero(close)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count)
+    table[rows, slot] = cols
+    return table
 
 
 def _neighbour_table(sphere: Any) -> np.ndarray:
