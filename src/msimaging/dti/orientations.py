@@ -263,10 +263,12 @@ def fit_csd(
         Peak extraction (see :func:`peaks_from_csd`).
     n_jobs : int
         Processes for dipy's voxel-wise fit (``engine="joblib"`` when not 1; -1: all cores).
-        dipy's CSD solves one small quadratic programme per voxel (measured here: about
-        0.3 ms per voxel on one core, 36-42 s for the 128,000 brain voxels of the default
-        synthetic study, 38 s for the 135,000 of the real Philips DWI): pass a white-matter
-        ``mask`` to fit fewer voxels.
+        dipy's CSD solves one small quadratic programme per voxel. Measured on this 2-core
+        machine (shared): 22 s for the 128,000 mask voxels of the default synthetic study
+        (sh_order 6, 30 directions; 3 s of it the peak search), 17 s for the 135,000 of the
+        real Philips DWI (sh_order 4, 12 directions); ``n_jobs=2`` was not faster there
+        (24 s: process start-up and data transfer). Pass a white-matter ``mask`` to fit
+        fewer voxels.
 
     Returns
     -------
