@@ -307,3 +307,26 @@ def test_bad_peaks_files_name_the_file(tmp_path, frames):
         load_peaks(other, reference=frames["det<0"][1])
     with pytest.raises(InputError, match="probabilistic"):
         _track(frames["det<0"][2], np.ones(SHAPE, bool), method="probabilistic")
+
+
+def test_fit_csd_rejects_bad_parameters_and_multishell_without_cvxpy():
+    from msimaging.dti.orientations import fit_csd
+
+    affine = _grids()["det<0"]
+    img, bvals, fsl, _ = _simulate(affine, [TUBE])
+    with pytest.raises(InputError, match="sh_order"):
+        fit_csd(img, bvals, fsl.T, sh_order=5)
+    # Two non-zero shells select dipy's multi-shell CSD, which needs cvxpy.
+    try:
+        import cvxpy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("cvxpy is installed: the missing-dependency error cannot be shown")
+    from msimaging.errors import DependencyError
+
+    two_shells = np.where(bvals > 0, np.r_[0, 0, np.tile([1000.0, 2000.0], 15)], 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MSImagingWarning)
+        with pytest.raises(DependencyError, match="cvxpy"):
+            fit_csd(img, two_shells, fsl.T)

@@ -295,6 +295,14 @@ def fit_csd(
             "dwi is a loaded msimaging.io.DWI with its own gradient table; do not pass "
             "bvals=/bvecs=/bvec_convention= with it."
         )
+    n_dirs = int((~dwi.b0_mask).sum())
+    if sh_order is None:
+        sh_order = default_sh_order(n_dirs)
+    if isinstance(sh_order, bool) or not isinstance(sh_order, int | np.integer) or (
+        sh_order < 2 or sh_order % 2
+    ):
+        raise InputError(f"sh_order must be an even integer >= 2, got {sh_order!r}.")
+    sh_order = int(sh_order)
     if tensor is None:
         tensor = fit_tensor(dwi, mask=mask)
     elif mask is not None:
@@ -306,14 +314,6 @@ def fit_csd(
         check_same_grid(dwi.img, tensor.fa, names=("dwi", "tensor.fa"))
     brain = np.asanyarray(tensor.mask.dataobj).astype(bool)
     fa = np.nan_to_num(np.asarray(tensor.fa.dataobj, np.float64))
-    n_dirs = int((~dwi.b0_mask).sum())
-    if sh_order is None:
-        sh_order = default_sh_order(n_dirs)
-    if isinstance(sh_order, bool) or not isinstance(sh_order, int | np.integer) or (
-        sh_order < 2 or sh_order % 2
-    ):
-        raise InputError(f"sh_order must be an even integer >= 2, got {sh_order!r}.")
-    sh_order = int(sh_order)
     gtab = dwi.gradient_table()
     data = np.asanyarray(dwi.img.dataobj)
     shells = np.unique(np.round(dwi.bvals[~dwi.b0_mask], -2))
