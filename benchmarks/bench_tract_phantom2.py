@@ -15,7 +15,11 @@ truth:
 - ``fa_error``: tract mean FA minus the bundle's true FA (noise-free single-tensor FA of each
   voxel, what a DTI map shows without noise), target |error| <= 0.02; ``fa_error_compartment``
   against the bundle's own compartment FA, for reference;
-- ``profile_r``: correlation of the FA profile with the true along-tract FA, target >= 0.95.
+- ``profile_r``: correlation of the FA profile with the true along-tract FA, target >= 0.95;
+- ``recall`` / ``precision``: share of the planted tube covered / of the tract mask in the tube.
+
+For comparison the default study (same subjects' anatomy, first session only) is measured
+with the same models and targets (``default_study_reference``).
 
 Run ``python -m benchmarks.bench_tract_phantom2 [n_subjects] [sessions...]`` (default 2
 subjects, M0 and M6).
@@ -55,7 +59,9 @@ def accuracy(name, tract, metrics, profiles, tube, dseg, expected) -> dict:
     row = {"tract": name, "n_streamlines": int(tract.n_streamlines),
            "dice": float(2 * (mask & tube).sum() / max(mask.sum() + tube.sum(), 1)),
            "dice_dseg": float(2 * (mask & dseg).sum() / max(mask.sum() + dseg.sum(), 1)),
-           "fa_truth": true["fa"], "fa_truth_compartment": true["fa_compartment"],
+           "recall": float((mask & tube).sum() / max(tube.sum(), 1)),
+           "precision": float((mask & tube).sum() / max(mask.sum(), 1)),
+           "fa_truth": true["fa"], "fa_truth_compartment": true.get("fa_compartment", true["fa"]),
            "fa": float("nan"), "fa_error": float("nan"), "fa_error_compartment": float("nan"),
            "profile_r": float("nan")}
     whole = metrics[(metrics.tract == name) & (metrics.metric == "fa")
@@ -63,7 +69,7 @@ def accuracy(name, tract, metrics, profiles, tube, dseg, expected) -> dict:
     if len(whole) and np.isfinite(whole.iloc[0]["mean"]):
         fa = float(whole.iloc[0]["mean"])
         row.update(fa=fa, fa_error=fa - true["fa"],
-                   fa_error_compartment=fa - true["fa_compartment"])
+                   fa_error_compartment=fa - row["fa_truth_compartment"])
     profile = profiles[(profiles.tract == name) & (profiles.metric == "fa")]
     profile = profile.sort_values("node")["value"].to_numpy()
     truth_profile = np.asarray(expected["profiles_fa"][name])
@@ -76,8 +82,10 @@ def accuracy(name, tract, metrics, profiles, tube, dseg, expected) -> dict:
     return row
 
 
-def run_visit(visit, root: Path, truth: dict, models: tuple[str, ...]) -> tuple[list, dict]:
-    """Every model's rows and seconds for one visit."""
+def run_visit(visit, root: Path, truth: dict, models: tuple[str, ...],
+              phantom: bool = True) -> tuple[list, dict]:
+    """Every model's rows and seconds for one visit (``phantom=False``: the default study,
+    whose planted tubes are the single-label ``desc-bundles_dseg``)."""
     from msimaging.datasets.synthetic.phantom2 import tract_mask_truth
     from msimaging.dti import dti_session, tract_session
     from msimaging.dti.tracts import bundle, tract_metrics, tract_profiles
@@ -88,10 +96,11 @@ def run_visit(visit, root: Path, truth: dict, models: tuple[str, ...]) -> tuple[
         dti = dti_session(visit.get("dwi"), visit.get("t1w"), seg=visit.get("dseg"),
                           lesion_mask=visit.get("lesion_mask"), participant_id=sub,
                           session_id=ses)
-    tubes = tract_mask_truth(root, sub, ses)
     dseg = np.asanyarray(nib.load(
         root / "sourcedata/ground_truth" / sub / ses / "dwi"
         / f"{sub}_{ses}_desc-bundles_dseg.nii.gz").dataobj)
+    tubes = (tract_mask_truth(root, sub, ses) if phantom
+             else {name: dseg == code for name, code in DSEG_CODES.items()})
     expected = truth["subjects"][sub]["sessions"][ses]["dwi"]
     rows, seconds = [], {}
     for model in models:
@@ -140,10 +149,11 @@ def summary(rows: list[dict]) -> dict:
 
 def main(n_subjects: int = 2, sessions: tuple[str, ...] = ("M0", "M6")) -> dict:
     from msimaging.bids import Study
+    from msimaging.datasets import make_synthetic_study
     from msimaging.datasets.synthetic.phantom2 import make_phantom2_study
 
     models = ("tensor", "csd") if csd_available() else ("tensor",)
-    rows, seconds = [], []
+    rows, seconds, default_rows = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         root = make_phantom2_study(Path(tmp) / "study", n_subjects=n_subjects,
@@ -154,23 +164,37 @@ def main(n_subjects: int = 2, sessions: tuple[str, ...] = ("M0", "M6")) -> dict:
             more, times = run_visit(visit, root, truth, models)
             rows += more
             seconds.append(times)
-    print(f"{'model':7} {'subject':7} {'session':7} {'tract':6} {'n':>5} {'Dice':>6} "
-          f"{'Dice1':>6} {'FA err':>7} {'FAc err':>7} {'prof r':>7}")
-    for r in rows:
-        print(f"{r['model']:7} {r['participant_id']:7} {r['session_id']:7} {r['tract']:6} "
-              f"{r['n_streamlines']:5d} {r['dice']:6.3f} {r['dice_dseg']:6.3f} "
-              f"{r['fa_error']:+7.3f} {r['fa_error_compartment']:+7.3f} {r['profile_r']:7.3f}")
-    result = {}
+        # Reference: the default study's drawing, same subjects' anatomy, same targets.
+        reference = make_synthetic_study(Path(tmp) / "default", n_subjects=n_subjects,
+                                         sessions=sessions[:1])
+        ref_truth = json.loads(
+            (reference / "sourcedata/ground_truth/ground_truth.json").read_text())
+        for visit in Study(reference):
+            default_rows += run_visit(visit, reference, ref_truth, models, phantom=False)[0]
+    print(f"{'study':8} {'model':7} {'subject':7} {'session':7} {'tract':6} {'n':>5} "
+          f"{'Dice':>6} {'recall':>6} {'prec':>6} {'FA err':>7} {'FAc err':>7} {'prof r':>7}")
+    for study, table in (("phantom2", rows), ("default", default_rows)):
+        for r in table:
+            print(f"{study:8} {r['model']:7} {r['participant_id']:7} {r['session_id']:7} "
+                  f"{r['tract']:6} {r['n_streamlines']:5d} {r['dice']:6.3f} {r['recall']:6.3f} "
+                  f"{r['precision']:6.3f} {r['fa_error']:+7.3f} "
+                  f"{r['fa_error_compartment']:+7.3f} {r['profile_r']:7.3f}")
+    result, reference_result = {}, {}
     for model in models:
-        mine = [r for r in rows if r["model"] == model]
-        result[model] = {"summary": summary(mine), "per_tract": {
-            name: summary([r for r in mine if r["tract"] == name]) for name in TRACTS}}
-        print(model, {k: (round(v, 3) if isinstance(v, float) else v)
-                      for k, v in result[model]["summary"].items()})
+        for out, table in ((result, rows), (reference_result, default_rows)):
+            mine = [r for r in table if r["model"] == model]
+            out[model] = {"summary": summary(mine), "per_tract": {
+                name: summary([r for r in mine if r["tract"] == name]) for name in TRACTS}}
+        print("phantom2", model, {k: (round(v, 3) if isinstance(v, float) else v)
+                                  for k, v in result[model]["summary"].items()})
+        print("default ", model, {k: (round(v, 3) if isinstance(v, float) else v)
+                                  for k, v in reference_result[model]["summary"].items()})
     payload = {
         "benchmark": "tract_phantom2", "description": __doc__.strip().splitlines()[0],
         "study": {"n_subjects": n_subjects, "sessions": list(sessions), "preset": "default"},
         "models": list(models), "targets": TARGETS, "results": result, "per_visit": rows,
+        "default_study_reference": {"sessions": list(sessions[:1]), "results": reference_result,
+                                    "per_visit": default_rows},
         "seconds_generate_study": generate,
         "seconds_tract_stage_per_visit": {
             m: float(np.mean([s[m] for s in seconds])) for m in models},
