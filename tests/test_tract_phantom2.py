@@ -160,9 +160,11 @@ def measured_csd(visit):
     return _rows(visit, bundles, metrics, profiles, "csd")
 
 
-def _case(name, measured_value, met):
+def _case(name, measured_value, met, near=False):
+    # A miss within a rounding of the target (near=True) is not strict: another BLAS or CPU
+    # can move it across the line, and an XPASS there would fail the suite for no change.
     marks = () if met else pytest.mark.xfail(
-        strict=True, reason=f"measured {measured_value} on sub-01 M0 (package defaults)")
+        strict=not near, reason=f"measured {measured_value} on sub-01 M0 (package defaults)")
     return pytest.param(name, marks=marks, id=name)
 
 
@@ -180,7 +182,7 @@ def test_tract_found_with_at_least_50_streamlines(measured, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.697, False), _case("CST_L", 0.617, False), _case("CST_R", 0.570, False),
+    _case("CC", 0.697, False, near=True), _case("CST_L", 0.617, False), _case("CST_R", 0.570, False),
     _case("OR_L", 0.358, False), _case("OR_R", 0.355, False),
 ])
 def test_dice_with_planted_tube_at_least_07(measured, name):
@@ -222,7 +224,7 @@ def test_csd_tract_found_with_at_least_50_streamlines(measured_csd, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.698, False), _case("CST_L", 0.831, True), _case("CST_R", 0.863, True),
+    _case("CC", 0.698, False, near=True), _case("CST_L", 0.831, True), _case("CST_R", 0.863, True),
     _case("OR_L", 0.358, False), _case("OR_R", 0.340, False),
 ])
 def test_csd_dice_with_planted_tube_at_least_07(measured_csd, name):
