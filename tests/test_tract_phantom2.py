@@ -182,7 +182,8 @@ def test_tract_found_with_at_least_50_streamlines(measured, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.697, False, near=True), _case("CST_L", 0.617, False), _case("CST_R", 0.570, False),
+    _case("CC", 0.697, False, near=True), _case("CST_L", 0.617, False),
+    _case("CST_R", 0.570, False),
     _case("OR_L", 0.358, False), _case("OR_R", 0.355, False),
 ])
 def test_dice_with_planted_tube_at_least_07(measured, name):
