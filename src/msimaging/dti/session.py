@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -42,10 +43,10 @@ from msimaging.dti.tracts import (
     tract_profiles,
 )
 from msimaging.errors import InputError, MSImagingWarning
-from msimaging.io import DWI, ImageLike, describe, load_dwi, load_image
+from msimaging.io import DWI, ImageLike, check_same_grid, describe, load_dwi, load_image
 from msimaging.segmentation import TissueMask, white_matter
 
-__all__ = ["DTISession", "TractStage", "dti_session", "tract_session"]
+__all__ = ["TRACT_MODELS", "DTISession", "TractStage", "dti_session", "tract_session"]
 
 _ANAT_TO_DWI = ("rigid", "affine", "identity")
 _MNI_REGISTRATION = ("affine", "rigid")
@@ -79,6 +80,10 @@ class DTISession:
     nawm_definition : str
         How NAWM was defined, e.g. ``"NAWM = WM minus lesion mask"`` or
         ``"no lesion mask: NAWM = WM"`` (also written to the table's sidecar).
+    dwi : DWI or None
+        The diffusion series the tensor was fitted to (kept so that
+        :func:`tract_session` can fit another orientation model, e.g. CSD, to the same data;
+        an image loaded from a path keeps its data on disk until used).
     seconds : dict
         Wall time of each step.
     outputs : dict
@@ -98,6 +103,7 @@ class DTISession:
     outputs: dict[str, Path] = field(default_factory=dict)
     wm_source: str = ""
     nawm_definition: str = ""
+    dwi: DWI | None = None
 
     def __repr__(self) -> str:
         nawm = {r.label: r.n_voxels for r in self.rois}
@@ -322,6 +328,7 @@ def dti_session(
         outputs=outputs,
         wm_source=wm_source,
         nawm_definition=nawm_definition,
+        dwi=series,
     )
 
 
@@ -436,9 +443,19 @@ class TractStage:
     profiles : pandas.DataFrame
         100-node along-tract profiles.
     seconds : dict
-        Wall time of tracking (all tracts) and of the metrics.
+        Wall time of the orientation model (``orientation_model``: the CSD fit or reading a
+        peaks image; ~0 for the tensor, already fitted), of tracking (all tracts) and of the
+        metrics.
     outputs : dict
         Paths written, by kind (empty without a writer).
+    model : str
+        Orientation model tracked: ``"tensor"``, ``"csd"`` (or ``"msmt-csd"``) or
+        ``"peaks"``. Metrics and profiles always come from the tensor maps.
+    model_details : dict
+        What the tracking model was, as written to the sidecars (``TrackingModel``; for CSD
+        ``SHOrder``, ``ResponseVoxels``, ``Directions``; for peaks ``PeaksFile``).
+    orientations : TensorFit, CSDFit or Peaks, optional
+        The orientation model tracked.
     """
 
     bundles: dict[str, TractBundle]
@@ -446,10 +463,75 @@ class TractStage:
     profiles: pd.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
+    model: str = "tensor"
+    model_details: dict[str, Any] = field(default_factory=dict)
+    orientations: Any = None
 
     def __repr__(self) -> str:
         counts = {name: b.n_streamlines for name, b in self.bundles.items()}
-        return f"TractStage(streamlines={counts}, seconds={sum(self.seconds.values()):.1f})"
+        return (
+            f"TractStage(model={self.model!r}, streamlines={counts}, "
+            f"seconds={sum(self.seconds.values()):.1f})"
+        )
+
+
+#: Orientation models :func:`tract_session` fits itself (a peaks path is also accepted).
+TRACT_MODELS = ("tensor", "csd")
+
+
+def _orientations(dti: DTISession, model: Any, csd: Any) -> tuple[Any, str, dict[str, Any]]:
+    """The orientation model to track, its name and the details for the sidecars."""
+    from msimaging.dti.orientations import CSDFit, Peaks, fit_csd, load_peaks
+
+    if csd is not None and not (isinstance(model, str) and model == "csd"):
+        raise InputError(
+            f"csd= (fit_csd options) was given with model={model!r}; it only applies to "
+            "model='csd'."
+        )
+    if isinstance(model, CSDFit | Peaks):
+        # Precomputed (e.g. a CSD fitted once and tracked with several settings).
+        check_same_grid(dti.fit.fa, model.fa, names=("dti.fit.fa", "model.fa"))
+        orientations = model
+    elif isinstance(model, str) and model == "tensor":
+        return dti.fit, "tensor", {"TrackingModel": "tensor"}
+    elif isinstance(model, str) and model == "csd":
+        if dti.dwi is None:
+            raise InputError(
+                "tract_session(model='csd') needs the visit's DWI, but this DTISession has "
+                "none (dwi=None: not built by dti_session). Build it with dti_session, or fit "
+                "the CSD yourself and pass it: model=fit_csd(dwi, tensor=dti.fit)."
+            )
+        options = dict(csd or {})
+        if "tensor" in options or "mask" in options:
+            raise InputError(
+                "csd= must not hold tensor= or mask=: the CSD is fitted with the visit's "
+                "tensor fit (dti.fit) and its brain mask; to fit another mask, fit the CSD "
+                "yourself and pass model=fit_csd(...)."
+            )
+        orientations = fit_csd(dti.dwi, tensor=dti.fit, **options)
+    elif isinstance(model, str | os.PathLike):
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise InputError(
+                f"model={os.fspath(model)!r} is neither one of {TRACT_MODELS} nor an existing "
+                "peaks image: give 'tensor', 'csd' or the path of a 4-D peaks image in the "
+                "MRtrix sh2peaks convention on the DWI grid."
+            )
+        orientations = load_peaks(path, reference=dti.fit.fa, fa=dti.fit.fa,
+                                  mask=dti.fit.mask)
+    else:
+        raise InputError(
+            f"model must be one of {TRACT_MODELS}, a peaks image path, a CSDFit or Peaks; got "
+            f"{type(model).__name__}."
+        )
+    if isinstance(orientations, CSDFit):
+        return orientations, orientations.model, {
+            "TrackingModel": orientations.model,
+            "SHOrder": orientations.sh_order,
+            "ResponseVoxels": orientations.n_response_voxels,
+            "Directions": orientations.n_directions,
+        }
+    return orientations, "peaks", {"TrackingModel": "peaks", "PeaksFile": orientations.source}
 
 
 def tract_session(
@@ -457,6 +539,8 @@ def tract_session(
     *,
     tracts: Any = None,
     method: str = "deterministic",
+    model: Any = "tensor",
+    csd: dict[str, Any] | None = None,
     writer: Any = None,
     figures: bool = False,
     progress: Callable[[str], None] | None = None,
@@ -466,19 +550,40 @@ def tract_session(
 
     The definitions (:mod:`msimaging.atlases.tracts`, MNI space) are placed on the DWI grid
     through the visit's DWI->MNI affine from :func:`dti_session` (no image warping), tracked
-    from the tensor (:func:`msimaging.dti.tracts.bundle`), and measured whole and split into
-    lesioned / normal-appearing parts with the visit's lesion mask.
+    along the fibre directions of the chosen orientation ``model``
+    (:func:`msimaging.dti.tracts.bundle`), and measured whole and split into lesioned /
+    normal-appearing parts with the visit's lesion mask.
 
     Parameters
     ----------
     dti : DTISession
-        The visit's DTI stage (fit, DWI->MNI affine, lesion mask).
+        The visit's DTI stage (fit, DWI->MNI affine, lesion mask, DWI).
     tracts : str or sequence of str, optional
         Tract names (default: CST_L, CST_R, OR_L, OR_R, CC, CC_genu, CC_body, CC_splenium).
     method : {"deterministic", "probabilistic"}
+        Probabilistic tracking needs the tensor or a CSD (not a peaks image).
+    model : {"tensor", "csd"}, path, CSDFit or Peaks
+        Fibre orientations tracked:
+
+        * ``"tensor"`` (default): the principal eigenvector of ``dti.fit``;
+        * ``"csd"``: :func:`msimaging.dti.orientations.fit_csd` on the visit's DWI
+          (``dti.dwi``) with ``tensor=dti.fit`` (its brain mask, FA and response voxels);
+          multi-shell CSD where the DWI has several shells;
+        * a path to a peaks image in the MRtrix ``sh2peaks`` convention (MRtrix, TractSeg,
+          QSIPrep) on the DWI grid, read with :func:`~msimaging.dti.orientations.load_peaks`
+          (FA and mask from ``dti.fit``);
+        * an already computed ``CSDFit`` or ``Peaks`` on the DWI grid.
+
+        Whatever the model, the metrics and profiles are measured on the tensor maps
+        (``dti.fit``). The pipeline's ``[dti] tract_model`` offers "tensor" and "csd"; a
+        peaks image per visit is a library-level feature (call this function).
+    csd : dict, optional
+        Options of :func:`~msimaging.dti.orientations.fit_csd` for ``model="csd"``
+        (``sh_order``, ``response_fa``, ``n_jobs``, ``n_peaks``...; not ``tensor``/``mask``).
     writer : DerivativesWriter, optional
         Writes streamlines (.trk), tract masks, the metrics and profile tables (and figures
-        with ``figures=True``).
+        with ``figures=True``); their sidecars name the tracking model (``TrackingModel``;
+        for CSD ``SHOrder`` and ``ResponseVoxels``).
     **tracking
         Passed to :func:`msimaging.dti.tracts.bundle` (seeding, seeds_per_voxel, seed_fa,
         seed_margin_mm, step_size_mm, fa_threshold, max_angle_deg, min_length_mm,
@@ -491,33 +596,51 @@ def tract_session(
     outside the DWI field of view (a slab that misses the brainstem or the occipital pole),
     has ``n_streamlines = 0`` and its ``status`` and ``reason`` in every metrics and profile
     row (:attr:`msimaging.dti.tracts.TractBundle.reason`).
+
+    Raises
+    ------
+    InputError
+        An unknown ``model`` (neither a model name nor an existing file), a peaks image on
+        another grid, ``model="csd"`` on a DTISession without its DWI, ``csd=`` with another
+        model.
     """
     from msimaging.atlases.tracts import tract_definitions
 
     say = progress or (lambda message: None)
-    definitions = tract_definitions(tracts)
+    definitions = tract_definitions(tracts)  # fails fast on unknown names, before any fit
     start = time.perf_counter()
+    if not (isinstance(model, str) and model == "tensor"):
+        say(f"orientation model: {model if isinstance(model, str) else type(model).__name__}")
+    orientations, model_name, details = _orientations(dti, model, csd)
+    fitted = time.perf_counter()
     bundles = {}
     for definition in definitions:
         say(f"tracking {definition.name}")
         bundles[definition.name] = bundle(
-            dti.fit, definition, to_mni=dti.dwi_to_mni, lesion_mask=dti.lesion_mask,
+            orientations, definition, to_mni=dti.dwi_to_mni, lesion_mask=dti.lesion_mask,
             method=method, **tracking,
         )
     tracked = time.perf_counter()
     ids = {"participant_id": dti.participant_id, "session_id": dti.session_id}
+    # Metrics from the tensor maps whatever the tracking model (FA/MD/AD/RD are tensor
+    # quantities; the bundle only decides where to measure).
     metrics = tract_metrics(dti.fit, bundles, lesion_mask=dti.lesion_mask, **ids)
     profiles = tract_profiles(dti.fit, bundles, **ids)
-    seconds = {"tracking": tracked - start, "metrics": time.perf_counter() - tracked}
+    seconds = {"orientation_model": fitted - start, "tracking": tracked - fitted,
+               "metrics": time.perf_counter() - tracked}
     outputs: dict[str, Path] = {}
     if writer is not None:
-        outputs = _write_tracts(writer, dti, bundles, metrics, profiles, method, figures)
+        outputs = _write_tracts(writer, dti, bundles, metrics, profiles, method, figures,
+                                details)
     return TractStage(
-        bundles=bundles, metrics=metrics, profiles=profiles, seconds=seconds, outputs=outputs
+        bundles=bundles, metrics=metrics, profiles=profiles, seconds=seconds, outputs=outputs,
+        model=model_name, model_details=details, orientations=orientations,
     )
 
 
-def _write_tracts(writer, dti, bundles, metrics, profiles, method, figures) -> dict[str, Path]:
+def _write_tracts(
+    writer, dti, bundles, metrics, profiles, method, figures, details
+) -> dict[str, Path]:
     participant, session = dti.participant_id, dti.session_id
     if participant is None:
         raise InputError("participant_id is required to write derivatives (writer=...).")
@@ -527,22 +650,23 @@ def _write_tracts(writer, dti, bundles, metrics, profiles, method, figures) -> d
         if tract.n_streamlines:
             path = writer.path(participant, session, "dwi", "tractography", ".trk", desc=label)
             out[f"trk_{name}"] = tract.save(path)
-            writer.write_sidecar(path, {"Tract": name, "Method": method,
+            writer.write_sidecar(path, {"Tract": name, "Method": method, **details,
                                         "Parameters": tract.parameters})
         out[f"mask_{name}"] = writer.write_image(
             tract.mask(),
             writer.path(participant, session, "dwi", "mask", ".nii.gz", desc=f"tract{label}"),
             sidecar={"Tract": name, "NStreamlines": tract.n_streamlines,
-                     "Status": tract.status, "Reason": tract.reason},
+                     "Status": tract.status, "Reason": tract.reason, **details},
         )
     out["metrics"] = writer.write_table(
         metrics, participant, session, "dwi", "stats", model="tensor", desc="tracts",
-        sidecar={"Description": "Tract metrics (whole, lesioned, normal-appearing)",
-                 "Method": method},
+        sidecar={"Description": "Tract metrics (whole, lesioned, normal-appearing) on the "
+                 "tensor maps", "Method": method, **details},
     )
     out["profiles"] = writer.write_table(
         profiles, participant, session, "dwi", "stats", model="tensor", desc="profiles",
-        sidecar={"Description": "100-node along-tract profiles (AFQ-style weighting)"},
+        sidecar={"Description": "100-node along-tract profiles (AFQ-style weighting) on the "
+                 "tensor maps", **details},
     )
     if figures:
         figure_dir = writer.root / "figures"

@@ -127,6 +127,7 @@ def known_parameters() -> dict[str, dict[str, Any]]:
 
 def _choices() -> dict[tuple[str, str], tuple[Any, ...]]:
     """Allowed values, asked from the library rather than copied."""
+    from msimaging.dti.session import TRACT_MODELS
     from msimaging.dti.tensor import METHODS
     from msimaging.fmri.connectome import KINDS
     from msimaging.fmri.nbs import METHODS as NBS_METHODS
@@ -137,6 +138,7 @@ def _choices() -> dict[tuple[str, str], tuple[Any, ...]]:
     return {
         ("dti", "method"): tuple(METHODS),
         ("dti", "figures"): ("first", "all", "none", True, False),
+        ("dti", "tract_model"): tuple(TRACT_MODELS),
         ("fmri", "strategy"): tuple(STRATEGIES),
         ("fmri", "kind"): tuple(KINDS),
         ("group", "nbs_tail"): tuple(TAILS),

@@ -44,7 +44,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # fraction of the cost; "all" draws every visit, "none" none.
     # labels None: the segmentation's convention comes from the dataset (its dseg.tsv, else
     # detected from the values; msimaging.segmentation); a name or mapping overrides it.
-    "dti": {"method": "wls", "margin_mm": 0.0, "labels": None, "figures": "first"},
+    # tract_model: the fibre orientations tracked, "tensor" or "csd" (dipy CSD on the visit's
+    # DWI); metrics always on the tensor maps. A user's peaks image per visit is a library
+    # feature (msimaging.dti.tract_session(model=path)), not a config key.
+    "dti": {"method": "wls", "margin_mm": 0.0, "labels": None, "figures": "first",
+            "tract_model": "tensor"},
     "fmri": {"atlas": "seitzman2018", "strategy": "simple", "kind": "correlation"},
     "volumetry": {"labels": None},
 }
@@ -265,7 +269,8 @@ def _run_dti(session, inputs, writer, params, first_visit: bool) -> list[Path]:
     )
     figures = params["figures"] in (True, "all") or (params["figures"] == "first"
                                                      and first_visit)
-    stage = tract_session(dti, writer=writer, figures=figures)
+    stage = tract_session(dti, writer=writer, figures=figures,
+                          model=params.get("tract_model", "tensor"))
     return [*dti.outputs.values(), *stage.outputs.values()]
 
 
