@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import warnings
 from types import SimpleNamespace
 
 import networkx as nx
@@ -28,29 +27,7 @@ from msimaging.fmri.nbs import (
     nbs_repeated_measures,
     nbs_two_sample,
 )
-
-
-def symmetric(rng: np.random.Generator, n: int, n_nodes: int, scale: float = 1.0) -> np.ndarray:
-    """(n, N, N) symmetric matrices with independent N(0, scale²) upper-triangle edges."""
-    iu = np.triu_indices(n_nodes, k=1)
-    out = np.zeros((n, n_nodes, n_nodes))
-    out[:, iu[0], iu[1]] = rng.normal(0.0, scale, size=(n, len(iu[0])))
-    return out + np.swapaxes(out, 1, 2)
-
-
-def plant(stack: np.ndarray, nodes: list[int], effect: float) -> np.ndarray:
-    """Add ``effect`` to every edge among ``nodes`` (not the diagonal)."""
-    out = stack.copy()
-    for i, j in itertools.combinations(nodes, 2):
-        out[:, i, j] += effect
-        out[:, j, i] += effect
-    return out
-
-
-def quiet(function, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MSImagingWarning)
-        return function(*args, **kwargs)
+from nbs_data import plant, quiet, symmetric
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import itertools
-import warnings
 
 import networkx as nx
 import numpy as np
@@ -30,17 +29,10 @@ from msimaging.fmri.nbs import (
     nbs_trend,
     nbs_two_sample,
 )
+from nbs_data import quiet, symmetric
 
 # ``msimaging.fmri.nbs`` as an attribute is the function nbs(); the package is the module.
 nbs_package = importlib.import_module("msimaging.fmri.nbs")
-
-
-def symmetric(rng: np.random.Generator, n: int, n_nodes: int, scale: float = 1.0) -> np.ndarray:
-    """(n, N, N) symmetric matrices with independent N(0, scale²) upper-triangle edges."""
-    iu = np.triu_indices(n_nodes, k=1)
-    out = np.zeros((n, n_nodes, n_nodes))
-    out[:, iu[0], iu[1]] = rng.normal(0.0, scale, size=(n, len(iu[0])))
-    return out + np.swapaxes(out, 1, 2)
 
 
 def add_to_edges(matrix: np.ndarray, nodes: list[int], value: float) -> np.ndarray:
@@ -54,12 +46,6 @@ def add_to_edges(matrix: np.ndarray, nodes: list[int], value: float) -> np.ndarr
 def upper(stack: np.ndarray) -> np.ndarray:
     iu = np.triu_indices(stack.shape[1], k=1)
     return stack[:, iu[0], iu[1]]
-
-
-def quiet(function, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MSImagingWarning)
-        return function(*args, **kwargs)
 
 
 def components(result) -> dict[frozenset, float]:

@@ -10,7 +10,6 @@ against block means computed by hand (pandas) and a planted within-network chang
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import networkx as nx
 import numpy as np
@@ -21,30 +20,10 @@ from scipy import stats
 from msimaging.errors import InputError, MSImagingWarning
 from msimaging.fmri.nbs import nbs_one_sample, nbs_paired, nbs_repeated_measures
 from msimaging.fmri.nbs.threshold_free import _grid, _tfnbs_scores
+from nbs_data import plant, quiet, symmetric
 
 START = 1.65  # the documented default start of the grid
 STEPS = 100  # the documented number of grid steps
-
-
-def symmetric(rng: np.random.Generator, n: int, n_nodes: int) -> np.ndarray:
-    iu = np.triu_indices(n_nodes, k=1)
-    out = np.zeros((n, n_nodes, n_nodes))
-    out[:, iu[0], iu[1]] = rng.standard_normal((n, len(iu[0])))
-    return out + np.swapaxes(out, 1, 2)
-
-
-def plant(stack: np.ndarray, nodes: list[int], effect: float) -> np.ndarray:
-    out = stack.copy()
-    for i, j in itertools.combinations(nodes, 2):
-        out[:, i, j] += effect
-        out[:, j, i] += effect
-    return out
-
-
-def quiet(function, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MSImagingWarning)
-        return function(*args, **kwargs)
 
 
 def upper(stack: np.ndarray) -> np.ndarray:
