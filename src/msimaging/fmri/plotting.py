@@ -49,10 +49,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from msimaging.atlases.coordinates import hemisphere_of
 from msimaging.derivatives import atomic_path, atomic_write_text
 from msimaging.errors import DependencyError, InputError
-from msimaging.fmri.subnetwork import _edge_mask, hub_label, subnetwork_table
+from msimaging.fmri.subnetwork import _edge_mask, _node_table, hub_label, subnetwork_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -192,41 +191,6 @@ class _Graph:
         return ~np.isnan(off).all(axis=1)
 
 
-def _node_frame(nodes: Any, n_nodes: int, argument: str = "nodes") -> pd.DataFrame:
-    """Copy of a node table with the columns the figures use (defaults filled)."""
-    if nodes is None:
-        frame = pd.DataFrame(index=range(n_nodes))
-    elif isinstance(nodes, pd.DataFrame):
-        frame = nodes.reset_index(drop=True).copy()
-        frame.attrs.update(nodes.attrs)
-    else:
-        raise InputError(
-            f"{argument} must be a pandas DataFrame with one row per node (label, network, "
-            f"hemisphere, x_mm, y_mm, z_mm), got {type(nodes).__name__}."
-        )
-    if len(frame) != n_nodes:
-        raise InputError(
-            f"{argument} has {len(frame)} rows but the matrix has {n_nodes} nodes; give one "
-            "node row per matrix row."
-        )
-    if "node" not in frame:
-        frame["node"] = np.arange(n_nodes)
-    if "label" not in frame:
-        frame["label"] = [f"node{k}" for k in frame["node"]]
-    frame["label"] = frame["label"].astype(str)
-    for axis in ("x_mm", "y_mm", "z_mm"):
-        if axis not in frame:
-            frame[axis] = np.nan
-        frame[axis] = pd.to_numeric(frame[axis], errors="coerce").astype(np.float64)
-    if "hemisphere" not in frame:
-        x = frame["x_mm"].to_numpy()
-        frame["hemisphere"] = np.where(np.isfinite(x), hemisphere_of(x), None)
-    if "network" not in frame:
-        frame["network"] = "unassigned"
-    frame["network"] = frame["network"].where(frame["network"].notna(), "unassigned").astype(str)
-    return frame
-
-
 def _as_graph(connectome: Any) -> _Graph:
     """A :class:`_Graph` from any object with ``matrix`` and ``nodes`` (duck-typed)."""
     if isinstance(connectome, _Graph):
@@ -244,7 +208,7 @@ def _as_graph(connectome: Any) -> _Graph:
         )
     return _Graph(
         matrix=matrix,
-        nodes=_node_frame(connectome.nodes, matrix.shape[0], "connectome.nodes"),
+        nodes=_node_table(connectome.nodes, matrix.shape[0], "connectome.nodes"),
         kind=str(getattr(connectome, "kind", "correlation")),
         fisher_z=bool(getattr(connectome, "fisher_z", False)),
         participant_id=getattr(connectome, "participant_id", None),

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from msimaging.atlases.anatomy import DEFAULT_ANATOMICAL_ATLAS, UNLABELLED, region_names
+from msimaging.atlases.coordinates import hemisphere_of
 from msimaging.errors import DependencyError, InputError, MSImagingWarning
 
 __all__ = [
@@ -243,3 +244,76 @@ def _edge_mask(edges: Any, n_nodes: int, argument: str = "edges") -> np.ndarray:
         mask |= mask.T
     np.fill_diagonal(mask, False)
     return mask
+
+
+#: Columns of :attr:`Connectome.nodes`, in order (further columns are kept after them).
+NODE_COLUMNS: tuple[str, ...] = (
+    "node",
+    "label",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "hemisphere",
+    "network",
+    "region",
+    "flagged",
+    "flag_reason",
+)
+
+_UNASSIGNED = "unassigned"
+
+
+def _node_table(nodes: Any, n_nodes: int, argument: str = "nodes") -> pd.DataFrame:
+    """Validated copy of a node table with the :data:`NODE_COLUMNS` first (defaults filled).
+
+    Shared by :class:`~msimaging.fmri.Connectome` and the figures (which accept any object
+    with ``matrix`` and ``nodes``)."""
+    if nodes is None:
+        frame = pd.DataFrame(index=range(n_nodes))
+    elif isinstance(nodes, pd.DataFrame):
+        frame = nodes.reset_index(drop=True).copy()
+    else:
+        raise InputError(
+            f"{argument} must be a pandas DataFrame with one row per node (columns such as "
+            f"{', '.join(NODE_COLUMNS)}), got {type(nodes).__name__}."
+        )
+    if len(frame) != n_nodes:
+        raise InputError(
+            f"{argument} has {len(frame)} rows but the data have {n_nodes} nodes; give one "
+            "node row per time-series column (matrix row)."
+        )
+    attrs = dict(getattr(nodes, "attrs", {}) or {})
+    if "node" not in frame:
+        frame["node"] = np.arange(n_nodes)
+    if "label" not in frame:
+        source = next((c for c in ("name", "region") if c in frame), None)
+        if source is None:
+            frame["label"] = [f"node{k}" for k in frame["node"]]
+        else:
+            frame["label"] = frame[source].astype(object)
+    frame["label"] = frame["label"].astype(str)
+    for axis in ("x_mm", "y_mm", "z_mm"):
+        if axis not in frame:
+            frame[axis] = np.nan
+        frame[axis] = pd.to_numeric(frame[axis], errors="coerce").astype(np.float64)
+    if "hemisphere" not in frame:
+        x = frame["x_mm"].to_numpy()
+        frame["hemisphere"] = np.where(np.isfinite(x), hemisphere_of(x), None)
+    if "network" not in frame:
+        frame["network"] = _UNASSIGNED
+    frame["network"] = frame["network"].where(frame["network"].notna(), _UNASSIGNED).astype(str)
+    if "region" not in frame:
+        frame["region"] = None
+    if "flagged" not in frame:
+        frame["flagged"] = False
+    frame["flagged"] = frame["flagged"].fillna(False).astype(bool)
+    if "flag_reason" not in frame:
+        frame["flag_reason"] = None
+    for column in ("hemisphere", "region", "flag_reason"):
+        # One missing-value marker (None) whatever the source (NaN from a TSV, pandas NA).
+        values = frame[column].astype(object)
+        frame[column] = values.where(values.notna(), None)
+    ordered = list(NODE_COLUMNS) + [c for c in frame.columns if c not in NODE_COLUMNS]
+    out = frame[ordered].copy()
+    out.attrs.update(attrs)
+    return out
