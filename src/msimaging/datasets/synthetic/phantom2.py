@@ -35,6 +35,13 @@ one (issue 17, deliverable 4):
   model of dipy.sims.voxel.multi_tensor, vectorised). Single-bundle and non-bundle voxels are
   exactly as in the default study.
 
+- **bundles carve their white matter**: a tube voxel that the anatomy labels cortical or deep
+  grey matter gets bundle signal (never CSF or ventricles). The bundles were drawn without
+  looking at our coarse anatomy and cross its grey matter in a few voxels (OR 12 mm from the
+  LGN and at Meyer's loop tip, CST in the midbrain, callosal fibres); left grey, each was a
+  one-voxel FA gap (~0.1) that cut the drawn bundle in two, which no real bundle has. The
+  anatomy images and the tissue truth keep the grey-matter labels.
+
 :func:`make_phantom2_study` writes the default study's images (anatomy, lesions, BOLD, clinical
 table) with :func:`make_synthetic_study` and then replaces every visit's DWI and its DWI truth.
 
@@ -75,7 +82,9 @@ __all__ = [
     "tract_mask_truth",
 ]
 
-_WM, _BRAINSTEM = 3, 6
+_CORTICAL_GM, _WM, _DEEP_GM, _BRAINSTEM = 2, 3, 4, 6
+# Grey matter a drawn bundle may pass through (see _simulate_visit); never CSF or ventricles.
+_CARVED = (_CORTICAL_GM, _DEEP_GM)
 _CHUNK_ELEMENTS = 2_000_000  # points x segments per distance chunk
 
 
@@ -351,12 +360,21 @@ def _simulate_visit(
     """Multi-compartment DWI of one visit (flat voxel arrays) and its truth arrays."""
     n = tissue.size
     names = list(BUNDLES)
-    wm_like = np.isin(tissue, (_WM, _BRAINSTEM))
+    candidate = np.isin(tissue, (_WM, _BRAINSTEM, *_CARVED))
     member = np.zeros((n, len(names)), bool)
     direction = np.zeros((n, len(names), 3))
     position = np.zeros((n, len(names)))
-    member[wm_like], direction[wm_like], position[wm_like] = bundle_membership(mni[wm_like])
+    member[candidate], direction[candidate], position[candidate] = bundle_membership(
+        mni[candidate])
     count = member.sum(1)
+    # Bundles carve their own white matter: the anatomy is a coarse drawing, and the bundles
+    # were drawn from other landmarks, so a tube crosses voxels our anatomy labels grey matter
+    # (OR 12 mm from the LGN and at Meyer's loop tip, CST in the midbrain, callosal fibres
+    # near the cingulate). Left as grey matter they cut every drawn bundle in two with a
+    # one-voxel FA gap (FA ~0.1) that no FA-thresholded tracker crosses, which no real bundle
+    # has. Such voxels get bundle (WM) signal; the anatomy images and the tissue truth keep
+    # their labels, as a real segmentation misses thin WM between grey structures.
+    tissue = np.where(np.isin(tissue, _CARVED) & (count > 0), _WM, tissue)
     left = mni[:, 0] < 0
     s0 = diffusion.default_s0(tissue, lesion)
     reference = float(np.median(s0[tissue == _WM]))
