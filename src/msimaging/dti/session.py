@@ -46,7 +46,15 @@ from msimaging.errors import InputError, MSImagingWarning
 from msimaging.io import DWI, ImageLike, check_same_grid, describe, load_dwi, load_image
 from msimaging.segmentation import TissueMask, white_matter
 
-__all__ = ["TRACT_MODELS", "DTISession", "TractStage", "dti_session", "tract_session"]
+__all__ = [
+    "TRACT_MODELS",
+    "TRACT_MODEL_LABELS",
+    "DTISession",
+    "TractStage",
+    "dti_session",
+    "tract_desc",
+    "tract_session",
+]
 
 _ANAT_TO_DWI = ("rigid", "affine", "identity")
 _MNI_REGISTRATION = ("affine", "rigid")
@@ -478,6 +486,53 @@ class TractStage:
 #: Orientation models :func:`tract_session` fits itself (a peaks path is also accepted).
 TRACT_MODELS = ("tensor", "csd")
 
+#: The tracking model's label in the ``desc`` of the tract outputs, by model family: the
+#: tensor adds nothing (the names written before other models existed), single- and
+#: multi-shell CSD share "CSD" (the pipeline's ``tract_model = "csd"`` gives either, by the
+#: data's shells; the sidecar's ``TrackingModel`` says which), a peaks image "Peaks".
+TRACT_MODEL_LABELS: dict[str, str] = {"tensor": "", "csd": "CSD", "msmt-csd": "CSD",
+                                      "peaks": "Peaks"}
+
+
+def tract_desc(base: str, model: str = "tensor", *, label: str | None = None) -> str:
+    """The ``desc`` entity of a tract output tracked with ``model``.
+
+    Tract outputs are measured on the tensor maps whatever the tracking model, so their
+    ``model-`` entity (BEP016: the model whose parameters a file holds) stays ``tensor`` and
+    the tracking model goes in ``desc``: ``<base><label>``.
+
+    Parameters
+    ----------
+    base : str
+        The tensor-tracking ``desc``: ``"tracts"`` (metrics table), ``"profiles"``,
+        ``"tractCSTL"`` (mask), ``"CSTL"`` (streamlines).
+    model : str
+        Tracking model: a key of :data:`TRACT_MODEL_LABELS` (``"tensor"``, ``"csd"``,
+        ``"msmt-csd"``, ``"peaks"``).
+    label : str, optional
+        A label of your own instead of the model's (letters and digits, e.g. ``"TractSeg"``
+        for a TractSeg peaks image next to MRtrix ones).
+
+    Returns
+    -------
+    str
+        E.g. ``tract_desc("tracts", "csd") == "tractsCSD"``; ``tract_desc("tracts") ==
+        "tracts"``.
+    """
+    if label is None:
+        if model not in TRACT_MODEL_LABELS:
+            raise InputError(
+                f"model {model!r} has no output label; known: {', '.join(TRACT_MODEL_LABELS)} "
+                "(or give label=, letters and digits)."
+            )
+        label = TRACT_MODEL_LABELS[model]
+    elif not (isinstance(label, str) and label.isascii() and label.isalnum()):
+        raise InputError(
+            f"model_label {label!r} must be letters and digits only (it becomes part of the "
+            "BIDS desc entity), e.g. 'TractSeg' or 'MRtrix'."
+        )
+    return f"{base}{label}"
+
 
 def _orientations(dti: DTISession, model: Any, csd: Any) -> tuple[Any, str, dict[str, Any]]:
     """The orientation model to track, its name and the details for the sidecars."""
@@ -542,6 +597,7 @@ def tract_session(
     model: Any = "tensor",
     csd: dict[str, Any] | None = None,
     writer: Any = None,
+    model_label: str | None = None,
     figures: bool = False,
     progress: Callable[[str], None] | None = None,
     **tracking: Any,
@@ -582,8 +638,28 @@ def tract_session(
         (``sh_order``, ``response_fa``, ``n_jobs``, ``n_peaks``...; not ``tensor``/``mask``).
     writer : DerivativesWriter, optional
         Writes streamlines (.trk), tract masks, the metrics and profile tables (and figures
-        with ``figures=True``); their sidecars name the tracking model (``TrackingModel``;
-        for CSD ``SHOrder`` and ``ResponseVoxels``).
+        with ``figures=True``); their sidecars name the tracking model (``TrackingModel``,
+        ``TrackingModelLabel``; for CSD ``SHOrder`` and ``ResponseVoxels``; for peaks
+        ``PeaksFile``). Each tracking model has its own file names, so several models can be
+        written into one derivatives folder and rerunning one overwrites only its own files.
+        The tables keep ``model-tensor`` (BEP016's ``model`` names the model whose
+        parameters the file holds: FA/MD/AD/RD of the tensor, whatever was tracked) and the
+        tracking model is appended to ``desc`` (:func:`tract_desc`, labels
+        :data:`TRACT_MODEL_LABELS`); the tensor's names are unchanged::
+
+            tensor (default)                      CSD (single- or multi-shell)
+            *_model-tensor_desc-tracts_stats.tsv  *_model-tensor_desc-tractsCSD_stats.tsv
+            *_model-tensor_desc-profiles_stats.tsv *_model-tensor_desc-profilesCSD_stats.tsv
+            *_desc-CSTL_tractography.trk          *_desc-CSTLCSD_tractography.trk
+            *_desc-tractCSTL_mask.nii.gz          *_desc-tractCSTLCSD_mask.nii.gz
+            figures/*_desc-tracts_overlay.png     figures/*_desc-tractsCSD_overlay.png
+
+        A peaks image gives ``...Peaks`` (``desc-tractsPeaks``), or ``model_label``.
+        A tract not found removes that model's streamlines file of an earlier run.
+    model_label : str, optional
+        Your own label for the tracking model in the file names instead of the model's
+        (letters and digits), e.g. ``"TractSeg"`` and ``"MRtrix"`` for two peaks images of
+        one visit, which would otherwise share ``Peaks``. Without a writer it is unused.
     **tracking
         Passed to :func:`msimaging.dti.tracts.bundle` (seeding, seeds_per_voxel, seed_fa,
         seed_margin_mm, step_size_mm, fa_threshold, max_angle_deg, min_length_mm,
@@ -608,6 +684,8 @@ def tract_session(
 
     say = progress or (lambda message: None)
     definitions = tract_definitions(tracts)  # fails fast on unknown names, before any fit
+    if model_label is not None:
+        tract_desc("tracts", label=model_label)  # fails fast on a bad label, before any fit
     start = time.perf_counter()
     if not (isinstance(model, str) and model == "tensor"):
         say(f"orientation model: {model if isinstance(model, str) else type(model).__name__}")
@@ -630,8 +708,9 @@ def tract_session(
                "metrics": time.perf_counter() - tracked}
     outputs: dict[str, Path] = {}
     if writer is not None:
+        label = TRACT_MODEL_LABELS.get(model_name, "") if model_label is None else model_label
         outputs = _write_tracts(writer, dti, bundles, metrics, profiles, method, figures,
-                                details)
+                                {**details, "TrackingModelLabel": label}, label)
     return TractStage(
         bundles=bundles, metrics=metrics, profiles=profiles, seconds=seconds, outputs=outputs,
         model=model_name, model_details=details, orientations=orientations,
@@ -639,40 +718,54 @@ def tract_session(
 
 
 def _write_tracts(
-    writer, dti, bundles, metrics, profiles, method, figures, details
+    writer, dti, bundles, metrics, profiles, method, figures, details, label
 ) -> dict[str, Path]:
+    """Write one tracking model's outputs; names end in that model's ``label``
+    (:func:`tract_desc`), so other models' files in the folder are left alone."""
     participant, session = dti.participant_id, dti.session_id
     if participant is None:
         raise InputError("participant_id is required to write derivatives (writer=...).")
+
+    def desc(base: str) -> str:
+        return tract_desc(base, label=label) if label else base
+
     out: dict[str, Path] = {}
     for name, tract in bundles.items():
-        label = name.replace("_", "")
+        tract_label = name.replace("_", "")
+        path = writer.path(participant, session, "dwi", "tractography", ".trk",
+                           desc=desc(tract_label))
         if tract.n_streamlines:
-            path = writer.path(participant, session, "dwi", "tractography", ".trk", desc=label)
             out[f"trk_{name}"] = tract.save(path)
             writer.write_sidecar(path, {"Tract": name, "Method": method, **details,
                                         "Parameters": tract.parameters})
+        else:
+            # An earlier run of this model found the tract: its streamlines would outlive
+            # the mask and table rows that now say "not found".
+            for stale in (path, sidecar_path(path)):
+                stale.unlink(missing_ok=True)
         out[f"mask_{name}"] = writer.write_image(
             tract.mask(),
-            writer.path(participant, session, "dwi", "mask", ".nii.gz", desc=f"tract{label}"),
+            writer.path(participant, session, "dwi", "mask", ".nii.gz",
+                        desc=desc(f"tract{tract_label}")),
             sidecar={"Tract": name, "NStreamlines": tract.n_streamlines,
                      "Status": tract.status, "Reason": tract.reason, **details},
         )
     out["metrics"] = writer.write_table(
-        metrics, participant, session, "dwi", "stats", model="tensor", desc="tracts",
+        metrics, participant, session, "dwi", "stats", model="tensor", desc=desc("tracts"),
         sidecar={"Description": "Tract metrics (whole, lesioned, normal-appearing) on the "
                  "tensor maps", "Method": method, **details},
     )
     out["profiles"] = writer.write_table(
-        profiles, participant, session, "dwi", "stats", model="tensor", desc="profiles",
+        profiles, participant, session, "dwi", "stats", model="tensor",
+        desc=desc("profiles"),
         sidecar={"Description": "100-node along-tract profiles (AFQ-style weighting) on the "
                  "tensor maps", **details},
     )
     if figures:
         figure_dir = writer.root / "figures"
         stem = f"{participant}_{session}" if session else participant
-        out["figure_overlay"] = figure_dir / f"{stem}_desc-tracts_overlay.png"
+        out["figure_overlay"] = figure_dir / f"{stem}_desc-{desc('tracts')}_overlay.png"
         plot_tract_overlay(dti.fit.fa, list(bundles.values()), out["figure_overlay"])
-        out["figure_profiles"] = figure_dir / f"{stem}_desc-profiles_plot.png"
+        out["figure_profiles"] = figure_dir / f"{stem}_desc-{desc('profiles')}_plot.png"
         plot_profiles(profiles, "fa", out["figure_profiles"])
     return out

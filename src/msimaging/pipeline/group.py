@@ -12,9 +12,12 @@ left out, and ``group/excluded.tsv`` says which and why.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +28,12 @@ from msimaging.derivatives import (
     PARTICIPANT_OUTPUTS,
     DerivativesLayout,
     DerivativesWriter,
+    OutputKind,
     read_table,
 )
 from msimaging.errors import InputError, MSImagingWarning
 
-__all__ = ["NBS_DESIGNS", "GroupRun", "run_group"]
+__all__ = ["NBS_DESIGNS", "GroupRun", "TractModelWarning", "run_group"]
 
 # Study tables concatenated from per-visit tables (names of PARTICIPANT_OUTPUTS).
 _TABLES = ("dti_nawm", "dti_tracts", "volumetry_tissue", "volumetry_lesion_load")
@@ -53,11 +57,92 @@ class GroupRun:
                 f"report={self.report})")
 
 
-def _gather(output: Path, name: str) -> pd.DataFrame:
+class TractModelWarning(MSImagingWarning):
+    """Visits have tract tables of another tracking model than the one gathered."""
+
+
+def _gather(output: Path, name: str | OutputKind) -> pd.DataFrame:
     frames = [read_table(p, dtype={"participant_id": str, "session_id": str})
               for p in DerivativesLayout(output).participant_outputs(name)]
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# A per-visit tract metrics table of any tracking model: desc-tracts<label>.
+_TRACT_TABLE = re.compile(r"_model-tensor_desc-tracts(?P<label>[A-Za-z0-9]*)_stats\.tsv$")
+
+
+def _tract_model(output: Path, sessions: pd.DataFrame, tract_model: str | None,
+                 notes: list[str]) -> str:
+    """The tracking model whose tract tables the group level gathers: ``tract_model`` when
+    given, else the ``[dti] tract_model`` the participant level recorded in each visit's
+    DTI provenance (the most common one if visits differ), else "tensor"."""
+    from msimaging.dti.session import TRACT_MODELS
+
+    if tract_model is not None:
+        if tract_model not in TRACT_MODELS:
+            raise InputError(
+                f"tract_model {tract_model!r} is not one of {', '.join(TRACT_MODELS)} (the "
+                "[dti] tract_model values the participant level runs)."
+            )
+        return tract_model
+    layout = DerivativesLayout(output)
+    recorded: Counter[str] = Counter()
+    for row in sessions.itertuples():
+        session = None if pd.isna(row.session_id) else row.session_id
+        try:
+            record = json.loads(layout.provenance(row.participant_id, session, "dti")
+                                .read_text(encoding="utf-8"))
+            recorded[str(record["parameters"].get("tract_model", "tensor"))] += 1
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # no DTI run for this visit (or a record from before tract_model)
+    if not recorded:
+        return "tensor"
+    model = recorded.most_common(1)[0][0]
+    if len(recorded) > 1:
+        message = (
+            "the participant level ran several [dti] tract_model values ("
+            + ", ".join(f"{m}: {n} visits" for m, n in sorted(recorded.items()))
+            + f"); gathering the {model!r} tract tables. Rerun the participant level with one "
+            "tract_model, or pass run_group(tract_model=...)."
+        )
+        notes.append(message)
+        warnings.warn(message, TractModelWarning, stacklevel=3)
+    return model
+
+
+def _gather_tracts(output: Path, tract_model: str, notes: list[str]) -> pd.DataFrame:
+    """Every visit's tract metrics of ``tract_model`` (names from
+    :func:`msimaging.dti.session.tract_desc`); warns when visits lack them but hold another
+    model's, which are never gathered in their place."""
+    from msimaging.dti.session import TRACT_MODEL_LABELS, tract_desc
+
+    wanted = tract_desc("tracts", tract_model)
+    layout = DerivativesLayout(output)
+    found: dict[Path, set[str]] = {}
+    for path in layout.participant_outputs(OutputKind("dwi", "stats", ".tsv",
+                                                      (("model", "tensor"),))):
+        match = _TRACT_TABLE.search(path.name)
+        if match is not None:
+            found.setdefault(path.parent, set()).add(match["label"])
+    label = wanted.removeprefix("tracts")
+    names = {v: k for k, v in reversed(TRACT_MODEL_LABELS.items())}  # "CSD" -> "csd"
+    lacking = {folder: labels for folder, labels in found.items() if label not in labels}
+    if lacking:
+        others = sorted({names.get(x, x) for labels in lacking.values() for x in labels})
+        visits = sorted(str(folder.relative_to(output).parent) for folder in lacking)
+        message = (
+            f"tract_model {tract_model!r}: {len(visits)} visit(s) have no "
+            f"*_desc-{wanted}_stats.tsv but tract tables of {', '.join(others)} ("
+            + ", ".join(visits[:5]) + (", ..." if len(visits) > 5 else "")
+            + "); they are left out of group/dti_tracts.tsv. Run the participant level with "
+            f"[dti] tract_model = {tract_model!r}, or gather the other model "
+            "(run_group(tract_model=...))."
+        )
+        notes.append(message)
+        warnings.warn(message, TractModelWarning, stacklevel=3)
+    return _gather(output, OutputKind("dwi", "stats", ".tsv",
+                                      (("model", "tensor"), ("desc", wanted))))
 
 
 def run_group(
@@ -71,6 +156,7 @@ def run_group(
     n_permutations: int = 10000,
     report: bool = True,
     n_jobs: int = -1,
+    tract_model: str | None = None,
     progress: bool = True,
 ) -> GroupRun:
     """Gather participant outputs into study tables, run NBS and lesion tracking, report.
@@ -108,6 +194,13 @@ def run_group(
     n_jobs : int
         Processes for the between-visit registrations of the lesion tracks (joblib; -1 = all
         cores).
+    tract_model : {"tensor", "csd"}, optional
+        Tracking model whose per-visit tract tables make ``group/dti_tracts.tsv`` (each model
+        writes its own: ``desc-tracts``, ``desc-tractsCSD``; see
+        :func:`msimaging.dti.tract_session`). Default: the ``[dti] tract_model`` the
+        participant level recorded in the visits' provenance, else "tensor". Visits that
+        have only another model's tables are left out with a :class:`TractModelWarning`
+        (also in ``notes``); the table's sidecar names the model (``TrackingModel``).
     progress : bool
         Show progress of the NBS permutations.
 
@@ -133,13 +226,19 @@ def run_group(
     }
     notes: list[str] = []
     excluded = _excluded(output, study)
+    model = _tract_model(output, sessions, tract_model, notes)
     for name in _TABLES:
-        frame = _gather(output, name)
+        sidecar: dict[str, Any] = {"Description": f"All visits' {PARTICIPANT_OUTPUTS[name]} "
+                                   "tables"}
+        if name == "dti_tracts":
+            frame = _gather_tracts(output, model, notes)
+            sidecar = {"Description": "All visits' tract metrics (on the tensor maps) of "
+                       f"tracts tracked with the {model!r} model", "TrackingModel": model}
+        else:
+            frame = _gather(output, name)
         if not frame.empty:
             frame = frame.merge(sessions, on=["participant_id", "session_id"], how="left")
-            tables[name] = writer.write_group_table(
-                frame, name, sidecar={"Description": "All visits' "
-                                      f"{PARTICIPANT_OUTPUTS[name]} tables"})
+            tables[name] = writer.write_group_table(frame, name, sidecar=sidecar)
     tracks = _lesion_tracks(study, excluded, notes, writer, n_jobs=n_jobs)
     if tracks is not None:
         tables["volumetry_lesion_tracks"] = writer.write_group_table(

@@ -44,7 +44,9 @@ SECTIONS: tuple[str, ...] = (*MODALITIES, "group", "inputs")
 ATLAS_SPACE_PREFIX = "MNI152"
 
 # run_group keywords that are not study parameters.
-_GROUP_NOT_CONFIG = frozenset({"progress"})
+# tract_model: the group level follows [dti] tract_model (from the provenance records), not a
+# group key of its own.
+_GROUP_NOT_CONFIG = frozenset({"progress", "tract_model"})
 
 
 class ConfigError(InputError):
