@@ -109,6 +109,23 @@ def visit(tmp_path_factory):
             "expected": truth["subjects"][sub]["sessions"][ses]["dwi"]}
 
 
+def test_drawn_bundles_are_continuous(visit):
+    """Every centre-line point of every tracked bundle lies in its planted tube with bundle FA:
+    no grey-matter gap of our coarse anatomy cuts a drawn bundle (the anatomy labels grey
+    matter at the OR 12 mm from the LGN, at Meyer's loop tip and in the midbrain)."""
+    dti = visit["dti"]
+    fa = np.asanyarray(dti.fit.fa.dataobj)
+    to_dwi = np.linalg.inv(np.asarray(dti.dwi_to_mni))
+    to_voxel = np.linalg.inv(dti.fit.fa.affine) @ to_dwi
+    for name in TRACTS:
+        for line in phantom2.BUNDLES[name].polylines_mm:
+            ijk = np.rint(line @ to_voxel[:3, :3].T + to_voxel[:3, 3]).astype(int)
+            assert visit["tubes"][name][tuple(ijk.T)].all(), name
+            # Noisy tensor FA (SNR 25): bundle voxels ~0.7-0.8, single-tensor crossings lower,
+            # grey matter ~0.1.
+            assert np.percentile(fa[tuple(ijk.T)], 2) > 0.3, name
+
+
 def _rows(visit, bundles, metrics, profiles, model):
     rows = {}
     for name in TRACTS:
@@ -168,12 +185,13 @@ def _case(name, measured_value, met, near=False):
     return pytest.param(name, marks=marks, id=name)
 
 
-# Values measured on sub-01 ses-M0 (seed 0) when the test was written.
+# Values measured on sub-01 ses-M0 (seed 0) after the phantom's bundles carve their white
+# matter (2026-12-04; before, one-voxel grey-matter gaps cut the OR, CST and callosal fibres).
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 276, True), _case("CST_L", 76, True), _case("CST_R", 39, False),
-    _case("OR_L", 20, False), _case("OR_R", 13, False),
+    _case("CC", 497, True), _case("CST_L", 84, True), _case("CST_R", 77, True),
+    _case("OR_L", 71, True), _case("OR_R", 49, False, near=True),
 ])
 def test_tract_found_with_at_least_50_streamlines(measured, name):
     assert measured[name]["n_streamlines"] >= 50
@@ -182,9 +200,9 @@ def test_tract_found_with_at_least_50_streamlines(measured, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.697, False, near=True), _case("CST_L", 0.617, False),
-    _case("CST_R", 0.570, False),
-    _case("OR_L", 0.358, False), _case("OR_R", 0.355, False),
+    _case("CC", 0.851, True), _case("CST_L", 0.6996, False, near=True),
+    _case("CST_R", 0.675, False),
+    _case("OR_L", 0.619, False), _case("OR_R", 0.576, False),
 ])
 def test_dice_with_planted_tube_at_least_07(measured, name):
     assert measured[name]["dice"] >= 0.7
@@ -193,8 +211,8 @@ def test_dice_with_planted_tube_at_least_07(measured, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", -0.004, True), _case("CST_L", -0.024, False), _case("CST_R", 0.005, True),
-    _case("OR_L", -0.039, False), _case("OR_R", -0.018, True),
+    _case("CC", -0.0065, True), _case("CST_L", -0.0135, True), _case("CST_R", -0.0088, True),
+    _case("OR_L", -0.0118, True), _case("OR_R", -0.0113, True),
 ])
 def test_tract_fa_within_002_of_truth(measured, name):
     assert abs(measured[name]["fa_error"]) <= 0.02
@@ -203,20 +221,21 @@ def test_tract_fa_within_002_of_truth(measured, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.999, True), _case("CST_L", 0.922, False), _case("CST_R", 0.846, False),
-    _case("OR_L", 0.830, False), _case("OR_R", 0.923, False),
+    _case("CC", 0.998, True), _case("CST_L", 0.918, False), _case("CST_R", 0.848, False),
+    _case("OR_L", 0.973, True), _case("OR_R", 0.969, True),
 ])
 def test_profile_correlates_at_least_095(measured, name):
     assert measured[name]["profile_r"] >= 0.95
 
 
 # CSD (fit_csd, tracked by bundle() with each tract's defaults): values measured on the same
-# visit with the orientations module as it stood on 2026-12-04 (work in progress).
+# visit (2026-12-04, after the phantom fix). The OR misses Dice 0.7 because no model follows
+# Meyer's loop round its tip (radius of curvature ~2 mm at 2.5 mm voxels): 31 % of the tube.
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 274, True), _case("CST_L", 148, True), _case("CST_R", 141, True),
-    _case("OR_L", 19, False), _case("OR_R", 11, False),
+    _case("CC", 502, True), _case("CST_L", 182, True), _case("CST_R", 173, True),
+    _case("OR_L", 65, True), _case("OR_R", 44, False),
 ])
 def test_csd_tract_found_with_at_least_50_streamlines(measured_csd, name):
     assert measured_csd[name]["n_streamlines"] >= 50
@@ -225,8 +244,8 @@ def test_csd_tract_found_with_at_least_50_streamlines(measured_csd, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.698, False, near=True), _case("CST_L", 0.831, True), _case("CST_R", 0.863, True),
-    _case("OR_L", 0.358, False), _case("OR_R", 0.340, False),
+    _case("CC", 0.878, True), _case("CST_L", 0.905, True), _case("CST_R", 0.896, True),
+    _case("OR_L", 0.588, False), _case("OR_R", 0.576, False),
 ])
 def test_csd_dice_with_planted_tube_at_least_07(measured_csd, name):
     assert measured_csd[name]["dice"] >= 0.7
@@ -235,8 +254,8 @@ def test_csd_dice_with_planted_tube_at_least_07(measured_csd, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", -0.003, True), _case("CST_L", -0.019, True), _case("CST_R", -0.014, True),
-    _case("OR_L", -0.042, False), _case("OR_R", -0.017, True),
+    _case("CC", -0.0059, True), _case("CST_L", -0.0071, True), _case("CST_R", -0.0138, True),
+    _case("OR_L", -0.0078, True), _case("OR_R", -0.0082, True),
 ])
 def test_csd_tract_fa_within_002_of_truth(measured_csd, name):
     assert abs(measured_csd[name]["fa_error"]) <= 0.02
@@ -245,8 +264,8 @@ def test_csd_tract_fa_within_002_of_truth(measured_csd, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.998, True), _case("CST_L", 0.965, True), _case("CST_R", 0.950, True),
-    _case("OR_L", 0.843, False), _case("OR_R", 0.907, False),
+    _case("CC", 0.997, True), _case("CST_L", 0.931, False), _case("CST_R", 0.898, False),
+    _case("OR_L", 0.970, True), _case("OR_R", 0.967, True),
 ])
 def test_csd_profile_correlates_at_least_095(measured_csd, name):
     assert measured_csd[name]["profile_r"] >= 0.95
