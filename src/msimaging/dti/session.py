@@ -563,6 +563,9 @@ def _orientations(dti: DTISession, model: Any, csd: Any) -> tuple[Any, str, dict
                 "tensor fit (dti.fit) and its brain mask; to fit another mask, fit the CSD "
                 "yourself and pass model=fit_csd(...)."
             )
+        if dti.lesion_mask is not None:
+            # Streamlines may cross lesions whatever their FA: fit the CSD there too.
+            options.setdefault("also_fit", dti.lesion_mask)
         orientations = fit_csd(dti.dwi, tensor=dti.fit, **options)
     elif isinstance(model, str | os.PathLike):
         path = Path(model).expanduser()
@@ -585,6 +588,7 @@ def _orientations(dti: DTISession, model: Any, csd: Any) -> tuple[Any, str, dict
             "SHOrder": orientations.sh_order,
             "ResponseVoxels": orientations.n_response_voxels,
             "Directions": orientations.n_directions,
+            "FitRegion": orientations.fit_region,
         }
     return orientations, "peaks", {"TrackingModel": "peaks", "PeaksFile": orientations.source}
 
@@ -647,12 +651,12 @@ def tract_session(
         tracking model is appended to ``desc`` (:func:`tract_desc`, labels
         :data:`TRACT_MODEL_LABELS`); the tensor's names are unchanged::
 
-            tensor (default)                      CSD (single- or multi-shell)
-            *_model-tensor_desc-tracts_stats.tsv  *_model-tensor_desc-tractsCSD_stats.tsv
-            *_model-tensor_desc-profiles_stats.tsv *_model-tensor_desc-profilesCSD_stats.tsv
-            *_desc-CSTL_tractography.trk          *_desc-CSTLCSD_tractography.trk
-            *_desc-tractCSTL_mask.nii.gz          *_desc-tractCSTLCSD_mask.nii.gz
-            figures/*_desc-tracts_overlay.png     figures/*_desc-tractsCSD_overlay.png
+            tensor (default)                        CSD (single- or multi-shell)
+            *_model-tensor_desc-tracts_stats.tsv    *_model-tensor_desc-tractsCSD_stats.tsv
+            *_model-tensor_desc-profiles_stats.tsv  *_model-tensor_desc-profilesCSD_stats.tsv
+            *_desc-CSTL_tractography.trk            *_desc-CSTLCSD_tractography.trk
+            *_desc-tractCSTL_mask.nii.gz            *_desc-tractCSTLCSD_mask.nii.gz
+            figures/*_desc-tracts_overlay.png       figures/*_desc-tractsCSD_overlay.png
 
         A peaks image gives ``...Peaks`` (``desc-tractsPeaks``), or ``model_label``.
         A tract not found removes that model's streamlines file of an earlier run.
