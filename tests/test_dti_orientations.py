@@ -309,24 +309,136 @@ def test_bad_peaks_files_name_the_file(tmp_path, frames):
         _track(frames["det<0"][2], np.ones(SHAPE, bool), method="probabilistic")
 
 
-def test_fit_csd_rejects_bad_parameters_and_multishell_without_cvxpy():
+def test_fit_csd_rejects_bad_parameters_and_multishell_without_cvxpy(monkeypatch):
+    import sys
+
     from msimaging.dti.orientations import fit_csd
+    from msimaging.errors import DependencyError
 
     affine = _grids()["det<0"]
     img, bvals, fsl, _ = _simulate(affine, [TUBE])
     with pytest.raises(InputError, match="sh_order"):
         fit_csd(img, bvals, fsl.T, sh_order=5)
-    # Two non-zero shells select dipy's multi-shell CSD, which needs cvxpy.
-    try:
-        import cvxpy  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("cvxpy is installed: the missing-dependency error cannot be shown")
-    from msimaging.errors import DependencyError
-
+    with pytest.raises(InputError, match="fit_region"):
+        fit_csd(img, bvals, fsl.T, fit_region="wm")
+    # Two non-zero shells select dipy's multi-shell CSD, which needs cvxpy: hide it.
+    monkeypatch.setitem(sys.modules, "cvxpy", None)
     two_shells = np.where(bvals > 0, np.r_[0, 0, np.tile([1000.0, 2000.0], 15)], 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MSImagingWarning)
-        with pytest.raises(DependencyError, match="cvxpy"):
+        with pytest.raises(DependencyError, match=r"cvxpy.*pip install 'msimaging\[multishell\]'"):
             fit_csd(img, two_shells, fsl.T)
+
+
+@pytest.mark.parametrize("sh_order", [6, 8])
+def test_batched_csd_matches_dipy_voxel_loop(sh_order):
+    """fit_csd runs dipy's csdeconv on thousands of voxels at once: the reference is dipy's
+    own per-voxel fit with the same response (sh_order 8 has more coefficients than the 30
+    directions: dipy's regularised start)."""
+    from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel
+
+    from msimaging.dti.orientations import fit_csd
+
+    affine = _grids()["oblique"]
+    img, bvals, fsl, _ = _simulate(affine, CROSSING, sigma=2.5)
+    dwi = load_dwi(img, bvals, fsl.T)
+    brain = np.any(_tubes(affine, CROSSING, radius_mm=9.0), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_csd(dwi, mask=nib.Nifti1Image(brain.astype(np.uint8), affine),
+                      sh_order=sh_order, fit_region="mask", n_jobs=2)
+        model = ConstrainedSphericalDeconvModel(dwi.gradient_table(), fit.response,
+                                                sh_order_max=sh_order)
+        data = np.asanyarray(dwi.img.dataobj)[brain].astype(np.float64)
+        reference = np.asarray(model.fit(data[:, None, None, :]).shm_coeff)[:, 0, 0]
+    assert fit.n_fitted_voxels == brain.sum() > 1000
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(fit.shm_coeff[brain], reference, atol=1e-5 * scale)
+    assert not fit.shm_coeff[~brain].any()
+
+
+def test_tracking_region_fits_what_tracking_reads():
+    """The default fit_region="tracking" fits FA > 0.15 (and also_fit) only: the same fODF
+    and peaks there as the whole-mask fit, nothing elsewhere, and the same streamlines."""
+    from msimaging.dti.orientations import TRACKING_FIT_FA, fit_csd
+
+    affine = _grids()["det<0"]
+    img, bvals, fsl, (tube,) = _simulate(affine, [TUBE], sigma=2.5)
+    dwi = load_dwi(img, bvals, fsl.T)
+    brain = np.any(_tubes(affine, [TUBE], radius_mm=9.0), axis=0)
+    extra = np.zeros(SHAPE, bool)
+    extra[:3, :3, :3] = True  # isotropic voxels (FA ~0) fitted on request, e.g. lesions
+    brain |= extra
+    mask = nib.Nifti1Image(brain.astype(np.uint8), affine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MSImagingWarning)
+        full = fit_csd(dwi, mask=mask, fit_region="mask")
+        fast = fit_csd(dwi, mask=mask, also_fit=nib.Nifti1Image(extra.astype(np.uint8), affine))
+    fa = np.asarray(full.fa.dataobj)
+    region = brain & ((fa > TRACKING_FIT_FA) | extra)
+    assert fast.fit_region == "tracking" and fast.n_fitted_voxels == region.sum()
+    assert tube.sum() <= (region & tube).sum() + 5  # the tube is (almost all) fitted
+    assert (brain & ~region).sum() > 500  # and most of the isotropic surround is not
+    np.testing.assert_array_equal(fast.shm_coeff[region], full.shm_coeff[region])
+    assert not fast.shm_coeff[~region].any() and not fast.peaks.values[~region].any()
+    assert np.abs(fast.shm_coeff[extra]).sum() > 0
+    np.testing.assert_array_equal(fast.peaks.directions[region], full.peaks.directions[region])
+    assert np.array_equal(np.asarray(fast.mask.dataobj), np.asarray(full.mask.dataobj))
+    assert np.array_equal(np.asarray(fast.peaks.mask.dataobj), brain.astype(np.uint8))
+    centre = np.linalg.norm(_world_centres(affine), axis=1).reshape(SHAPE) < 4.0
+    a, b = _track(full, centre), _track(fast, centre)
+    assert len(a) == len(b) > 20
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_multishell_csd_resolves_a_crossing():
+    """Three shells (b = 1000, 2000, 3000 s/mm², 30 directions each) from dipy's
+    multi_tensor at SNR 50: single-fibre voxels along x, 90-degree crossings x/y, grey-matter
+    (D = 0.8e-3 mm²/s) and CSF (D = 3e-3 mm²/s) voxels for the 3-tissue response estimated
+    from the data. Bounds: the peak search refines on a ~4-degree sphere (discretisation
+    < 3 degrees) and noise at SNR 50 adds about one; a frame or axis error would be 90
+    degrees off, a failed deconvolution one blurred peak."""
+    pytest.importorskip("cvxpy")
+    from dipy.core.gradients import gradient_table
+    from dipy.sims.voxel import multi_tensor
+
+    from msimaging.dti.orientations import fit_csd
+
+    _, directions = _scheme()
+    shells = (1000.0, 2000.0, 3000.0)
+    bvals = np.r_[np.zeros(3), np.repeat(shells, 30)]
+    bvecs = np.vstack([np.zeros((3, 3)), np.tile(directions[2:], (3, 1))])
+    gtab = gradient_table(bvals, bvecs=bvecs)
+    rng = np.random.default_rng(3)
+    wm = [AD, 0.2e-3, 0.2e-3]
+
+    def voxels(evals, angles, fractions):
+        return [multi_tensor(gtab, np.array(evals), S0=S0, angles=angles, fractions=fractions,
+                             snr=50, rng=rng)[0] for _ in range(16)]
+
+    data = np.array(
+        voxels([wm], [(90, 0)], [100]) + voxels([wm, wm], [(90, 0), (90, 90)], [50, 50])
+        + voxels([[0.8e-3] * 3], [(0, 0)], [100]) + voxels([[3.0e-3] * 3], [(0, 0)], [100])
+    ).reshape(4, 4, 4, -1).astype(np.float32)
+    dwi = load_dwi(nib.Nifti1Image(data, np.eye(4)), bvals, bvecs, bvec_convention="voxel")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_csd(dwi, mask=nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)))
+    assert fit.model == "msmt-csd" and fit.sh_order == 8 and fit.n_response_voxels == 16
+    # The anisotropic voxels (FA > 0.15) are fitted, grey matter (FA ~0.03) is not; CSF at
+    # the noise floor of b = 3000 has a noisy tensor FA (up to ~0.2): some of it is fitted.
+    assert 32 <= fit.n_fitted_voxels < 48
+    directions = fit.peaks.directions.reshape(64, 3, 3)
+    values = fit.peaks.values.reshape(64, 3)
+    x, y = np.eye(3)[0], np.eye(3)[1]
+
+    def angle_deg(d, truth):
+        return np.degrees(np.arccos(np.clip(np.abs(d @ truth), 0.0, 1.0)))
+
+    assert ((values[:16] > 0).sum(axis=1) == 1).all()
+    assert angle_deg(directions[:16, 0], x).max() < 5.0
+    assert ((values[16:32] > 0).sum(axis=1) == 2).all()
+    errors = np.stack([np.minimum(angle_deg(directions[16:32, 0], t),
+                                  angle_deg(directions[16:32, 1], t)) for t in (x, y)])
+    assert errors.max() < 6.0 and np.median(errors) < 4.0
+    assert not values[32:48].any()  # grey matter: not fitted, no peaks
