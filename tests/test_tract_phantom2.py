@@ -44,6 +44,21 @@ def test_bundles_cross_where_drawn():
     assert loop[:, 1].max() >= -9.0 and phantom2.BUNDLES["OR_L"].polylines_mm[0][:, 1].max() < -20
 
 
+def test_no_bundle_folds_onto_itself():
+    """A tube of radius R can only follow a centre line whose radius of curvature is >= R
+    everywhere (otherwise its inner fibres would cross). Curvature from each drawn centre
+    line's own points (~2 mm steps of a cubic spline): turn angle per unit length. Meyer's
+    loop tip was 1.8 mm for a 4 mm tube before it was redrawn as a round turn."""
+    for name, bundle in phantom2.BUNDLES.items():
+        for line in bundle.polylines_mm:
+            step = np.diff(line, axis=0)
+            seg = np.linalg.norm(step, axis=1)
+            tangent = step / seg[:, None]
+            turn = np.arccos(np.clip(np.einsum("ik,ik->i", tangent[1:], tangent[:-1]), -1, 1))
+            radius = (seg[1:] + seg[:-1]) / 2 / np.maximum(turn, 1e-12)
+            assert radius.min() >= bundle.radius_mm, (name, radius.min())
+
+
 def test_crossing_signal_is_the_multi_tensor_sum():
     """A voxel in two bundles: dipy's multi_tensor with the two bundle tensors at 50/50."""
     from dipy.core.gradients import gradient_table
@@ -185,13 +200,14 @@ def _case(name, measured_value, met, near=False):
     return pytest.param(name, marks=marks, id=name)
 
 
-# Values measured on sub-01 ses-M0 (seed 0) after the phantom's bundles carve their white
-# matter (2026-12-04; before, one-voxel grey-matter gaps cut the OR, CST and callosal fibres).
+# Values measured on sub-01 ses-M0 (seed 0) after the phantom fixes of 2026-12-04: bundles carve
+# their white matter (one-voxel grey-matter gaps cut the OR, CST and callosal fibres) and
+# Meyer's loop turns with a radius of curvature >= its tube radius (it folded onto itself).
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
     _case("CC", 497, True), _case("CST_L", 84, True), _case("CST_R", 77, True),
-    _case("OR_L", 71, True), _case("OR_R", 49, False, near=True),
+    _case("OR_L", 82, True), _case("OR_R", 70, True),
 ])
 def test_tract_found_with_at_least_50_streamlines(measured, name):
     assert measured[name]["n_streamlines"] >= 50
@@ -202,7 +218,7 @@ def test_tract_found_with_at_least_50_streamlines(measured, name):
 @pytest.mark.parametrize("name", [
     _case("CC", 0.851, True), _case("CST_L", 0.6996, False, near=True),
     _case("CST_R", 0.675, False),
-    _case("OR_L", 0.619, False), _case("OR_R", 0.576, False),
+    _case("OR_L", 0.780, True), _case("OR_R", 0.755, True),
 ])
 def test_dice_with_planted_tube_at_least_07(measured, name):
     assert measured[name]["dice"] >= 0.7
@@ -212,7 +228,7 @@ def test_dice_with_planted_tube_at_least_07(measured, name):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
     _case("CC", -0.0065, True), _case("CST_L", -0.0135, True), _case("CST_R", -0.0088, True),
-    _case("OR_L", -0.0118, True), _case("OR_R", -0.0113, True),
+    _case("OR_L", -0.0018, True), _case("OR_R", -0.0041, True),
 ])
 def test_tract_fa_within_002_of_truth(measured, name):
     assert abs(measured[name]["fa_error"]) <= 0.02
@@ -222,20 +238,22 @@ def test_tract_fa_within_002_of_truth(measured, name):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
     _case("CC", 0.998, True), _case("CST_L", 0.918, False), _case("CST_R", 0.848, False),
-    _case("OR_L", 0.973, True), _case("OR_R", 0.969, True),
+    _case("OR_L", 0.987, True), _case("OR_R", 0.906, False),
 ])
 def test_profile_correlates_at_least_095(measured, name):
     assert measured[name]["profile_r"] >= 0.95
 
 
 # CSD (fit_csd, tracked by bundle() with each tract's defaults): values measured on the same
-# visit (2026-12-04, after the phantom fix). The OR misses Dice 0.7 because no model follows
-# Meyer's loop round its tip (radius of curvature ~2 mm at 2.5 mm voxels): 31 % of the tube.
+# visit (2026-12-04, after the phantom fixes: no grey-matter gaps, Meyer's loop redrawn with a
+# round tip). The profile misses are in partial crossings (CST x SLF x CC: the AFQ profile is
+# core-weighted, the truth a cross-section mean) and, for OR_R, the longer Meyer's-loop
+# streamlines shifting the nodes against the central line.
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 502, True), _case("CST_L", 182, True), _case("CST_R", 173, True),
-    _case("OR_L", 65, True), _case("OR_R", 44, False),
+    _case("CC", 500, True), _case("CST_L", 182, True), _case("CST_R", 173, True),
+    _case("OR_L", 87, True), _case("OR_R", 67, True),
 ])
 def test_csd_tract_found_with_at_least_50_streamlines(measured_csd, name):
     assert measured_csd[name]["n_streamlines"] >= 50
@@ -244,8 +262,8 @@ def test_csd_tract_found_with_at_least_50_streamlines(measured_csd, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.878, True), _case("CST_L", 0.905, True), _case("CST_R", 0.896, True),
-    _case("OR_L", 0.588, False), _case("OR_R", 0.576, False),
+    _case("CC", 0.877, True), _case("CST_L", 0.905, True), _case("CST_R", 0.896, True),
+    _case("OR_L", 0.781, True), _case("OR_R", 0.748, True),
 ])
 def test_csd_dice_with_planted_tube_at_least_07(measured_csd, name):
     assert measured_csd[name]["dice"] >= 0.7
@@ -255,7 +273,7 @@ def test_csd_dice_with_planted_tube_at_least_07(measured_csd, name):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
     _case("CC", -0.0059, True), _case("CST_L", -0.0071, True), _case("CST_R", -0.0138, True),
-    _case("OR_L", -0.0078, True), _case("OR_R", -0.0082, True),
+    _case("OR_L", -0.0024, True), _case("OR_R", -0.0012, True),
 ])
 def test_csd_tract_fa_within_002_of_truth(measured_csd, name):
     assert abs(measured_csd[name]["fa_error"]) <= 0.02
@@ -265,7 +283,7 @@ def test_csd_tract_fa_within_002_of_truth(measured_csd, name):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
     _case("CC", 0.997, True), _case("CST_L", 0.931, False), _case("CST_R", 0.898, False),
-    _case("OR_L", 0.970, True), _case("OR_R", 0.967, True),
+    _case("OR_L", 0.988, True), _case("OR_R", 0.890, False),
 ])
 def test_csd_profile_correlates_at_least_095(measured_csd, name):
     assert measured_csd[name]["profile_r"] >= 0.95

@@ -17,7 +17,9 @@ one (issue 17, deliverable 4):
     bundle runs laterally and back into the sagittal stratum (±39, -42, -1) and on to the
     calcarine cortex at (±10, -94, 3); the anterior bundle forms **Meyer's loop**, running
     forward over the roof of the temporal horn to its tip at y = -8 mm (±34, -8, -12) before
-    turning back to join the stratum. Radius 4 mm (default 5, no Meyer's loop).
+    turning back to join the stratum (a round turn: its radius of curvature, >= 4.7 mm,
+    is at least the tube's radius, as for every bundle here). Radius 4 mm (default 5, no
+    Meyer's loop).
   * CC: thicker (radius 6 mm, default 5); genu lower (y = +29, z = 4; default z = 10),
     splenium more posterior (y = -41, z = 12; default -36), body higher (z = 25-26; default
     24), midline points read off the WM of the ICBM152 midsagittal plane; fibres rise more
@@ -157,13 +159,21 @@ _OR_CENTRAL_L = (
     (-21.0, -86.0, 4.0),
     (-10.0, -94.0, 3.0),  # calcarine cortex
 )
+# The tip is drawn as a round turn (vertices on a ~5 mm arc around it): through the three
+# landmarks alone the spline turned with a 1.8 mm radius of curvature, less than the tube's
+# 4 mm radius, i.e. a bundle folding onto itself, which no fibre bundle can do.
 _OR_MEYER_L = (
     (-23.0, -25.0, -6.0),  # lateral geniculate nucleus
-    (-28.0, -16.0, -9.0),
+    (-26.5, -18.0, -8.5),
+    (-28.5, -12.0, -10.5),
+    (-31.0, -8.8, -11.5),
     (-34.0, -8.0, -12.0),  # Meyer's loop tip over the temporal horn
-    (-39.0, -16.0, -10.0),
+    (-37.0, -8.8, -11.5),
+    (-39.5, -12.0, -11.0),
+    (-40.5, -18.0, -9.5),
     (-41.0, -30.0, -5.0),
-    (-39.0, -42.0, -1.0),  # merges with the central bundle in the sagittal stratum
+    (-39.0, -42.0, -1.0),  # joins the central bundle in the sagittal stratum
+    (-37.0, -58.0, 1.0),  # merged (a central-line vertex: no kink where they meet)
 )
 # CC: midsagittal (y, z) of each left-right fibre and its rise with distance from the midline.
 _CC_MIDLINE_YZ = (
