@@ -176,3 +176,32 @@ def test_report_bad_input(tmp_path):
 
     with pytest.raises(InputError, match="not a folder"):
         build_report(tmp_path / "nowhere")
+
+
+_TENSOR_OVERLAY = "sub-01_ses-M0_desc-tracts_overlay.png"
+_CSD_OVERLAY = "sub-01_ses-M0_desc-tractsCSD_overlay.png"
+
+
+@pytest.mark.parametrize("model, shown, hidden", [
+    ("csd", _CSD_OVERLAY, _TENSOR_OVERLAY), ("tensor", _TENSOR_OVERLAY, _CSD_OVERLAY),
+])
+def test_report_shows_the_overlay_of_the_gathered_tracking_model(tmp_path, model, shown, hidden):
+    """Tensor and CSD overlays side by side (issue 17: model-specific names): the report shows
+    the one of the model whose tables the group level gathered (group sidecar TrackingModel)."""
+    writer = DerivativesWriter(tmp_path / "deriv", input_datasets=[tmp_path / "study"])
+    sessions = [f"ses-M{m}" for m in (0, 6)]
+    writer.write_group_table(pd.DataFrame({"participant_id": ["sub-01"] * 2,
+                                           "session_id": sessions, "months": [0.0, 6.0]}),
+                             "sessions")
+    writer.write_group_table(pd.DataFrame(
+        [{"participant_id": "sub-01", "session_id": s, "roi": "NAWM", "metric": "fa",
+          "mean": 0.45} for s in sessions]), "dti_nawm")
+    writer.write_group_table(pd.DataFrame(
+        [{"participant_id": "sub-01", "session_id": s, "tract": "CST_L", "part": "whole",
+          "metric": "fa", "mean": 0.6, "n_streamlines": 80} for s in sessions]),
+        "dti_tracts", sidecar={"TrackingModel": model})
+    for name in (shown, hidden):
+        _png(writer.root / "figures", name)
+    text = build_report(writer.root, tmp_path / "r.html").read_text()
+    assert shown in text and hidden not in text
+    assert f"({model} tracking)" in text

@@ -238,8 +238,18 @@ def _section_dti(folder: Path, sessions, alpha: float, notes: list[str]) -> str:
         if result is not None:
             table, flags = _stats_table(result, "months")
             out.append(_table(table, highlight=flags) + _posthoc_html(result))
-        for path in _saved_figures(folder, "*_desc-tracts_overlay.png")[:1]:
-            out.append(_figure_html(path.read_bytes(), f"Tract masks on FA: {path.name}"))
+        # The overlay of the model whose tables the group level gathered (desc-tracts for
+        # the tensor, desc-tractsCSD for CSD, ...).
+        from msimaging.dti.session import tract_desc
+
+        model = str(_nbs_meta(folder, "dti_tracts").get("TrackingModel", "tensor"))
+        try:
+            desc = tract_desc("tracts", model)
+        except InputError:
+            desc = "tracts"
+        for path in _saved_figures(folder, f"*_desc-{desc}_overlay.png")[:1]:
+            out.append(_figure_html(
+                path.read_bytes(), f"Tract masks on FA ({model} tracking): {path.name}"))
     else:
         out.append(_missing("No tract table (group/dti_tracts.tsv)."))
     notes.extend(local)
