@@ -26,7 +26,14 @@ from msimaging.dti.orientations import (
     save_peaks,
 )
 from msimaging.dti.rois import ROI, nawm_rois, roi_stats
-from msimaging.dti.session import DTISession, TractStage, dti_session, tract_session
+from msimaging.dti.session import (
+    TRACT_MODEL_LABELS,
+    DTISession,
+    TractStage,
+    dti_session,
+    tract_desc,
+    tract_session,
+)
 from msimaging.dti.tensor import METHODS, TensorFit, fit_tensor
 from msimaging.dti.tracts import (
     TractBundle,
@@ -42,6 +49,7 @@ from msimaging.dti.tracts import (
 __all__ = [
     "METHODS",
     "ROI",
+    "TRACT_MODEL_LABELS",
     "CSDFit",
     "DTISession",
     "Peaks",
@@ -61,6 +69,7 @@ __all__ = [
     "plot_tract_overlay",
     "roi_stats",
     "save_peaks",
+    "tract_desc",
     "tract_metrics",
     "tract_profiles",
     "tract_session",
