@@ -13,7 +13,11 @@ profiles) and compares with the planted bundles. Two configurations:
 
 - ``csd``: the recommended tracking along the peaks of dipy's CSD fitted to the visit's DWI
   (``tract_session(model="csd")``, default ``fit_csd`` settings: sh_order 6 from 30
-  directions, response from the tensor's FA > 0.7 voxels); metrics on the tensor maps.
+  directions, response from the tensor's FA > 0.7 voxels, fitted where tracking can use it:
+  ``fit_region="tracking"``, FA > 0.15 and the lesions); metrics on the tensor maps.
+- ``csd_mask``: the same with the CSD fitted in every brain-mask voxel
+  (``fit_region="mask"``, the default before), to show that the faster default changes no
+  tract (default study only).
 
 A second, noisier study (SNR 20, seed 2, 2 subjects: the DTI acceptance test's preset) is run
 with ``recommended`` only, to show how the figures move with the noise; a third (SNR 15, the
@@ -24,9 +28,8 @@ default study's 5 subjects and seed: issue 17's noisier preset) with ``recommend
 Per-visit tract stage time (issue 17: < 10 s on 2 cores) is ``orientation_model`` (the CSD
 fit; ~0 for the tensor, fitted by ``dti_session``) + ``tracking`` + ``metrics``. On the first
 visit of the default study the CSD fit is also timed with other ``fit_csd`` arguments
-(``n_jobs=2``, ``sh_order`` 4 and 8, the brain mask restricted to the white matter + lesions
-grown by 2 voxels) and its peak search is timed alone (``peaks_from_csd``), to show what
-dominates; ``orientations.py`` is unchanged by these variants (arguments only).
+(``n_jobs=2`` threads, the whole brain mask, ``sh_order`` 4) and its peak search is timed
+alone (``peaks_from_csd`` on the fitted voxels), to show what dominates.
 
 Targets (issue 5): Dice >= 0.6 with the planted bundle masks, tract mean FA within ±0.02 of
 truth (the plain voxel mean over the tract mask and the track-density-weighted mean are both
@@ -51,10 +54,11 @@ CONFIGS = {
     "recommended": {},
     "uniform": {"seeding": "rois", "seeds_per_voxel": 2, "max_angle_deg": 45.0, "clean": False},
     "csd": {"model": "csd"},
+    "csd_mask": {"model": "csd", "csd": {"fit_region": "mask"}},
 }
 # study name -> (make_synthetic_study options, configurations run)
 STUDIES = {
-    "default": ({"n_subjects": 5}, ("recommended", "uniform", "csd")),
+    "default": ({"n_subjects": 5}, ("recommended", "uniform", "csd", "csd_mask")),
     "snr20": ({"n_subjects": 2, "snr": 20.0, "seed": 2}, ("recommended",)),
     "snr15": ({"n_subjects": 5, "snr": 15.0}, ("recommended", "csd")),
 }
@@ -62,14 +66,12 @@ STUDIES = {
 MIN_STREAMLINES = 50
 #: Issue 17: the whole tract stage of one visit (2 cores).
 MAX_STAGE_SECONDS = 10.0
-#: fit_csd variants timed on the default study's first visit (fit_csd keyword arguments;
-#: "wm_mask" restricts the tensor's mask to WM + lesions grown by 2 voxels).
+#: fit_csd variants timed on the default study's first visit (fit_csd keyword arguments).
 CSD_VARIANTS = {
-    "default (sh_order 6, n_jobs 1)": {},
+    "default (fit_region tracking, sh_order 6, n_jobs 1)": {},
     "n_jobs=2": {"n_jobs": 2},
+    "fit_region=mask": {"fit_region": "mask"},
     "sh_order=4": {"sh_order": 4},
-    "sh_order=8": {"sh_order": 8},
-    "wm_mask": {"wm_mask": True},
 }
 TARGETS = {"dice": 0.6, "fa_abs_error": 0.02, "profile_r": 0.8,
            "min_streamlines": MIN_STREAMLINES, "max_stage_seconds": MAX_STAGE_SECONDS}
@@ -146,10 +148,7 @@ def _run_study(study: str, options: dict, configs: tuple[str, ...]) -> tuple[lis
 
 def _csd_variants(dti, bundles, expected) -> list[dict]:
     """fit_csd time (and the tracts it gives) with other arguments, on one visit."""
-    import dataclasses
     import time
-
-    from scipy import ndimage
 
     from msimaging.dti import tract_session
     from msimaging.dti.orientations import fit_csd, peaks_from_csd
@@ -157,31 +156,22 @@ def _csd_variants(dti, bundles, expected) -> list[dict]:
     out = []
     for name, options in CSD_VARIANTS.items():
         options = dict(options)
-        tensor = dti.fit
-        if options.pop("wm_mask", False):
-            nawm = next(r for r in dti.rois if r.label == "NAWM").mask
-            wm = np.asanyarray(nawm.dataobj) > 0
-            if dti.lesion_mask is not None:
-                wm |= np.asanyarray(dti.lesion_mask.dataobj) > 0
-            wm = ndimage.binary_dilation(wm, iterations=2)
-            wm &= np.asanyarray(tensor.mask.dataobj) > 0
-            tensor = dataclasses.replace(
-                tensor, mask=nib.Nifti1Image(wm.astype(np.uint8), tensor.mask.affine))
-        n_voxels = int(np.count_nonzero(np.asanyarray(tensor.mask.dataobj)))
+        if dti.lesion_mask is not None:
+            options["also_fit"] = dti.lesion_mask  # as tract_session does
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             start = time.perf_counter()
-            csd = fit_csd(dti.dwi, tensor=tensor, **options)
+            csd = fit_csd(dti.dwi, tensor=dti.fit, **options)
             fit_seconds = time.perf_counter() - start
             start = time.perf_counter()
             peaks_from_csd(csd.shm_coeff, csd.sh_order, csd.affine,
-                           np.asanyarray(csd.mask.dataobj) > 0, fa=csd.fa)
+                           np.any(csd.shm_coeff != 0, axis=-1), fa=csd.fa)
             peak_seconds = time.perf_counter() - start
             stage = tract_session(dti, tracts=list(TRACTS), model=csd)
         accuracy = _accuracy(stage, bundles, expected)
         out.append({
             "variant": name, "participant_id": dti.participant_id, "sh_order": csd.sh_order,
-            "fitted_voxels": n_voxels, "fit_csd": fit_seconds,
+            "fitted_voxels": csd.n_fitted_voxels, "fit_csd": fit_seconds,
             "of_which_peak_search": peak_seconds,
             "of_which_response_and_sh_fit": fit_seconds - peak_seconds,
             "tracking": stage.seconds["tracking"], "metrics": stage.seconds["metrics"],
@@ -216,6 +206,23 @@ def _summary(rows: list[dict]) -> dict:
     }
 
 
+def _fast_vs_mask(rows: list[dict]) -> dict:
+    """Per tract: the default CSD (fit_region="tracking") minus the whole-mask CSD."""
+    keys = ("n_streamlines", "dice", "fa_error", "profile_r")
+    full = {(r["study"], r["participant_id"], r["tract"]): r for r in rows
+            if r["config"] == "csd_mask"}
+    changes = []
+    for r in rows:
+        other = full.get((r["study"], r["participant_id"], r["tract"]))
+        if r["config"] == "csd" and other is not None:
+            changes.append({"study": r["study"], "participant_id": r["participant_id"],
+                            "tract": r["tract"],
+                            **{f"delta_{k}": float(r[k] - other[k]) for k in keys}})
+    return {"per_tract": changes,
+            "max_abs_change": {k: max((abs(c[f"delta_{k}"]) for c in changes), default=None)
+                               for k in keys}}
+
+
 def main() -> dict:
     load_before = os.getloadavg()
     rows, timings, variants = [], [], []
@@ -247,10 +254,13 @@ def main() -> dict:
                   {k: round(v, 2) for k, v in seconds[key].items()})
             print(f"{key}:", {k: (round(v, 3) if isinstance(v, float) else v)
                               for k, v in summary[key].items()})
+    fast_vs_mask = _fast_vs_mask(rows)
+    print("csd (fit_region tracking) vs csd_mask (whole mask):", fast_vs_mask["max_abs_change"])
     payload = {"benchmark": "tract_session", "description": __doc__.strip().splitlines()[0],
                "studies": {k: v[0] for k, v in STUDIES.items()}, "configs": CONFIGS,
                "per_tract": rows, "seconds_per_visit": seconds, "targets": TARGETS,
                "summary": summary, "csd_variants": variants,
+               "csd_fast_vs_mask": fast_vs_mask,
                "load_average": {"before": load_before, "after": os.getloadavg()},
                "machine": machine_info()}
     write_result("tract_session", payload)
