@@ -291,17 +291,22 @@ def fit_csd(
     n_jobs : int
         Single-shell: threads for the batched fit (dipy's algorithm run on 5,000 voxels at a
         time, :func:`_csd_all_voxels`; -1: all cores). Multi-shell: processes for dipy's
-        voxel-wise fit (``engine="joblib"``). dipy's CSD costs ~110 us per voxel: 14-22 s
-        for the 108,000-128,000 brain voxels of the synthetic studies (sh_order 6).
+        voxel-wise fit (``engine="joblib"``). Single-shell CSD costs ~110 us per voxel and
+        thread (one small solve per voxel and iteration, ~5 iterations in white matter):
+        14-22 s for the 108,000-128,000 brain voxels of the synthetic studies (sh_order 6),
+        4-5 s for their ~40,000 ``fit_region="tracking"`` voxels; ``n_jobs=2`` cut the
+        default study's CSD tract stage from 13.4 to 9.9 s on the 2-core machine while
+        other jobs ran (load 3).
     fit_region : {"tracking", "mask"}
         ``"tracking"`` (default): fit only the mask voxels with FA > :data:`TRACKING_FIT_FA`
         (0.15) plus ``also_fit``; the fODF is zero and there are no peaks elsewhere (those
         voxels keep their place in ``mask``, the tracking mask). Deterministic tracking reads
         peaks only in voxels with FA above ``fa_threshold`` (default 0.2) or in lesions, so it
-        is unchanged for any ``fa_threshold >= 0.15`` (the default study: 35% of the brain
-        voxels, tract stage measured in ``benchmarks/bench_tract_session.py``).
-        Probabilistic tracking interpolates the SH trilinearly: at the edge of the region a
-        grey-matter neighbour's (nearly isotropic) fODF counts as zero. ``"mask"``: every
+        is unchanged for any ``fa_threshold >= 0.15`` (the default study: 34-40% of the brain
+        voxels, every tract identical to the whole-mask fit; benchmarks/
+        bench_tract_session.py). Probabilistic tracking interpolates the SH trilinearly: at
+        the edge of the region a grey-matter neighbour's (nearly isotropic) fODF counts as
+        zero (phantom2: the same tracts within 2 streamlines and Dice 0.002). ``"mask"``: every
         mask voxel (as before; e.g. to save a whole-brain fODF or peaks image).
     also_fit : image or path, optional
         Voxels fitted whatever their FA with ``fit_region="tracking"``, e.g. the lesion mask
