@@ -570,3 +570,64 @@ def test_overlay_slices_show_the_most_tracts():
     assert centre[2] == 9  # b and c meet at z = 9 (a alone has more voxels at z = 6)
     assert centre[0] == 10 and centre[1] == 4  # x = 10: a and b; y = 4: only a, but most voxels
     assert list(_busiest_slices([np.zeros(shape, bool)], shape)) == [10, 10, 10]
+
+
+def test_trimming_cuts_the_overshoot_beyond_the_terminations(phantom):
+    """With endpoint ROIs equal to the first and last waypoints, each streamline starts at its
+    first point in the first and ends at its last point in the last (the tube runs on 8 mm
+    beyond each); the stretch between the waypoints (the profiles') is untouched."""
+    ended = StandInTract("tube", seeds=(SEED,), waypoints=(FIRST, LAST),
+                         endpoints=(FIRST, LAST))
+    whole = bundle(phantom.fit, ended, trim_at_terminations=False)
+    cut = bundle(phantom.fit, ended)
+    assert cut.n_streamlines == whole.n_streamlines > 20
+    y_first = np.array([s[0, 1] for s in cut.streamlines])
+    y_last = np.array([s[-1, 1] for s in cut.streamlines])
+    # Nearest voxel centre in the box (2 mm voxels, centres at even mm): y within [-25, -21]
+    # and [21, 25].
+    assert np.all((y_first >= -25) & (y_first <= -21)), y_first
+    assert np.all((y_last >= 21) & (y_last <= 25)), y_last
+    assert max(s[-1, 1] for s in whole.streamlines) > 26  # the untrimmed overshoot
+    for a, b in zip(cut.between_waypoints(), whole.between_waypoints(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_core_distance_takes_back_rim_streamlines_that_miss_one_waypoint():
+    """Hand-made bundle on a 1 mm grid: 20 straight streamlines along y within 0.8 mm of the
+    axis pass three waypoints. Candidates: (a) parallel, 0.5 mm off the axis, stopping 2 mm
+    before the last waypoint and stored reversed -> taken back, oriented along the bundle;
+    (b) the same but only half as long (a fragment) -> refused; (c) leaving the bundle
+    sideways to x = 12 mm before the last waypoint -> refused."""
+    from dipy.tracking.streamline import Streamlines
+
+    from msimaging.dti.tracts import _near_core, _selection
+
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (-10.0, -40.0, -10.0)
+    shape = (21, 81, 21)
+
+    def slab(y_lo, y_hi):
+        return box((-2, y_lo, -2), (2, y_hi, 2))(shape, affine)
+
+    masks = {"waypoints": [slab(-24, -22), slab(-1, 1), slab(22, 24)], "exclusions": [],
+             "endpoints": []}
+    rng = np.random.default_rng(0)
+    y = np.arange(-30.0, 30.5, 0.5)
+    offsets = rng.uniform(-0.55, 0.55, (20, 2))
+    bundle_lines = [np.stack([np.full(y.shape, dx), y, np.full(y.shape, dz)], 1)
+                    for dx, dz in offsets]
+    short_y = np.arange(-30.0, 20.5, 0.5)
+    near = np.stack([np.full(short_y.shape, 0.5), short_y, np.zeros(short_y.shape)], 1)[::-1]
+    fragment = near[: near.shape[0] // 2]
+    veer = np.stack([np.where(y > 10, 0.5 + (y - 10) * 0.6, 0.5), y, np.zeros(y.shape)], 1)
+    veer = veer[veer[:, 0] <= 12.0]
+    tracked = [*bundle_lines, near, fragment, veer]
+    keep, flip, span, _ = _selection(tracked, masks, affine)
+    np.testing.assert_array_equal(keep, np.arange(20))
+    kept = Streamlines([tracked[i][::-1] if flip[i] else tracked[i] for i in keep])
+    extra, extra_span = _near_core(tracked, keep, kept, span[keep], masks, affine)
+    assert len(extra) == 1
+    np.testing.assert_allclose(extra[0], near[::-1])  # oriented like the bundle (y rising)
+    start, stop = extra_span[0]
+    # The core's stretch between the first and last waypoints: y from -22/-23 to 20 (its end).
+    assert -24 <= extra[0][start, 1] <= -21 and extra[0][stop, 1] == 20.0

@@ -202,12 +202,13 @@ def _case(name, measured_value, met, near=False):
 
 # Values measured on sub-01 ses-M0 (seed 0) after the phantom fixes of 2026-12-04: bundles carve
 # their white matter (one-voxel grey-matter gaps cut the OR, CST and callosal fibres) and
-# Meyer's loop turns with a radius of curvature >= its tube radius (it folded onto itself).
+# Meyer's loop turns with a radius of curvature >= its tube radius (it folded onto itself);
+# tract stage with terminations trimming and core-distance recovery (CST/OR).
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 497, True), _case("CST_L", 84, True), _case("CST_R", 77, True),
-    _case("OR_L", 82, True), _case("OR_R", 70, True),
+    _case("CC", 497, True), _case("CST_L", 86, True), _case("CST_R", 84, True),
+    _case("OR_L", 106, True), _case("OR_R", 101, True),
 ])
 def test_tract_found_with_at_least_50_streamlines(measured, name):
     assert measured[name]["n_streamlines"] >= 50
@@ -216,9 +217,8 @@ def test_tract_found_with_at_least_50_streamlines(measured, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.851, True), _case("CST_L", 0.6996, False, near=True),
-    _case("CST_R", 0.675, False),
-    _case("OR_L", 0.780, True), _case("OR_R", 0.755, True),
+    _case("CC", 0.851, True), _case("CST_L", 0.711, True), _case("CST_R", 0.706, True),
+    _case("OR_L", 0.812, True), _case("OR_R", 0.801, True),
 ])
 def test_dice_with_planted_tube_at_least_07(measured, name):
     assert measured[name]["dice"] >= 0.7
@@ -227,8 +227,8 @@ def test_dice_with_planted_tube_at_least_07(measured, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", -0.0065, True), _case("CST_L", -0.0135, True), _case("CST_R", -0.0088, True),
-    _case("OR_L", -0.0018, True), _case("OR_R", -0.0041, True),
+    _case("CC", -0.0065, True), _case("CST_L", -0.0140, True), _case("CST_R", -0.0065, True),
+    _case("OR_L", -0.0155, True), _case("OR_R", -0.0110, True),
 ])
 def test_tract_fa_within_002_of_truth(measured, name):
     assert abs(measured[name]["fa_error"]) <= 0.02
@@ -237,8 +237,8 @@ def test_tract_fa_within_002_of_truth(measured, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", 0.998, True), _case("CST_L", 0.918, False), _case("CST_R", 0.848, False),
-    _case("OR_L", 0.987, True), _case("OR_R", 0.906, False),
+    _case("CC", 0.998, True), _case("CST_L", 0.920, False), _case("CST_R", 0.845, False),
+    _case("OR_L", 0.986, True), _case("OR_R", 0.952, True),
 ])
 def test_profile_correlates_at_least_095(measured, name):
     assert measured[name]["profile_r"] >= 0.95
@@ -253,7 +253,7 @@ def test_profile_correlates_at_least_095(measured, name):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
     _case("CC", 500, True), _case("CST_L", 182, True), _case("CST_R", 173, True),
-    _case("OR_L", 87, True), _case("OR_R", 67, True),
+    _case("OR_L", 123, True), _case("OR_R", 92, True),
 ])
 def test_csd_tract_found_with_at_least_50_streamlines(measured_csd, name):
     assert measured_csd[name]["n_streamlines"] >= 50
@@ -263,7 +263,7 @@ def test_csd_tract_found_with_at_least_50_streamlines(measured_csd, name):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
     _case("CC", 0.877, True), _case("CST_L", 0.905, True), _case("CST_R", 0.896, True),
-    _case("OR_L", 0.781, True), _case("OR_R", 0.748, True),
+    _case("OR_L", 0.848, True), _case("OR_R", 0.796, True),
 ])
 def test_csd_dice_with_planted_tube_at_least_07(measured_csd, name):
     assert measured_csd[name]["dice"] >= 0.7
@@ -272,8 +272,8 @@ def test_csd_dice_with_planted_tube_at_least_07(measured_csd, name):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
-    _case("CC", -0.0059, True), _case("CST_L", -0.0071, True), _case("CST_R", -0.0138, True),
-    _case("OR_L", -0.0024, True), _case("OR_R", -0.0012, True),
+    _case("CC", -0.0058, True), _case("CST_L", -0.0069, True), _case("CST_R", -0.0138, True),
+    _case("OR_L", -0.0153, True), _case("OR_R", -0.0064, True),
 ])
 def test_csd_tract_fa_within_002_of_truth(measured_csd, name):
     assert abs(measured_csd[name]["fa_error"]) <= 0.02
@@ -283,7 +283,7 @@ def test_csd_tract_fa_within_002_of_truth(measured_csd, name):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", [
     _case("CC", 0.997, True), _case("CST_L", 0.931, False), _case("CST_R", 0.898, False),
-    _case("OR_L", 0.988, True), _case("OR_R", 0.890, False),
+    _case("OR_L", 0.985, True), _case("OR_R", 0.929, False),
 ])
 def test_csd_profile_correlates_at_least_095(measured_csd, name):
     assert measured_csd[name]["profile_r"] >= 0.95

@@ -74,7 +74,7 @@ __all__ = [
 #: Library defaults of the :func:`bundle` parameters a tract definition may override.
 BUNDLE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {"seeding": "rois", "seeds_per_voxel": 2, "max_angle_deg": 45.0, "clean": False,
-     "waypoint_margin_mm": 0.0}
+     "waypoint_margin_mm": 0.0, "core_distance": False}
 )
 
 #: ``TractBundle.status`` values: streamlines found; tracked but none satisfied the
@@ -745,6 +745,140 @@ def _kept(streamlines: Any, keep: np.ndarray, flip: np.ndarray, n_waypoints: int
     return kept
 
 
+_CORE_MIN_STREAMLINES = 10
+_CORE_NODES = 100
+_CORE_PERCENTILE = 95.0
+_CORE_EXTENT = 0.8
+
+
+def _near_core(
+    tracked: Any, keep: np.ndarray, kept: Any, kept_span: np.ndarray,
+    masks: Mapping[str, Sequence[np.ndarray]], affine: np.ndarray,
+) -> tuple[Any, np.ndarray]:
+    """Streamlines that miss one waypoint but run along the selected bundle's core.
+
+    Candidates: tracked streamlines not selected that touch no exclusion and pass through
+    every waypoint but one. The core is the mean of the selected (oriented) streamlines
+    resampled to 100 nodes. A candidate is accepted when its mean distance to the core
+    (each point to its nearest core point) is at most the 95th percentile of the selected
+    streamlines' own mean distances, and its projection on the core spans at least the
+    median span of the selected ones' projections times 0.8 (no short fragments). Accepted
+    streamlines are oriented along the core and given the waypoint span of the core's
+    stretch between the first and last waypoints (projected).
+    """
+    from dipy.tracking.streamline import Streamlines, set_number_of_points
+    from scipy.spatial import cKDTree
+
+    waypoints = list(masks.get("waypoints", ()))
+    exclusions = list(masks.get("exclusions", ()))
+    n = len(tracked)
+    chosen = np.zeros(n, bool)
+    chosen[keep] = True
+    reach = np.zeros(n, int)
+    for mask in waypoints:
+        hit, _, _, _ = _selection(tracked, {"waypoints": [mask], "exclusions": exclusions},
+                                  affine)
+        reach[hit] += 1
+    clear, _, _, _ = _selection(tracked, {"waypoints": [], "exclusions": exclusions}, affine)
+    ok = np.zeros(n, bool)
+    ok[clear] = True
+    candidates = np.flatnonzero(ok & ~chosen & (reach >= len(waypoints) - 1))
+    if candidates.size == 0:
+        return Streamlines(), np.zeros((0, 2), np.intp)
+    resampled = set_number_of_points(kept, nb_points=_CORE_NODES)
+    core = np.asarray(resampled.get_data()).reshape(len(kept), _CORE_NODES, 3).mean(axis=0)
+    tree = cKDTree(core)
+
+    def projection(lines: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        lengths = np.fromiter((len(s) for s in lines), int, count=len(lines))
+        points = np.concatenate([np.asarray(s, np.float64) for s in lines])
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        distance, node = tree.query(points)
+        mean = np.add.reduceat(distance, starts) / lengths
+        far = np.maximum.reduceat(distance, starts)
+        low = np.minimum.reduceat(node, starts)
+        high = np.maximum.reduceat(node, starts)
+        return mean, far, high - low, node, starts
+
+    own_mean, own_far, own_extent, own_node, own_starts = projection(kept)
+    lines = Streamlines([tracked[i] for i in candidates])
+    mean, far, extent, node, starts = projection(lines)
+    accept = ((mean <= np.percentile(own_mean, _CORE_PERCENTILE))
+              & (far <= np.percentile(own_far, _CORE_PERCENTILE))
+              & (extent >= _CORE_EXTENT * np.median(own_extent)))
+    if not accept.any():
+        return Streamlines(), np.zeros((0, 2), np.intp)
+    # The core's stretch between the waypoints: median projection of the selected spans.
+    valid = kept_span[:, 0] >= 0
+    lo = int(np.median(own_node[own_starts[valid] + kept_span[valid, 0]])) if valid.any() else 0
+    hi = (int(np.median(own_node[own_starts[valid] + kept_span[valid, 1]])) if valid.any()
+          else _CORE_NODES - 1)
+    out, spans = [], []
+    ends = np.concatenate([starts[1:], [node.size]])
+    for k in np.flatnonzero(accept):
+        line = np.asarray(lines[k])
+        nodes = node[starts[k]:ends[k]]
+        if nodes[0] > nodes[-1]:
+            line, nodes = line[::-1], nodes[::-1]
+        inside = np.flatnonzero((nodes >= lo) & (nodes <= hi))
+        span = (inside[0], inside[-1]) if inside.size >= 2 else (-1, -1)
+        out.append(line)
+        spans.append(span)
+    return Streamlines(out), np.asarray(spans, np.intp)
+
+
+def _trim_at_terminations(
+    streamlines: Any, span: np.ndarray, masks: Mapping[str, Sequence[np.ndarray]],
+    affine: np.ndarray,
+) -> tuple[Any, np.ndarray]:
+    """Oriented streamlines cut to [first point in the start termination, last point in the
+    end termination], with their waypoint spans shifted to match.
+
+    The start (end) termination is an endpoint mask equal to the first (last) waypoint mask;
+    a definition without one leaves that end whole. Streamlines that never enter a
+    termination (they always do when selected through its waypoint) are left whole.
+    """
+    from dipy.tracking.streamline import Streamlines
+
+    waypoints, ends = masks.get("waypoints", []), masks.get("endpoints", [])
+    start = next((e for e in ends if np.array_equal(e, waypoints[0])), None)
+    stop = next((e for e in ends if np.array_equal(e, waypoints[-1])), None)
+    n = len(streamlines)
+    if n == 0 or (start is None and stop is None):
+        return streamlines, span
+    lengths = np.fromiter((len(s) for s in streamlines), int, count=n)
+    points = np.concatenate([np.asarray(s, np.float64) for s in streamlines])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    local = np.arange(points.shape[0]) - np.repeat(starts, lengths)
+    ijk = np.rint(nib.affines.apply_affine(np.linalg.inv(affine), points)).astype(np.intp)
+    shape = waypoints[0].shape
+    inside = np.all((ijk >= 0) & (ijk < shape), axis=1)
+
+    def hit(mask: np.ndarray) -> np.ndarray:
+        out = np.zeros(points.shape[0], bool)
+        out[inside] = mask[tuple(ijk[inside].T)]
+        return out
+
+    first = np.zeros(n, np.intp)
+    last = lengths - 1
+    big = np.iinfo(np.intp).max
+    if start is not None:
+        entry = np.minimum.reduceat(np.where(hit(start), local, big), starts)
+        first = np.where(entry < big, entry, 0)
+    if stop is not None:
+        exit_ = np.maximum.reduceat(np.where(hit(stop), local, -1), starts)
+        last = np.where(exit_ >= 0, exit_, lengths - 1)
+    # Never cut into the stretch between the waypoints (profiles run on it).
+    valid = span[:, 0] >= 0
+    first = np.where(valid, np.minimum(first, span[:, 0]), first)
+    last = np.where(valid, np.maximum(last, span[:, 1]), last)
+    bad = last <= first
+    first[bad], last[bad] = 0, lengths[bad] - 1
+    cut = Streamlines([s[a : b + 1] for s, a, b in zip(streamlines, first, last, strict=True)])
+    shifted = np.where(valid[:, None], span - first[:, None], span)
+    return cut, shifted
+
+
 def _selection(
     streamlines: Any, masks: Mapping[str, Sequence[np.ndarray]], affine: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, list[int]]]:
@@ -849,13 +983,15 @@ def bundle(
     clean: bool | None = None,
     waypoint_margin_mm: float | None = None,
     min_fov_fraction: float = DEFAULT_MIN_FOV_FRACTION,
+    trim_at_terminations: bool = True,
+    core_distance: bool | None = None,
     seed: int = 0,
     n_jobs: int = 1,
 ) -> TractBundle:
     """Reconstruct one tract: seed, track, select, orient and (optionally) clean.
 
-    ``seeding``, ``seeds_per_voxel``, ``max_angle_deg``, ``clean`` and
-    ``waypoint_margin_mm`` left at ``None`` take
+    ``seeding``, ``seeds_per_voxel``, ``max_angle_deg``, ``clean``,
+    ``waypoint_margin_mm`` and ``core_distance`` left at ``None`` take
     the value the definition recommends (``definition.tracking``, see
     :attr:`msimaging.atlases.tracts.TractDefinition.tracking`), else the library default
     (:data:`BUNDLE_DEFAULTS`: ROI seeding, 2 seeds per voxel, 45 degrees, no cleaning). The
@@ -909,6 +1045,27 @@ def bundle(
         half imaged is named in the reason: a found tract keeps its streamlines ("cut at the
         image's edge"); a tract tracked but not found is ``"outside_fov"`` too (the field
         of view, not the tracking, is the likely cause).
+    core_distance : bool, optional
+        After selection and cleaning, add the tracked streamlines that touch no exclusion,
+        pass through every waypoint but one, and run along the bundle's core: their mean and
+        largest distance to the core (the mean of the kept streamlines, 100 nodes) at most the
+        95th percentile of the kept streamlines' own, and covering at least 0.8 of their
+        median extent along it (no fragments). These are the bundle's rim streamlines that
+        miss an end waypoint by a few mm; a core-distance criterion in the spirit of AFQ's
+        cleaning and RecoBundles (Garyfallidis et al. 2018). Recommended by the CST and OR
+        (see :mod:`msimaging.atlases.tracts`); library default ``False``. The number added
+        is ``parameters["n_near_core"]``.
+    trim_at_terminations : bool
+        Cut each kept streamline at the tract's terminations: the definition's endpoint ROIs
+        that are also its first or last waypoint (OR: LGN and calcarine cortex; CST: the
+        precentral gyrus). A streamline then starts at its first point in the start
+        termination and ends at its last point in the end termination; what a tracker adds
+        beyond the grey-matter target (overshoot into neighbouring white matter) is not part
+        of the tract. On the default synthetic study (sub-02, tensor) the optic radiation's
+        voxels outside the planted bundle lay within 10 % of the tract's ends, with the
+        surrounding white matter's FA (0.62 against the bundle's 0.75); trimming lowered
+        the OR FA error from -0.015 to -0.006 (sub-01) and -0.008 to -0.003 (sub-02).
+        ``False`` keeps whole streamlines (as before).
     method, seeds_per_voxel, step_size_mm, fa_threshold, max_angle_deg, min_length_mm, \
 max_length_mm, pmf_power, seed, n_jobs
         Tracking parameters (see :func:`track`).
@@ -930,10 +1087,16 @@ max_length_mm, pmf_power, seed, n_jobs
     recommended = {**BUNDLE_DEFAULTS, **dict(getattr(definition, "tracking", None) or {})}
     given = {"seeding": seeding, "seeds_per_voxel": seeds_per_voxel,
              "max_angle_deg": max_angle_deg, "clean": clean,
-             "waypoint_margin_mm": waypoint_margin_mm}
-    seeding, seeds_per_voxel, max_angle_deg, clean, waypoint_margin_mm = (
+             "waypoint_margin_mm": waypoint_margin_mm, "core_distance": core_distance}
+    seeding, seeds_per_voxel, max_angle_deg, clean, waypoint_margin_mm, core_distance = (
         recommended[key] if value is None else value for key, value in given.items()
     )
+    if not isinstance(core_distance, bool | np.bool_):
+        raise InputError(
+            f"core_distance must be True or False (or None: the tract's choice), got "
+            f"{core_distance!r}."
+        )
+    core_distance = bool(core_distance)
     waypoint_margin_mm = _check_float(waypoint_margin_mm, "waypoint_margin_mm", 0.0, 50.0)
     min_fov_fraction = _check_float(min_fov_fraction, "min_fov_fraction", 0.0, 1.0)
     if not isinstance(clean, bool | np.bool_):
@@ -960,6 +1123,8 @@ max_length_mm, pmf_power, seed, n_jobs
         "pmf_power": pmf_power,
         "clean": clean,
         "waypoint_margin_mm": waypoint_margin_mm,
+        "trim_at_terminations": bool(trim_at_terminations),
+        "core_distance": core_distance,
         "seed": seed,
         "lesion_mask": lesion_mask is not None,
         "waypoint_voxels": [int(m.sum()) for m in masks["waypoints"]],
@@ -1038,6 +1203,9 @@ max_length_mm, pmf_power, seed, n_jobs
             len(tracked),
         )
     kept = _kept(tracked, keep, flip, len(masks["waypoints"]))
+    kept_span = span[keep] if len(masks["waypoints"]) >= 2 else None
+    if trim_at_terminations and kept_span is not None:
+        kept, kept_span = _trim_at_terminations(kept, kept_span, masks, affine)
     region = brain & (fa >= fa_threshold)
     if lesion_mask is not None:
         region |= _as_bool(lesion_mask, "lesion_mask", shape, affine)
@@ -1045,12 +1213,27 @@ max_length_mm, pmf_power, seed, n_jobs
         name, kept, len(kept), affine, shape,
         {**parameters, "n_seed_voxels": int(seeds.sum()), "n_tracked": len(tracked),
          "n_selected": len(kept)},
-        waypoint_span=span[keep] if len(masks["waypoints"]) >= 2 else None,
+        waypoint_span=kept_span,
         tracked_region=region,
         status="found",
         reason=f"found; {partial}: the tract is cut at the image's edge" if partial else "",
     )
-    return clean_bundle(result) if clean else result
+    result = clean_bundle(result) if clean else result
+    if (core_distance and result.waypoint_span is not None
+            and result.n_streamlines >= _CORE_MIN_STREAMLINES):
+        extra, extra_span = _near_core(tracked, keep, result.streamlines,
+                                       result.waypoint_span, masks, affine)
+        if trim_at_terminations and len(extra):
+            extra, extra_span = _trim_at_terminations(extra, extra_span, masks, affine)
+        from dipy.tracking.streamline import Streamlines
+
+        result = replace(
+            result, streamlines=Streamlines([*result.streamlines, *extra]),
+            n_streamlines=result.n_streamlines + len(extra),
+            waypoint_span=np.concatenate([result.waypoint_span, extra_span]),
+            parameters={**result.parameters, "n_near_core": len(extra)},
+        )
+    return result
 
 
 def clean_bundle(
