@@ -700,9 +700,11 @@ _CC_INFRATENTORIAL = Box(
 # cleaned bundle's core (core_distance, see msimaging.dti.tracts.bundle): rim streamlines of
 # a bundle whose end lies a few mm beyond a waypoint sphere (both phantoms' optic radiations
 # end at the occipital pole, y = -92 to -94 mm, 10-12 mm from the calcarine sphere's centre).
-# Measured (issue 17; 3 default-study subjects and the second phantom, tensor / CSD): rows
-# meeting all four targets 11 -> 12 / 11 -> 13 of 15 (default), 2 -> 3 / 2 -> 2 of 5
-# (phantom 2, where every OR now has Dice >= 0.7); fewest OR streamlines 44 -> 49 / 41 -> 55.
+# With the streamlines cut at the terminations (bundle(trim_at_terminations=True)), measured
+# on the default study (5 subjects, benchmarks/bench_tract_session.py; tensor / CSD): tract
+# rows meeting Dice >= 0.7, |FA error| <= 0.02, profile r >= 0.95 and >= 50 streamlines
+# 21 -> 24 / 19 -> 24 of 25, fewest streamlines 51 -> 70 / 55 -> 73; SNR 15: rows with >= 50
+# streamlines 24 -> 25 / 23 -> 24. On the second phantom every OR reaches Dice >= 0.79.
 _COMPACT_BUNDLE = {"seeding": "wm", "seeds_per_voxel": 1, "max_angle_deg": 30.0, "clean": True,
                    "waypoint_margin_mm": 2.0, "core_distance": True}
 

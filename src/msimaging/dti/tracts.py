@@ -1204,8 +1204,6 @@ max_length_mm, pmf_power, seed, n_jobs
         )
     kept = _kept(tracked, keep, flip, len(masks["waypoints"]))
     kept_span = span[keep] if len(masks["waypoints"]) >= 2 else None
-    if trim_at_terminations and kept_span is not None:
-        kept, kept_span = _trim_at_terminations(kept, kept_span, masks, affine)
     region = brain & (fa >= fa_threshold)
     if lesion_mask is not None:
         region |= _as_bool(lesion_mask, "lesion_mask", shape, affine)
@@ -1218,13 +1216,13 @@ max_length_mm, pmf_power, seed, n_jobs
         status="found",
         reason=f"found; {partial}: the tract is cut at the image's edge" if partial else "",
     )
+    # Order: clean the selected streamlines whole (AFQ's criteria on the tracked lengths),
+    # take back rim streamlines near the cleaned core, then cut all at the terminations.
     result = clean_bundle(result) if clean else result
     if (core_distance and result.waypoint_span is not None
             and result.n_streamlines >= _CORE_MIN_STREAMLINES):
         extra, extra_span = _near_core(tracked, keep, result.streamlines,
                                        result.waypoint_span, masks, affine)
-        if trim_at_terminations and len(extra):
-            extra, extra_span = _trim_at_terminations(extra, extra_span, masks, affine)
         from dipy.tracking.streamline import Streamlines
 
         result = replace(
@@ -1233,6 +1231,10 @@ max_length_mm, pmf_power, seed, n_jobs
             waypoint_span=np.concatenate([result.waypoint_span, extra_span]),
             parameters={**result.parameters, "n_near_core": len(extra)},
         )
+    if trim_at_terminations and result.waypoint_span is not None:
+        lines, spans = _trim_at_terminations(result.streamlines, result.waypoint_span, masks,
+                                             affine)
+        result = replace(result, streamlines=lines, waypoint_span=spans)
     return result
 
 
