@@ -631,3 +631,26 @@ def test_core_distance_takes_back_rim_streamlines_that_miss_one_waypoint():
     start, stop = extra_span[0]
     # The core's stretch between the first and last waypoints: y from -22/-23 to 20 (its end).
     assert -24 <= extra[0][start, 1] <= -21 and extra[0][stop, 1] == 20.0
+
+
+def test_near_core_streamlines_count_in_the_mask_not_in_the_profile(tube_bundle):
+    """Streamlines marked near_core (added by core_distance: they miss a waypoint) are part of
+    the density and mask but have no waypoint-to-waypoint stretch: between_waypoints (the
+    profiles) leaves them out."""
+    from dataclasses import replace
+
+    from dipy.tracking.streamline import Streamlines
+
+    shifted = Streamlines([s + np.array([0.0, 0.0, 8.0]) for s in tube_bundle.streamlines])
+    n = tube_bundle.n_streamlines
+    both = replace(
+        tube_bundle, streamlines=Streamlines([*tube_bundle.streamlines, *shifted]),
+        n_streamlines=2 * n,
+        waypoint_span=np.concatenate([tube_bundle.waypoint_span, tube_bundle.waypoint_span]),
+        near_core=np.arange(2 * n) >= n,
+    )
+    assert len(both.between_waypoints()) == n
+    for a, b in zip(both.between_waypoints(), tube_bundle.between_waypoints(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.asanyarray(both.density().dataobj).sum() > np.asanyarray(
+        tube_bundle.density().dataobj).sum()

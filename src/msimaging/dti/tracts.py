@@ -173,6 +173,11 @@ class TractBundle:
         the waypoint outside the field of view and the MNI z range imaged there, ...); for
         a found tract, a note when a waypoint is only partly imaged (the tract is then cut
         at the image's edge); empty otherwise. Copied into every table row.
+    near_core : ndarray of bool, shape (n_streamlines,), optional
+        Streamlines added by ``bundle(core_distance=True)``: they run along the bundle's core
+        but miss one waypoint. They count in :meth:`density`, :meth:`mask` and the metrics,
+        not in :meth:`between_waypoints` (the profiles): a streamline that misses a waypoint
+        has no waypoint-to-waypoint stretch to resample onto the profile's nodes.
     """
 
     name: str
@@ -185,6 +190,7 @@ class TractBundle:
     tracked_region: np.ndarray | None = None
     status: str = "found"
     reason: str = ""
+    near_core: np.ndarray | None = None
 
     def between_waypoints(self) -> Any:
         """The streamlines cut to the stretch strictly between the first and last waypoints.
@@ -194,7 +200,8 @@ class TractBundle:
         pyAFQ's ``clip_edges``): inside and beyond the end waypoints streamlines start in grey
         matter or fan out to their various endpoints, in partial-volume voxels. Streamlines
         without a valid span, and all streamlines of definitions with fewer than two
-        waypoints, are returned whole.
+        waypoints, are returned whole; streamlines added near the core (``near_core``) are
+        left out.
 
         Returns
         -------
@@ -204,9 +211,13 @@ class TractBundle:
 
         if self.waypoint_span is None:
             return self.streamlines
+        added = (np.zeros(self.n_streamlines, bool) if self.near_core is None
+                 else np.asarray(self.near_core, bool))
         out = []
-        for line, (start, stop) in zip(self.streamlines, self.waypoint_span, strict=True):
-            out.append(line[start : stop + 1] if 0 <= start < stop else line)
+        for line, (start, stop), extra in zip(self.streamlines, self.waypoint_span, added,
+                                              strict=True):
+            if not extra:
+                out.append(line[start : stop + 1] if 0 <= start < stop else line)
         return Streamlines(out)
 
     def density(self) -> nib.Nifti1Image:
@@ -1230,6 +1241,7 @@ max_length_mm, pmf_power, seed, n_jobs
             n_streamlines=result.n_streamlines + len(extra),
             waypoint_span=np.concatenate([result.waypoint_span, extra_span]),
             parameters={**result.parameters, "n_near_core": len(extra)},
+            near_core=np.arange(result.n_streamlines + len(extra)) >= result.n_streamlines,
         )
     if trim_at_terminations and result.waypoint_span is not None:
         lines, spans = _trim_at_terminations(result.streamlines, result.waypoint_span, masks,
