@@ -771,11 +771,12 @@ def _near_core(
     Candidates: tracked streamlines not selected that touch no exclusion and pass through
     every waypoint but one. The core is the mean of the selected (oriented) streamlines
     resampled to 100 nodes. A candidate is accepted when its mean distance to the core
-    (each point to its nearest core point) is at most the 95th percentile of the selected
-    streamlines' own mean distances, and its projection on the core spans at least the
-    median span of the selected ones' projections times 0.8 (no short fragments). Accepted
-    streamlines are oriented along the core and given the waypoint span of the core's
-    stretch between the first and last waypoints (projected).
+    (each point to its nearest core point) and its largest distance are at most the 95th
+    percentiles of the selected streamlines' own, and its projection on the core spans at
+    least the median span of the selected ones' projections times 0.8 (no short fragments).
+    Accepted streamlines are oriented along the core and given the waypoint span of the
+    core's stretch between the first and last waypoints (projected); the bundle marks them
+    ``near_core`` so that profiles leave them out.
     """
     from dipy.tracking.streamline import Streamlines, set_number_of_points
     from scipy.spatial import cKDTree
@@ -800,7 +801,7 @@ def _near_core(
     core = np.asarray(resampled.get_data()).reshape(len(kept), _CORE_NODES, 3).mean(axis=0)
     tree = cKDTree(core)
 
-    def projection(lines: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def projection(lines: Any) -> tuple[np.ndarray, ...]:
         lengths = np.fromiter((len(s) for s in lines), int, count=len(lines))
         points = np.concatenate([np.asarray(s, np.float64) for s in lines])
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
