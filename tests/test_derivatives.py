@@ -645,3 +645,21 @@ def test_every_written_file_follows_the_naming_rule(writer, img, connectome, tid
         assert rel[:2] == ("sub-01", "ses-M0") and rel[2] in {"anat", "dwi", "func"}
     assert leftovers(writer.root) == []
     assert sorted(os.listdir(writer.root)) == ["dataset_description.json", "sub-01"]
+
+
+def test_relmat_sidecar_symmetric_up_to_rounding_with_zero_diagonal(writer):
+    """nilearn's correlation matrices differ from their transpose by ~2e-16 and Fisher z
+    leaves a 0 diagonal: BEP017 Directed false, ValidDiagonal false (issue 18)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 4))
+    matrix = (a + a.T) / 2
+    np.fill_diagonal(matrix, 0.0)
+    matrix[0, 1] += 2.2e-16 * 4  # rounding-level asymmetry
+    assert not np.array_equal(matrix, matrix.T)
+    path = writer.write_relmat(matrix, list("ABCD"), "02", None, meas="pearsonz", atlas="X")
+    sidecar = json.loads(sidecar_path(path).read_text())
+    assert sidecar["Directed"] is False and sidecar["ValidDiagonal"] is False
+    # a real asymmetry (1e-6 of the scale) is directed
+    matrix[0, 1] += 1e-6
+    path = writer.write_relmat(matrix, list("ABCD"), "03", None, meas="pearsonz", atlas="X")
+    assert json.loads(sidecar_path(path).read_text())["Directed"] is True

@@ -592,6 +592,19 @@ def read_relmat(path: str | os.PathLike[str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def _symmetric(values: np.ndarray) -> bool:
+    """Symmetric up to rounding: |m - m^T| <= 1e-12 * max|m| off the NaN entries."""
+    import numpy as np
+
+    finite = np.isfinite(values) & np.isfinite(values.T)
+    if not np.array_equal(np.isnan(values), np.isnan(values.T)):
+        return False
+    if not finite.any():
+        return True
+    scale = max(1.0, float(np.abs(values[finite]).max()))
+    return bool(np.abs(values - values.T)[finite].max() <= 1e-12 * scale)
+
+
 def _as_list_of_str(values: Any, argument: str) -> list[str]:
     if isinstance(values, str | os.PathLike):
         values = [values]
@@ -971,6 +984,12 @@ class DerivativesWriter:
         tab-separated, shortest repr that round-trips each float, ``n/a`` on a NaN diagonal),
         ``..._atlas-<a>_nodes.tsv`` (with header) and ``..._relmat.json``.
 
+        The sidecar's ``Directed`` is ``false`` for a matrix symmetric up to rounding (the
+        largest |m - mᵀ| at most 1e-12 of its largest |value|: nilearn's correlations differ
+        from their transpose by ~2e-16), and ``ValidDiagonal`` is ``false`` when the
+        diagonal is NaN or all zero (self-connections not defined, e.g. the 0 diagonal of
+        Fisher-z correlations).
+
         Parameters
         ----------
         matrix : array-like of shape (n_nodes, n_nodes)
@@ -1043,8 +1062,8 @@ class DerivativesWriter:
             "RelationshipMeasure": meas,
             "Atlas": atlas,
             "Weighted": True,
-            "Directed": not bool(np.array_equal(values, values.T, equal_nan=True)),
-            "ValidDiagonal": bool(np.isfinite(diagonal).all()),
+            "Directed": not _symmetric(values),
+            "ValidDiagonal": bool(np.isfinite(diagonal).all() and np.any(diagonal != 0)),
             "StorageFormat": "Full",
             "NodeFiles": [node_file.name],
             "Parameters": _check_parameters(parameters),
