@@ -18,6 +18,25 @@ def tiny_study(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def noise_free_dti(noise_free_study):
+    """The DTI stage of the noise-free study's first visit (``dti_session`` with its dseg and
+    lesion mask), shared by the tract-model test modules: (BIDS visit, DTISession)."""
+    import warnings
+
+    from msimaging.bids import Study
+    from msimaging.dti import dti_session
+
+    root, _ = noise_free_study
+    visit = next(iter(Study(root)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dti = dti_session(visit.get("dwi"), visit.get("t1w"), seg=visit.get("dseg"),
+                          lesion_mask=visit.get("lesion_mask"),
+                          participant_id=visit.participant_id, session_id=visit.session_id)
+    return visit, dti
+
+
+@pytest.fixture(scope="session")
 def noise_free_study(tmp_path_factory):
     """One subject, three visits, noise-free DWI signals: fits must reproduce the truth."""
     from msimaging.datasets import make_synthetic_study

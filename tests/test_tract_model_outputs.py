@@ -16,7 +16,6 @@ import warnings
 import pandas as pd
 import pytest
 
-from msimaging.bids import Study
 from msimaging.derivatives import DerivativesLayout, DerivativesWriter, read_table, sidecar_path
 from msimaging.errors import InputError
 
@@ -25,17 +24,13 @@ CSD_TRACTS = ["CST_L"]  # a different set: the group table shows which model it 
 
 
 @pytest.fixture(scope="module")
-def visit(noise_free_study):
-    from msimaging.dti import dti_session
+def visit(noise_free_study, noise_free_dti):
     from msimaging.dti.orientations import fit_csd
 
     root, truth = noise_free_study
-    visit = next(iter(Study(root)))
+    visit, dti = noise_free_dti
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dti = dti_session(visit.get("dwi"), visit.get("t1w"), seg=visit.get("dseg"),
-                          lesion_mask=visit.get("lesion_mask"),
-                          participant_id=visit.participant_id, session_id=visit.session_id)
         csd = fit_csd(dti.dwi, tensor=dti.fit)  # fitted once, passed as model=
     regions = truth["subjects"][visit.participant_id]["sessions"][visit.session_id]["dwi"][
         "regions"]

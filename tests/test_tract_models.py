@@ -14,7 +14,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from msimaging.bids import Study
 from msimaging.derivatives import DerivativesWriter, sidecar_path
 from msimaging.errors import InputError
 
@@ -23,16 +22,9 @@ CODES = {"CC": 1, "CST_L": 2, "CST_R": 3, "OR_L": 4, "OR_R": 5}  # the planted b
 
 
 @pytest.fixture(scope="module")
-def visit(noise_free_study):
-    from msimaging.dti import dti_session
-
+def visit(noise_free_study, noise_free_dti):
     root, truth = noise_free_study
-    visit = next(iter(Study(root)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dti = dti_session(visit.get("dwi"), visit.get("t1w"), seg=visit.get("dseg"),
-                          lesion_mask=visit.get("lesion_mask"),
-                          participant_id=visit.participant_id, session_id=visit.session_id)
+    visit, dti = noise_free_dti
     sub, ses = visit.participant_id, visit.session_id
     planted = np.asanyarray(nib.load(
         root / "sourcedata/ground_truth" / sub / ses / "dwi"
