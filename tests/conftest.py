@@ -59,3 +59,22 @@ def snr20_study(tmp_path_factory):
     )
     truth = json.loads((root / "sourcedata" / "ground_truth" / "ground_truth.json").read_text())
     return root, truth
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """``msimaging demo --preset tiny --n-subjects 2`` run once in a subprocess: (output folder,
+    CompletedProcess). Shared by the CLI, BIDS-validator, report and QC tests; request it from
+    a module marked ``pytest.mark.timeout(900)`` (a loaded machine can take minutes)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run(
+        [sys.executable, "-m", "msimaging", "demo", str(out), "--preset", "tiny",
+         "--n-subjects", "2"],
+        capture_output=True,
+        text=True,
+        timeout=850,  # a hang guard (below the modules' pytest timeout), not a speed target
+    )
+    return out, proc

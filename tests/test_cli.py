@@ -15,21 +15,8 @@ from msimaging.datasets import make_example_layout
 pytestmark = pytest.mark.timeout(900)
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run(
-        [sys.executable, "-m", "msimaging", "demo", str(out), "--preset", "tiny",
-         "--n-subjects", "2"],
-        capture_output=True,
-        text=True,
-        timeout=850,  # a hang guard (below the module's pytest timeout), not a speed target
-    )
-    return out, proc
-
-
-def test_demo_runs_and_writes_derivatives(demo_run):
-    out, proc = demo_run
+def test_tiny_demos_and_writes_derivatives(tiny_demo):
+    out, proc = tiny_demo
     assert proc.returncode == 0, proc.stderr
     deriv = out / "derivatives" / "msimaging"
     assert (deriv / "dataset_description.json").exists()
@@ -71,8 +58,8 @@ def test_synth_command(tmp_path):
     assert (tmp_path / "s" / "sourcedata" / "ground_truth" / "ground_truth.json").exists()
 
 
-def test_demo_is_rerunnable_and_skips_finished_work(demo_run, capsys):
-    out, _ = demo_run
+def test_demo_is_rerunnable_and_skips_finished_work(tiny_demo, capsys):
+    out, _ = tiny_demo
     assert main(["demo", str(out), "--preset", "tiny", "--n-subjects", "2"]) == 0
     tasks = pd.read_csv(out / "derivatives" / "msimaging" / "group" / "participant_tasks.tsv",
                         sep="\t")
