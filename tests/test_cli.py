@@ -20,7 +20,7 @@ def test_tiny_demos_and_writes_derivatives(tiny_demo):
     assert proc.returncode == 0, proc.stderr
     deriv = out / "derivatives" / "msimaging"
     assert (deriv / "dataset_description.json").exists()
-    sessions = pd.read_csv(deriv / "group" / "sessions.tsv", sep="\t")
+    sessions = pd.read_csv(deriv / "group" / "visits.tsv", sep="\t")
     assert sessions["months"].tolist() == [0.0, 3.0, 6.0] * 2
     tasks = pd.read_csv(deriv / "group" / "participant_tasks.tsv", sep="\t")
     assert len(tasks) == 6 * 3 and (tasks["status"] == "done").all()

@@ -431,7 +431,7 @@ def test_write_dwimap_bep016_name_sidecar_and_round_trip(writer, img, tmp_path):
         "Parameters": {"fit_method": "WLS", "b0_threshold": 50, "bvals": [0, 1000]},
     }
     assert sidecar["Units"] == "unitless"
-    assert sidecar["Sources"] == [str(source)]
+    assert sidecar["Sources"] == ["bids:raw:sub-01/ses-M0/dwi/sub-01_ses-M0_dwi.nii.gz"]
     assert sidecar["GeneratedBy"][0] == {"Name": "msimaging", "Version": __version__}
     assert sidecar["SoftwareVersion"] == __version__
 
@@ -644,7 +644,7 @@ def test_every_written_file_follows_the_naming_rule(writer, img, connectome, tid
         rel = file.relative_to(writer.root).parts
         assert rel[:2] == ("sub-01", "ses-M0") and rel[2] in {"anat", "dwi", "func"}
     assert leftovers(writer.root) == []
-    assert sorted(os.listdir(writer.root)) == ["dataset_description.json", "sub-01"]
+    assert sorted(os.listdir(writer.root)) == [".bidsignore", "dataset_description.json", "sub-01"]
 
 
 def test_relmat_sidecar_symmetric_up_to_rounding_with_zero_diagonal(writer):

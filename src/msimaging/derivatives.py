@@ -45,6 +45,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "bids_name",
+    "merge_bidsignore",
+    "portable_source",
     "read_relmat",
     "read_table",
     "save_figure",
@@ -71,6 +73,9 @@ ENTITIES: tuple[str, ...] = (
     "roi",
     "meas",
     "label",
+    "from",
+    "to",
+    "mode",
     "desc",
 )
 
@@ -91,6 +96,45 @@ _DWIMAP_UNITS = {
     "ad": "mm^2/s",
     "rd": "mm^2/s",
 }
+
+#: Key of the (first) input dataset in ``DatasetLinks``, used in ``bids:raw:...`` Sources.
+RAW_LINK = "raw"
+
+#: What msimaging writes that BIDS (1.10, the official validator's schema) does not define
+#: yet, one ``.bidsignore`` pattern each, as narrow as the names allow: draft BEP suffixes
+#: (BEP016 dwimap, BEP017 relmat/nodes, BEP014 xfm), tables and streamlines with no BIDS
+#: suffix, provenance records, and the study-level folders/files outside the BIDS tree.
+#: Folders are named without a trailing '/': the validator (2.x) then ignores the folder
+#: entry itself, not only the files in it.
+BIDSIGNORE_PATTERNS: tuple[str, ...] = (
+    "/report.html",
+    "/failures.tsv",
+    "/figures",
+    "/group",
+    "/logs",
+    "/sub-*/*_provenance.json",
+    "/sub-*/ses-*/*_provenance.json",
+    "*_dwimap.nii.gz",
+    "*_dwimap.json",
+    "*_relmat.tsv",
+    "*_relmat.json",
+    "*_nodes.tsv",
+    "*_timeseries.tsv",
+    "*_timeseries.json",
+    "*_xfm.txt",
+    "*_xfm.json",
+    "*_xfm_forward.nii.gz",
+    "*_xfm_backward.nii.gz",
+    "*_tractography.trk",
+    "*_tractography.json",
+    "*_stats.tsv",
+    "*_stats.json",
+    "*_volumes.tsv",
+    "*_volumes.json",
+    "*_lesions.tsv",
+    "*_lesions.json",
+)
+_BIDSIGNORE_HEADER = "# msimaging: outputs BIDS does not define yet (draft BEPs, tables, report)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,6 +636,98 @@ def read_relmat(path: str | os.PathLike[str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def merge_bidsignore(root: str | os.PathLike[str], patterns: Iterable[str]) -> Path:
+    """Add ``patterns`` to ``root/.bidsignore``, keeping its lines and never duplicating one.
+
+    Lines already in the file (the user's own included) stay, in their order; missing
+    patterns are appended under a one-line msimaging comment. The file is rewritten
+    atomically, and only when a line is missing.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        Root of the derivative dataset.
+    patterns : iterable of str
+        ``.bidsignore`` (gitignore-style) patterns, one per line, e.g. ``"*_dwimap.nii.gz"``.
+
+    Returns
+    -------
+    pathlib.Path
+        Absolute path of the ``.bidsignore`` file.
+    """
+    path = _absolute(root, "root") / ".bidsignore"
+    wanted = []
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip() or "\n" in pattern:
+            raise InputError(
+                f".bidsignore pattern {pattern!r} must be a non-empty one-line str such as "
+                "'*_dwimap.nii.gz'."
+            )
+        wanted.append(pattern.strip())
+    try:
+        old = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OutputError(f"Cannot read {str(path)!r} to extend it: {exc}.") from exc
+    present = {line.strip() for line in old}
+    missing = list(dict.fromkeys(p for p in wanted if p not in present))
+    if not missing and path.is_file():
+        return path
+    lines = list(old)
+    if missing and _BIDSIGNORE_HEADER not in present:
+        lines.append(_BIDSIGNORE_HEADER)
+    lines += missing
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?![\\/])")  # bids:, https:, doi: (not C:\)
+
+
+def portable_source(
+    source: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    links: Mapping[str, str | os.PathLike[str]] = {},
+) -> str:
+    """A ``Sources`` entry that does not depend on the machine: a BIDS URI.
+
+    A file inside the derivative dataset becomes ``bids::<relative path>``; one inside an input
+    dataset ``bids:<key>:<relative path>`` (the key names the dataset in ``DatasetLinks``);
+    a URI (``bids:``, ``https:``, ``doi:``...) is kept; any other path is reduced to its file
+    name, since an absolute path is meaningless on another machine.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        A file path or URI.
+    root : str or os.PathLike
+        Root of the derivative dataset.
+    links : mapping of str to path, optional
+        ``DatasetLinks`` keys and the folders they name, e.g. ``{"raw": "/data/study"}``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> portable_source("/data/study/sub-01/dwi/sub-01_dwi.nii.gz", "/data/deriv",
+    ...                 {"raw": "/data/study"})
+    'bids:raw:sub-01/dwi/sub-01_dwi.nii.gz'
+    """
+    if not isinstance(source, str | os.PathLike):
+        raise InputError(f"Sources must hold str or paths, got {type(source).__name__}.")
+    text = os.fspath(source)
+    if _URI.match(text):
+        return text
+    path = _absolute(text, "source")
+    real = path.resolve()
+    for key, folder in (("", root), *links.items()):
+        base = _absolute(folder, "folder")
+        for candidate, origin in ((path, base), (real, base.resolve())):
+            if candidate.is_relative_to(origin):
+                return f"bids:{key}:{candidate.relative_to(origin).as_posix()}"
+    return path.name
+
+
 def _symmetric(values: np.ndarray) -> bool:
     """Symmetric up to rounding: |m - m^T| <= 1e-12 * max|m| off the NaN entries."""
     import numpy as np
@@ -622,6 +758,25 @@ def _as_list_of_str(values: Any, argument: str) -> list[str]:
             )
         out.append(os.fspath(item))
     return out
+
+
+def _with_units(img: SpatialImage) -> SpatialImage:
+    """The image with millimetres (and seconds) in its NIfTI header when they are unset.
+
+    Affines are in mm, so "unknown" units only hide that; a new header is made rather than
+    changing the caller's image.
+    """
+    import nibabel as nib
+
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        return img
+    space, time = img.header.get_xyzt_units()
+    if space != "unknown" and (time != "unknown" or len(img.shape) < 4):
+        return img
+    header = img.header.copy()
+    header.set_xyzt_units("mm" if space == "unknown" else space,
+                          "sec" if time == "unknown" else time)
+    return img.__class__(img.dataobj, img.affine, header)
 
 
 def _check_parameters(parameters: Any) -> dict[str, Any]:
@@ -699,6 +854,7 @@ class DerivativesWriter:
         self._inputs = inputs
         self._pipeline_name = pipeline_name
         self._write_description()
+        merge_bidsignore(root, BIDSIGNORE_PATTERNS)
 
     def __repr__(self) -> str:
         return (
@@ -744,7 +900,23 @@ class DerivativesWriter:
         }
         if self._inputs:
             description["SourceDatasets"] = [{"URL": p.as_uri()} for p in self._inputs]
+            # The one place that says where the inputs are: Sources use bids:raw:<path>.
+            description["DatasetLinks"] = {
+                key: folder.as_uri() for key, folder in self._links().items()
+            }
         return description
+
+    def _links(self) -> dict[str, Path]:
+        """``DatasetLinks`` keys of the input datasets: ``raw``, then ``raw2``, ``raw3``..."""
+        return {
+            RAW_LINK if i == 0 else f"{RAW_LINK}{i + 1}": folder
+            for i, folder in enumerate(self._inputs)
+        }
+
+    def portable_sources(self, sources: Any) -> list[str]:
+        """``sources`` as BIDS URIs (see :func:`portable_source`), order and duplicates kept."""
+        return [portable_source(s, self._root, self._links())
+                for s in _as_list_of_str(sources, "Sources")]
 
     def _write_description(self) -> None:
         path = self._root / "dataset_description.json"
@@ -818,9 +990,17 @@ class DerivativesWriter:
             raise InputError(f"{where} must be a dict of metadata, got {type(metadata).__name__}.")
         content: dict[str, Any] = {
             "GeneratedBy": self._generated_by(),
+            "Software": "msimaging",  # BEP017's Software/SoftwareVersion pair
             "SoftwareVersion": __version__,
         }
         content.update(metadata or {})
+        for key in ("Sources", "SpatialReference"):
+            value = content.get(key)
+            if isinstance(value, str | os.PathLike):
+                content[key] = (self.portable_sources([value])[0] if key == "SpatialReference"
+                                else self.portable_sources([value]))
+            elif isinstance(value, list | tuple):
+                content[key] = self.portable_sources(value)
         return _json_text(content, where)
 
     def write_sidecar(
@@ -886,6 +1066,7 @@ class DerivativesWriter:
             )
         # Validate the sidecar before writing anything, so a bad key leaves no orphan image.
         text = None if sidecar is None else self._sidecar_text(sidecar, "sidecar")
+        img = _with_units(img)
         with atomic_path(target) as tmp:
             img.to_filename(tmp)
         if text is not None:
@@ -1201,7 +1382,7 @@ PARTICIPANT_OUTPUTS: Mapping[str, OutputKind] = {
 
 #: Study tables written under ``group/`` (``<name>.tsv`` + ``<name>.json``).
 GROUP_TABLES: tuple[str, ...] = (
-    "sessions",
+    "visits",
     "participant_tasks",
     "dti_nawm",
     "dti_tracts",
@@ -1213,6 +1394,11 @@ GROUP_TABLES: tuple[str, ...] = (
     "fmri_nbs_edges",
     "excluded",
 )
+
+
+#: Group tables renamed since: new name -> old name (``sessions`` clashed with BIDS's
+#: reserved sessions file).
+_LEGACY_GROUP_TABLES: Mapping[str, str] = {"visits": "sessions"}
 
 
 class DerivativesLayout:
@@ -1265,7 +1451,10 @@ class DerivativesLayout:
             raise InputError(
                 f"group table name {name!r} is not valid; known tables: {', '.join(GROUP_TABLES)}."
             )
-        return self.group_dir / f"{stem}.tsv"
+        path = self.group_dir / f"{stem}.tsv"
+        legacy = self.group_dir / f"{_LEGACY_GROUP_TABLES.get(stem, stem)}.tsv"
+        # Derivatives written before the rename keep working.
+        return legacy if not path.is_file() and legacy.is_file() else path
 
     def session_dir(self, participant: str, session: str | None) -> Path:
         """``sub-<p>[/ses-<s>]``: the folder of one visit."""

@@ -43,7 +43,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from msimaging.derivatives import atomic_path, atomic_write_text
+from msimaging.derivatives import atomic_path, atomic_write_text, sidecar_path
 from msimaging.errors import InputError, RegistrationError, RegistrationWarning
 from msimaging.io import ImageLike, describe, load_image, load_mask
 
@@ -56,8 +56,10 @@ __all__ = [
     "SyNTransform",
     "apply_transform",
     "compose",
+    "itk_affine_text",
     "load_transform",
     "mni_template",
+    "read_itk_affine",
     "register_affine",
     "register_syn",
     "register_to_mni",
@@ -291,6 +293,84 @@ def _per_volume(data: np.ndarray, warp: Any) -> np.ndarray:
     if data.ndim == 3:
         return warp(data)
     return np.stack([warp(data[..., t]) for t in range(data.shape[3])], axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# ITK text transforms (what ANTs, ITK-SNAP, nitransforms and fMRIPrep read)
+# --------------------------------------------------------------------------------------------
+
+_ITK_HEADER = "#Insight Transform File V1.0"
+_ITK_TYPES = ("AffineTransform_double_3_3", "AffineTransform_float_3_3",
+              "MatrixOffsetTransformBase_double_3_3", "MatrixOffsetTransformBase_float_3_3")
+# RAS (nibabel, dipy) <-> LPS (ITK): negate x and y.
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def itk_affine_text(matrix: Any) -> str:
+    """An ITK text transform (``AffineTransform_double_3_3``) for a RAS mm -> mm matrix.
+
+    ITK maps points of the fixed image to points of the moving image, in LPS mm: the
+    msimaging convention (static world mm -> moving world mm) with static = fixed, once both
+    spaces are flipped to LPS (``F @ matrix @ F``, ``F = diag(-1, -1, 1, 1)``). The centre
+    (``FixedParameters``) is 0, so the ITK offset is the translation itself. Numbers are
+    written with ``repr`` so they read back exactly.
+
+    Parameters
+    ----------
+    matrix : array-like, shape (4, 4)
+        Static (fixed) RAS mm -> moving RAS mm.
+
+    Returns
+    -------
+    str
+    """
+    lps = _LPS @ _check_matrix(matrix, "matrix") @ _LPS
+    values = [*lps[:3, :3].ravel(), *lps[:3, 3]]
+    numbers = " ".join(repr(float(v)) for v in values)
+    return (f"{_ITK_HEADER}\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+            f"Parameters: {numbers}\nFixedParameters: 0.0 0.0 0.0\n")
+
+
+def read_itk_affine(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an ITK text affine (e.g. ANTs ``*.txt``) as a fixed RAS mm -> moving RAS mm matrix.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        ``#Insight Transform File V1.0`` with one 3-D affine (``AffineTransform`` or
+        ``MatrixOffsetTransformBase``, double or float); a non-zero centre is applied.
+
+    Returns
+    -------
+    ndarray, shape (4, 4)
+    """
+    path = Path(path)
+    where = f"ITK transform file '{path}'"
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{where} cannot be read as text ({exc}).") from exc
+    if not lines or not lines[0].startswith("#Insight Transform File"):
+        raise InputError(f"{where} does not start with '{_ITK_HEADER}'; it is not an ITK "
+                         "text transform.")
+    fields = dict(ln.split(":", 1) for ln in lines[1:] if ":" in ln and not ln.startswith("#"))
+    kinds = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Transform:")]
+    if len(kinds) != 1 or kinds[0] not in _ITK_TYPES:
+        raise InputError(f"{where} holds transforms {kinds}; only one 3-D affine ("
+                         f"{', '.join(_ITK_TYPES)}) can be read.")
+    try:
+        params = np.array(fields["Parameters"].split(), dtype=np.float64)
+        center = np.array(fields.get("FixedParameters", "0 0 0").split(), dtype=np.float64)
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"{where} has no valid Parameters/FixedParameters ({exc}).") from exc
+    if params.size != 12 or center.size != 3:
+        raise InputError(f"{where} has {params.size} parameters and {center.size} fixed "
+                         "parameters; a 3-D affine has 12 and 3.")
+    linear, translation = params[:9].reshape(3, 3), params[9:]
+    lps = np.eye(4)
+    lps[:3, :3] = linear
+    lps[:3, 3] = translation + center - linear @ center  # ITK's offset
+    return _LPS @ lps @ _LPS
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,19 +611,39 @@ class AffineTransform:
             "quality": self.quality,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the transform as JSON (atomically); read it back with :func:`load_transform`.
+    def save(
+        self, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None
+    ) -> Path:
+        """Write the transform atomically; read it back with :func:`load_transform`.
+
+        A ``*.txt`` path gets an ITK text transform (:func:`itk_affine_text`, readable by
+        ANTs, ITK-SNAP and nitransforms) plus a JSON sidecar beside it with the two grids,
+        the kind and the quality checks; any other path gets the whole description as JSON.
 
         Parameters
         ----------
         path : str or pathlib.Path
-            Destination, conventionally ``*.json``; missing folders are created.
+            Destination, e.g. ``sub-01_from-T1w_to-dwi_mode-image_xfm.txt``; missing folders
+            are created.
+        metadata : dict, optional
+            Extra sidecar keys (e.g. ``GeneratedBy``, ``Sources``) for the ``.txt`` form.
 
         Returns
         -------
         pathlib.Path
+            The transform file (the ``.txt`` or the ``.json``).
         """
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        if not os.fspath(path).endswith(".txt"):
+            return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        payload = {**(metadata or {}), **self.to_dict()}
+        del payload["matrix"]  # the .txt holds it; one source of truth
+        payload["convention"] = (
+            "ITK text transform in the .txt file: maps fixed (static) LPS mm to moving LPS mm")
+        payload["TransformFile"] = Path(path).name
+        # The .txt first: a sidecar on disk always has its transform next to it.
+        written = atomic_write_text(path, itk_affine_text(self.matrix))
+        atomic_write_text(sidecar_path(written), json.dumps(payload, indent=2) + "\n")
+        return written
 
     def __repr__(self) -> str:
         mi = "" if self.metric_value is None else f", mi={self.metric_value:.4f}"
@@ -1552,10 +1652,14 @@ def _read_grid(payload: dict[str, Any], key: str, where: str) -> tuple[tuple[int
 def load_transform(path: str | os.PathLike[str]) -> AffineTransform | SyNTransform:
     """Read a transform written by ``AffineTransform.save`` or ``SyNTransform.save``.
 
+    Reads the ITK ``*_xfm.txt`` files (with their JSON sidecar) written since msimaging
+    derivatives follow BIDS, and the older all-JSON ``*_xfm.json`` files.
+
     Parameters
     ----------
     path : str or pathlib.Path
-        The JSON file (SyN fields are found next to it).
+        The ``.txt`` ITK transform or its sidecar, or the JSON file (SyN fields are found
+        next to it).
 
     Returns
     -------
@@ -1570,12 +1674,26 @@ def load_transform(path: str | os.PathLike[str]) -> AffineTransform | SyNTransfo
     where = f"transform file '{path}'"
     if not path.is_file():
         raise InputError(f"{where} does not exist; check the path.")
+    itk = path if path.name.endswith(".txt") else None
+    json_path = sidecar_path(path) if itk is not None else path
+    if itk is not None and not json_path.is_file():
+        raise InputError(
+            f"{where} has no JSON sidecar {json_path.name!r} with the image grids; give the "
+            "static and moving images to AffineTransform.from_matrix(read_itk_affine(path), "
+            "static, moving) instead."
+        )
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        payload = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(
             f"{where} cannot be read as JSON ({exc}); re-save the transform."
         ) from exc
+    if itk is None and isinstance(payload, dict) and "matrix" not in payload:
+        named = payload.get("TransformFile")
+        if isinstance(named, str) and path.with_name(named).is_file():
+            itk = path.with_name(named)  # the sidecar of an ITK .txt was given
+    if itk is not None and isinstance(payload, dict):
+        payload = {**payload, "matrix": read_itk_affine(itk)}
     kind = payload.get("type") if isinstance(payload, dict) else None
     if kind not in ("affine", "syn") or payload.get("format_version") != _FORMAT_VERSION:
         raise InputError(

@@ -388,6 +388,11 @@ def _add_to_sidecar(writer: Any, path: Path | None, extra: dict[str, Any]) -> No
     writer.write_sidecar(path, metadata)
 
 
+def _xfm_ext(transform: Any) -> str:
+    """ITK text for affines; SyN warps keep msimaging's JSON + displacement fields."""
+    return ".txt" if isinstance(transform, registration.AffineTransform) else ".json"
+
+
 def _write(
     writer, series, fit, rois, table, transform, to_mni, participant, session, method, margin_mm
 ) -> dict[str, Path]:
@@ -409,26 +414,29 @@ def _write(
             img, participant, session, param, model="tensor", parameters=parameters,
             sources=sources,
         )
+    # Masks on the DWI grid: BIDS mask metadata (Type, Sources, SpatialReference).
+    reference = {"SpatialReference": sources[0]} if sources else {}
     out["brain_mask"] = writer.write_image(
         fit.mask,
         writer.path(participant, session, "dwi", "mask", ".nii.gz", desc="brain"),
-        sidecar={"Type": "Brain", "Sources": sources, **quality},
+        sidecar={"Type": "Brain", "Description": "Brain mask of the tensor fit",
+                 "Sources": sources, **reference, **quality},
     )
     for roi in rois:
         label = roi.label.replace("_", "")
         out[f"mask_{roi.label}"] = writer.write_image(
             roi.mask,
             writer.path(participant, session, "dwi", "mask", ".nii.gz", desc=label),
-            sidecar={"Description": f"{roi.label} on the DWI grid", "PerilesionalMarginMM":
-                     margin_mm},
+            sidecar={"Type": "ROI", "Description": f"{roi.label} on the DWI grid",
+                     "Sources": sources, **reference, "PerilesionalMarginMM": margin_mm},
         )
     if transform is not None:
-        path = writer.path(participant, session, "dwi", "xfm", ".json", desc="T1wToDwi")
-        transform.save(path)
-        out["xfm_t1w_to_dwi"] = path
-    path = writer.path(participant, session, "anat", "xfm", ".json", desc="MNIToT1w")
-    to_mni.save(path)
-    out["xfm_mni_to_t1w"] = path
+        path = writer.path(participant, session, "dwi", "xfm", _xfm_ext(transform),
+                           mode="image", **{"from": "T1w", "to": "dwi"})
+        out["xfm_t1w_to_dwi"] = transform.save(path)
+    path = writer.path(participant, session, "anat", "xfm", _xfm_ext(to_mni), mode="image",
+                       **{"from": "MNI152NLin2009cAsym", "to": "T1w"})
+    out["xfm_mni_to_t1w"] = to_mni.save(path)
     out["table"] = writer.write_table(
         table, participant, session, "dwi", "stats", model="tensor", desc="nawm",
         sidecar={"Description": "Tensor metrics in normal-appearing white matter",
@@ -734,6 +742,9 @@ def _write_tracts(
         return tract_desc(base, label=label) if label else base
 
     out: dict[str, Path] = {}
+    # Tract masks are on the FA map's grid, made from the tensor fit's streamlines.
+    fa_map = (dti.outputs or {}).get("fa")
+    reference = {"Sources": [fa_map], "SpatialReference": fa_map} if fa_map else {}
     for name, tract in bundles.items():
         tract_label = name.replace("_", "")
         path = writer.path(participant, session, "dwi", "tractography", ".trk",
@@ -751,7 +762,8 @@ def _write_tracts(
             tract.mask(),
             writer.path(participant, session, "dwi", "mask", ".nii.gz",
                         desc=desc(f"tract{tract_label}")),
-            sidecar={"Tract": name, "NStreamlines": tract.n_streamlines,
+            sidecar={"Type": "ROI", "Description": f"Voxels the {name} streamlines cross",
+                     **reference, "Tract": name, "NStreamlines": tract.n_streamlines,
                      "Status": tract.status, "Reason": tract.reason, **details},
         )
     out["metrics"] = writer.write_table(

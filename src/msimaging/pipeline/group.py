@@ -221,8 +221,9 @@ def run_group(
     study = Study(bids_dir)
     sessions = study.sessions[["participant_id", "session_id", "months"]]
     tables: dict[str, Path] = {
-        "sessions": writer.write_group_table(
-            sessions, "sessions", sidecar={"Description": "Sessions of the BIDS dataset"})
+        # Not "sessions": BIDS reserves that name for per-subject sessions files.
+        "visits": writer.write_group_table(
+            sessions, "visits", sidecar={"Description": "Sessions of the BIDS dataset"})
     }
     notes: list[str] = []
     excluded = _excluded(output, study)
@@ -278,6 +279,11 @@ def _excluded(output: Path, study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["participant_id", "session_id", "modality", "reason"])
 
 
+def _ses_label(session_id: str) -> str:
+    """``ses-M3`` -> ``sesM3``: a visit as a BIDS entity value (letters and digits only)."""
+    return "ses" + session_id.removeprefix("ses-").replace("-", "").replace("_", "")
+
+
 def _lesion_tracks(study, excluded: pd.DataFrame, notes: list[str],
                    writer: DerivativesWriter | None = None, *,
                    n_jobs: int = 1) -> pd.DataFrame | None:
@@ -290,7 +296,8 @@ def _lesion_tracks(study, excluded: pd.DataFrame, notes: list[str],
     A visit whose registration fails or looks implausible is matched in world coordinates
     (identity), and ``notes`` says so. Registration quality goes to ``notes`` and, with a
     ``writer``, to ``group/volumetry_lesion_registration.tsv`` and one transform per visit
-    (``sub-*_ses-*_desc-tofirstvisit_xfm.json``, :func:`msimaging.registration.load_transform`).
+    (ITK ``sub-*_ses-<s>_from-ses<s>_to-ses<first>_mode-image_xfm.txt``,
+    :func:`msimaging.registration.load_transform`).
     """
     from msimaging.volumetry import match_lesions
 
@@ -330,9 +337,10 @@ def _lesion_tracks(study, excluded: pd.DataFrame, notes: list[str],
                 continue
             transforms[visit.session_id] = transform
             if writer is not None:
-                path = writer.path(participant, visit.session_id, "anat", "xfm", ".json",
-                                   desc="tofirstvisit")
-                transform.save(path)
+                path = writer.path(participant, visit.session_id, "anat", "xfm", ".txt",
+                                   mode="image", **{"from": _ses_label(visit.session_id),
+                                                    "to": _ses_label(visits[0].session_id)})
+                path = transform.save(path)
                 row["transform"] = str(path.relative_to(writer.root))
         # After resampling, two distinct lesions that merely touch share a sliver of voxels:
         # a match needs 10 % of the smaller lesion (true matches share >= 24 % on the
