@@ -31,6 +31,7 @@ import pandas as pd
 from msimaging._version import __version__
 from msimaging.derivatives import DerivativesLayout, atomic_write_text, read_table
 from msimaging.errors import InputError, MSImagingWarning
+from msimaging.report.findings import key_findings, key_findings_html, what_n_allows
 from msimaging.stats import VisitComparison, compare_visits, read_phenotype
 
 __all__ = ["build_report"]
@@ -48,6 +49,12 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#555}
 .note{background:#f7f7f7;border-left:4px solid #E69F00;padding:.4em .8em;font-size:.9em}
 .missing{color:#999;font-style:italic}nav a{margin-right:1em}
+#key-findings h2{margin-top:.8em}#key-findings p{margin:.3em 0;font-size:.9em}
+table.kf{font-size:.8em;margin:.4em 0}table.kf td{padding:2px 6px}
+table.kf td:nth-child(6){text-align:left;color:#444}
+details{margin:.4em 0;font-size:.9em}details summary{cursor:pointer;color:#0b5394}
+.floor{background:#eef4fa;border-left:4px solid #0072B2;padding:.3em .8em;font-size:.9em}
+dl.glossary dt{font-weight:600;float:left;clear:left;width:6em}dl.glossary dd{margin-left:7em}
 """
 
 
@@ -129,10 +136,11 @@ def _stats_table(result: VisitComparison, visit: str) -> tuple[pd.DataFrame, lis
         result.summary.set_index(visit)[["median"]].T)
     medians.columns = [f"median {_visit_label(c)}" for c in medians.columns]
     tests = result.tests.set_index(by) if by else result.tests
-    cols = ["n_subjects", "friedman_q", "p_exact", "p_chi2_approx", "kendall_w", "p_fdr"]
+    # The chi-square p is approximate at small n: it goes to a collapsible block instead.
+    cols = ["n_subjects", "friedman_q", "p_exact", "kendall_w", "p_fdr"]
     table = medians.join(tests[cols]).reset_index() if by else pd.concat(
         [medians.reset_index(drop=True), tests[cols].reset_index(drop=True)], axis=1)
-    table = table.rename(columns={"p_chi2_approx": "p chi2 (approx.)", "p_exact": "p exact",
+    table = table.rename(columns={"p_exact": "p exact",
                                   "p_fdr": "p FDR", "kendall_w": "Kendall W",
                                   "friedman_q": "Friedman Q", "n_subjects": "n"})
     flags = tests["significant"].reindex(table.set_index(by).index).tolist() if by else list(
@@ -140,13 +148,65 @@ def _stats_table(result: VisitComparison, visit: str) -> tuple[pd.DataFrame, lis
     return table, flags
 
 
+def _at_floor(p: pd.Series, floor: pd.Series) -> np.ndarray:
+    """Which p-values equal the smallest p their test could give (the test's floor)."""
+    return np.isclose(p.to_numpy(float), floor.to_numpy(float), rtol=1e-9, atol=0.0)
+
+
+def _stats_html(result: VisitComparison, table: pd.DataFrame, flags: list[bool]) -> str:
+    """A Friedman table; when every exact p sits at its floor, one sentence replaces the
+    p columns (the medians stay), and the approximate chi-square p goes into details."""
+    tests = result.tests
+    out = []
+    ok = tests["p_exact"].notna()
+    if ok.any() and _at_floor(tests.loc[ok, "p_exact"], tests.loc[ok, "smallest_p"]).all():
+        floors = ", ".join(_fmt(float(v)) for v in sorted(tests.loc[ok, "smallest_p"].unique()))
+        out.append(f'<p class="floor">Every measure below has the smallest exact Friedman p '
+                   f"its design allows (p = {_e(floors)}: every patient ranks the visits in the "
+                   "same order).</p>")
+        table = table.drop(columns=[c for c in ("p exact", "p FDR") if c in table.columns])
+    out.append(_table(table, highlight=flags))
+    out.append(_approx_p_details(result))
+    return "".join(out)
+
+
+def _approx_p_details(result: VisitComparison) -> str:
+    by = list(result.by)
+    tests = result.tests
+    if "p_chi2_approx" not in tests.columns or not tests["p_chi2_approx"].notna().any():
+        return ""
+    approx = tests[[*by, "n_subjects", "p_chi2_approx"]].rename(
+        columns={"p_chi2_approx": "p chi2 (approx.)", "n_subjects": "n"})
+    return ("<details><summary>Approximate p (chi-square; for comparison only, unreliable "
+            f"below n = 10)</summary>{_table(approx)}</details>")
+
+
 def _posthoc_html(result: VisitComparison) -> str:
-    """Pairwise exact Wilcoxon tests (Holm) of the measures whose Friedman test is significant."""
+    """Pairwise exact Wilcoxon tests (Holm) of the measures whose Friedman test is significant.
+
+    When no pair can reach alpha after Holm (the floor is too high for n) or every p sits at
+    its floor, the table collapses into one sentence saying so.
+    """
     if result.posthoc.empty or not result.tests["significant"].any():
         return ""
     by = list(result.by)
     keys = result.tests.loc[result.tests["significant"], by]
     post = result.posthoc.merge(keys, on=by) if by else result.posthoc
+    n_pairs = post.groupby(by).size() if by else pd.Series([len(post)])
+    holm_floor = (post["smallest_p"].min() * int(n_pairs.max()))
+    at_floor = _at_floor(post["p_exact"], post["smallest_p"])
+    if at_floor.all() or holm_floor >= result.alpha:
+        n = int(post["n"].max())
+        k = int(result.tests["k_visits"].max())
+        floor = float(post["smallest_p"].min())
+        others = post.loc[~at_floor, "p_exact"]
+        rest = (f"; the other {len(others)} {'has' if len(others) == 1 else 'have'} p &ge; "
+                f"{_e(_fmt(float(others.min())))}" if len(others) else "")
+        return (f'<p class="floor"><b>Pairwise post hoc</b> (exact two-sided Wilcoxon, Holm '
+                f"within each measure) for the {len(keys)} significant measure(s): "
+                f"{int(at_floor.sum())} of {len(post)} comparisons sit at the floor p = "
+                f"{_e(_fmt(floor))} (every patient changed in the same direction){rest}. "
+                f"{_e(what_n_allows(max(n, 2), max(k, 2), alpha=result.alpha))}</p>")
     cols = [*by, "visit_a", "visit_b", "n", "median_change", "p_exact", "p_holm"]
     table = post[cols].rename(columns={"visit_a": "from", "visit_b": "to", "p_exact": "p exact",
                                        "p_holm": "p Holm", "median_change": "median change"})
@@ -181,21 +241,30 @@ def _with_months(df: pd.DataFrame, sessions: pd.DataFrame | None) -> pd.DataFram
 
 
 def _notes_html(notes: list[str]) -> str:
-    """Notes grouped by message: 'measure a, measure b: message' once per message."""
+    """Notes in a collapsible block, each distinct message once with the number of measures
+    it concerns (the measures themselves one click further)."""
     if not notes:
         return ""
     grouped: dict[str, list[str]] = {}
-    for note in dict.fromkeys(notes):
+    for note in notes:
         label, sep, message = note.partition(": ")
         if not sep or "=" not in label:
             grouped.setdefault(note, [])
             continue
-        grouped.setdefault(message, []).append(label)
-    items = "".join(
-        f"<li>{_e(message)}" + (f" <i>({_e('; '.join(labels))})</i>" if labels else "") + "</li>"
-        for message, labels in grouped.items()
-    )
-    return f'<div class="note"><b>Notes</b><ul>{items}</ul></div>'
+        grouped.setdefault(message, [])
+        if label not in grouped[message]:
+            grouped[message].append(label)
+    items = []
+    for message, labels in grouped.items():
+        item = f"<li>{_e(message)}"
+        if len(labels) == 1:
+            item += f" <i>({_e(labels[0])})</i>"
+        elif labels:
+            item += (f" <details><summary>&times;{len(labels)} measures</summary>"
+                     f"<i>{_e('; '.join(labels))}</i></details>")
+        items.append(item + "</li>")
+    return (f'<details class="note"><summary><b>Notes</b> ({len(grouped)})</summary>'
+            f"<ul>{''.join(items)}</ul></details>")
 
 
 def _missing(what: str) -> str:
@@ -219,7 +288,7 @@ def _section_dti(folder: Path, sessions, alpha: float, notes: list[str]) -> str:
                "µm²/ms (10⁻³ mm²/s).</p>")
     if result is not None:
         table, flags = _stats_table(result, "months")
-        out.append(_table(table, highlight=flags) + _posthoc_html(result))
+        out.append(_stats_html(result, table, flags) + _posthoc_html(result))
         panels = [(f"{roi} {metric.upper()}", nawm[(nawm.roi == roi) & (nawm.metric == metric)])
                   for metric in ("rd", "fa") for roi in ("NAWM_left", "NAWM_right")
                   if ((nawm.roi == roi) & (nawm.metric == metric)).any()]
@@ -237,7 +306,7 @@ def _section_dti(folder: Path, sessions, alpha: float, notes: list[str]) -> str:
         result = _compare(whole, local, value="mean", by=["tract", "metric"], alpha=alpha)
         if result is not None:
             table, flags = _stats_table(result, "months")
-            out.append(_table(table, highlight=flags) + _posthoc_html(result))
+            out.append(_stats_html(result, table, flags) + _posthoc_html(result))
         # The overlay of the model whose tables the group level gathered (desc-tracts for
         # the tensor, desc-tractsCSD for CSD, ...).
         from msimaging.dti.session import tract_desc
@@ -365,7 +434,15 @@ def _section_fmri(folder: Path, notes: list[str]) -> str:
                   "degree": int(d)} for n, d in degree.head(10).items()])
             out.append("<h3>Hubs (highest degree in the first component)</h3>" + _table(hubs))
     pairwise = _read_group(folder, "fmri_nbs_pairwise")
-    if pairwise is not None and not pairwise.empty:
+    if (pairwise is not None and not pairwise.empty and {"best_p", "smallest_p"}
+            <= set(pairwise.columns) and pairwise["best_p"].notna().all()
+            and _at_floor(pairwise["best_p"], pairwise["smallest_p"]).all()):
+        # Nothing to read in a table of floors: say it once.
+        out.append("<h3>Every pair of visits (paired NBS)</h3><p class=\"floor\">In every pair "
+                   f"of visits ({len(pairwise)}) the best component sits at the floor p = "
+                   f"{_e(', '.join(_fmt(float(v)) for v in pairwise['smallest_p'].unique()))}"
+                   " of its paired design (all patients changing in the same direction).</p>")
+    elif pairwise is not None and not pairwise.empty:
         out.append("<h3>Every pair of visits (paired NBS: direction of the change)</h3>"
                    "<p>positive: connectivity higher at the later visit. p-values are "
                    "corrected over edges within each pair, not across pairs; a pair whose "
@@ -392,7 +469,7 @@ def _section_volumetry(folder: Path, sessions, alpha: float, notes: list[str]) -
     out.append("<h3>Tissue volumes (mL; segmentation-based, not SIENA)</h3>")
     if result is not None:
         table, flags = _stats_table(result, "months")
-        out.append(_table(table, highlight=flags) + _posthoc_html(result))
+        out.append(_stats_html(result, table, flags) + _posthoc_html(result))
     load = _read_group(folder, "volumetry_lesion_load")
     if load is not None:
         load = _with_months(load, sessions)
@@ -404,7 +481,8 @@ def _section_volumetry(folder: Path, sessions, alpha: float, notes: list[str]) -
         res = _compare(load, local, value="volume_ml", by=["location"], alpha=alpha)
         if res is not None:
             table, flags = _stats_table(res, "months")
-            out.append("<p>Lesion volume (mL) per location:</p>" + _table(table, highlight=flags))
+            out.append("<p>Lesion volume (mL) per location:</p>"
+                       + _stats_html(res, table, flags))
     tracks = _read_group(folder, "volumetry_lesion_tracks")
     if tracks is not None and not tracks.empty:
         out.append("<h3>Lesion evolution</h3>")
@@ -435,7 +513,7 @@ def _section_clinical(bids_dir: Path | None, alpha: float, notes: list[str]) -> 
         table, flags = _stats_table(result, "months")
         units = clinical.drop_duplicates("measure").set_index("measure")[["long_name", "unit"]]
         table = table.merge(units, left_on="measure", right_index=True, how="left")
-        out.append(_table(table, highlight=flags) + _posthoc_html(result))
+        out.append(_stats_html(result, table, flags) + _posthoc_html(result))
         panels = [(f"{m} ({units.loc[m, 'unit']})", clinical[clinical.measure == m])
                   for m in result.tests["measure"]]
         out.append(_figure_html(
@@ -498,6 +576,83 @@ def _methods(folder: Path, alpha: float) -> str:
     )
 
 
+def _key_findings_section(folder: Path, sessions: pd.DataFrame | None,
+                          bids_dir: Path | None, alpha: float) -> str:
+    """The "Key findings" block: primary outcomes first (see :mod:`.findings`)."""
+    names = ("dti_nawm", "dti_tracts", "volumetry_lesion_load", "volumetry_tissue")
+    tables: dict[str, pd.DataFrame | None] = {}
+    for name in names:
+        frame = _read_group(folder, name)
+        tables[name] = None if frame is None else _with_months(frame, sessions)
+    tables["fmri_nbs_components"] = _read_group(folder, "fmri_nbs_components")
+    clinical = None
+    if bids_dir is not None and (bids_dir / "phenotype").is_dir():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MSImagingWarning)
+            try:
+                clinical = read_phenotype(bids_dir)
+            except InputError:
+                clinical = None  # the clinical section reports why
+    try:
+        found = key_findings(tables, clinical=clinical, nbs_meta=_nbs_meta(folder), alpha=alpha)
+    except InputError as exc:
+        return ('<section id="key-findings"><h2>Key findings</h2>'
+                + _missing(f"Key findings could not be computed: {exc}") + "</section>")
+    return key_findings_html(found)
+
+
+#: Abbreviations the report may use; the glossary lists those that appear.
+GLOSSARY = {
+    "AD": "axial diffusivity (largest tensor eigenvalue)",
+    "BOLD": "blood-oxygen-level-dependent (fMRI) signal",
+    "BVMT-R": "Brief Visuospatial Memory Test, revised",
+    "CC": "corpus callosum",
+    "CSD": "constrained spherical deconvolution",
+    "CSF": "cerebrospinal fluid",
+    "CST": "corticospinal tract",
+    "DTI": "diffusion tensor imaging",
+    "EDSS": "Expanded Disability Status Scale (Kurtzke, 0-10)",
+    "FA": "fractional anisotropy",
+    "FDR": "false discovery rate (Benjamini-Hochberg)",
+    "FLAIR": "fluid-attenuated inversion recovery MRI",
+    "fMRI": "functional MRI",
+    "FSS": "Fatigue Severity Scale",
+    "FWER": "family-wise error rate",
+    "GM": "grey matter",
+    "ICV": "intracranial volume",
+    "IL": "interleukin",
+    "IQR": "interquartile range",
+    "MD": "mean diffusivity",
+    "MNI": "Montreal Neurological Institute template space",
+    "MS": "multiple sclerosis",
+    "NAWM": "normal-appearing white matter (white matter minus T2 lesions)",
+    "NBS": "Network-Based Statistic (component-wise FWER over edges)",
+    "OR": "optic radiation",
+    "PASAT": "Paced Auditory Serial Addition Test",
+    "RD": "radial diffusivity (mean of the two smaller tensor eigenvalues)",
+    "SDMT": "Symbol Digit Modalities Test",
+    "SIENA": "structural image evaluation using normalisation of atrophy (FSL)",
+    "SPMS": "secondary progressive multiple sclerosis",
+    "T2": "T2-weighted MRI (lesions are T2-hyperintense)",
+    "WM": "white matter",
+}
+
+
+def _glossary_html(page: str) -> str:
+    """The abbreviations of :data:`GLOSSARY` that appear in the page's visible text."""
+    import re
+
+    visible = re.sub(r"<style>.*?</style>|<[^>]+>", " ", page, flags=re.S)
+    visible = re.sub(r'src="data:[^"]*"', " ", visible)
+    used = [k for k in GLOSSARY
+            if re.search(rf"(?<![A-Za-z0-9-]){re.escape(k)}(?![A-Za-z0-9-])", visible)]
+    if not used:
+        return ""
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(GLOSSARY[k])}</dd>"
+                    for k in sorted(used, key=str.lower))
+    return f'<h2 id="glossary">Glossary</h2><dl class="glossary">{items}</dl>'
+
+
 def build_report(
     derivatives_dir: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
@@ -549,6 +704,7 @@ def build_report(
     else:
         cohort.append(_missing("No sessions table (group/sessions.tsv)."))
     body = [
+        _key_findings_section(folder, sessions, bids_path, alpha),
         "".join(cohort),
         _section_dti(folder, sessions, alpha, notes),
         _section_fmri(folder, notes),
@@ -557,8 +713,10 @@ def build_report(
         _methods(folder, alpha),
     ]
     nav = "".join(f'<a href="#{k}">{v}</a>' for k, v in (
-        ("cohort", "Cohort"), ("dti", "DTI"), ("fmri", "fMRI"), ("volumetry", "Volumetry"),
-        ("clinical", "Clinical"), ("methods", "Methods")))
+        ("key-findings", "Key findings"), ("cohort", "Cohort"), ("dti", "DTI"),
+        ("fmri", "fMRI"), ("volumetry", "Volumetry"), ("clinical", "Clinical"),
+        ("methods", "Methods"), ("glossary", "Glossary")))
+    body.append(_glossary_html(nav + "".join(body)))
     created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
