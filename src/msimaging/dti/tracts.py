@@ -51,7 +51,7 @@ from msimaging.errors import DependencyError, InputError, MSImagingWarning
 from msimaging.io import ImageLike, check_same_grid, describe, load_image, load_mask
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    from msimaging.display import Figure
 
 __all__ = [
     "BUNDLE_DEFAULTS",
@@ -2026,8 +2026,10 @@ def _overlay_labels(items: Any) -> dict[str, str]:
 def _matplotlib() -> tuple[Any, Any, Any]:
     try:
         from matplotlib import colormaps
-        from matplotlib.figure import Figure
         from matplotlib.patches import Patch
+
+        # A matplotlib Figure that Jupyter displays (_repr_png_), still built without pyplot.
+        from msimaging.display import Figure
     except ImportError as exc:  # pragma: no cover - matplotlib is a dependency of the report
         raise DependencyError(
             "Plotting needs matplotlib: pip install 'msimaging[report]' (or pip install "

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,11 +51,17 @@ import numpy as np
 import pandas as pd
 
 from msimaging.derivatives import atomic_path, atomic_write_text
-from msimaging.errors import DependencyError, InputError
-from msimaging.fmri.subnetwork import _edge_mask, _node_table, hub_label, subnetwork_table
+from msimaging.errors import DependencyError, InputError, MSImagingWarning
+from msimaging.fmri.subnetwork import (
+    _edge_mask,
+    _node_table,
+    anatomical_labels,
+    hub_label,
+    subnetwork_table,
+)
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    from msimaging.display import Figure
 
 __all__ = [
     "network_color",
@@ -155,7 +162,9 @@ _EXTRA_COLORS = (
 def _matplotlib() -> Any:
     try:
         import matplotlib
-        from matplotlib.figure import Figure
+
+        # A matplotlib Figure that Jupyter displays (_repr_png_), still built without pyplot.
+        from msimaging.display import Figure
     except ImportError as exc:  # pragma: no cover - matplotlib is a core dependency
         raise DependencyError(
             "Plotting needs matplotlib: pip install 'msimaging[report]' (or pip install "
@@ -344,6 +353,24 @@ def _save_figure(fig: Any, path: str | os.PathLike[str] | None) -> None:
         fig.savefig(tmp, format=_FIGURE_FORMATS[suffix], dpi=150)
 
 
+# Labels that only number a node ("ROI 93", "node4", "label 12", "map 3"): figures replace them
+# by the node's AAL3 region and network when its coordinates are known.
+_GENERIC_LABEL = re.compile(r"^(roi|node|label|map)\s*\d+$", re.IGNORECASE)
+
+
+def _readable_labels(nodes: pd.DataFrame) -> list[str]:
+    """Node labels for figures: ``"Frontal_Mid_2_L · DefaultMode"`` instead of ``"ROI 93"``.
+
+    A table's own names are kept; numbered labels (e.g. node tables written before labels
+    were anatomical) become :func:`~msimaging.fmri.subnetwork.anatomical_labels`."""
+    labels = nodes["label"].astype(str).tolist()
+    generic = [bool(_GENERIC_LABEL.match(label)) for label in labels]
+    if not any(generic):
+        return labels
+    named = anatomical_labels(nodes)
+    return [new if flag else old for old, new, flag in zip(labels, named, generic, strict=True)]
+
+
 def _kind_label(conn: _Graph) -> str:
     return f"{conn.kind} (Fisher z)" if conn.fisher_z else conn.kind
 
@@ -403,7 +430,8 @@ def plot_adjacency(
 
     Returns
     -------
-    matplotlib.figure.Figure
+    msimaging.display.Figure
+        A :class:`matplotlib.figure.Figure` that Jupyter shows as an image.
     """
     matplotlib, figure_cls = _matplotlib()
     from matplotlib.collections import LineCollection
@@ -655,7 +683,8 @@ def plot_connectogram(
 
     Returns
     -------
-    matplotlib.figure.Figure
+    msimaging.display.Figure
+        A :class:`matplotlib.figure.Figure` that Jupyter shows as an image.
     """
     matplotlib, figure_cls = _matplotlib()
     from matplotlib.collections import LineCollection
@@ -739,7 +768,8 @@ def plot_connectogram(
         )
     show_labels = len(nodes) <= 60 if node_labels is None else bool(node_labels)
     if show_labels:
-        for (x, y), angle, label in zip(xy, np.degrees(theta), nodes["label"], strict=True):
+        labels = _readable_labels(nodes)
+        for (x, y), angle, label in zip(xy, np.degrees(theta), labels, strict=True):
             flip = 90 < angle % 360 < 270
             ax.text(
                 1.13 * x,
@@ -814,7 +844,8 @@ def _brain_inputs(
         "degree": degree,
         "strength": strength,
         "colors": node_colors,
-        "labels": nodes["label"].astype(str).tolist(),
+        # Numbered over the whole table ("Temporal_Mid_L (2)"), then the plotted rows.
+        "labels": np.array(_readable_labels(conn.nodes), dtype=object)[plottable].tolist(),
         "vmax": vmax if vmax > 0 else 1.0,
         "n_edges": len(weight),
         "cutoff": cutoff,
@@ -856,9 +887,10 @@ def plot_glass_brain(
 
     Returns
     -------
-    matplotlib.figure.Figure
-        Node size is proportional to the degree in the drawn graph (nodes without drawn edges
-        are small dots).
+    msimaging.display.Figure
+        A :class:`matplotlib.figure.Figure` that Jupyter shows as an image. Node size is
+        proportional to the degree in the drawn graph (nodes without drawn edges are small
+        dots).
     """
     matplotlib, figure_cls = _matplotlib()
     from matplotlib.patches import Patch
@@ -914,6 +946,31 @@ def plot_glass_brain(
     fig.suptitle(title, y=0.98, fontsize=11)
     _save_figure(fig, path)
     return fig
+
+
+# nilearn's page draws the node labels as permanent text (plotly scatter3d mode
+# "markers+text"): with hundreds of nodes they cover the brain. Markers only, label on hover.
+_MARKER_TEXT_MODE = re.compile(r"mode:\s*(['\"])markers\+text\1,")
+
+
+def _hover_only_labels(page: str) -> str:
+    """The view's HTML with node labels shown on hover only (plotly ``hoverinfo: 'text'``)."""
+    page, n_found = _MARKER_TEXT_MODE.subn("mode: 'markers', hoverinfo: 'text',", page)
+    if n_found != 1:  # pragma: no cover - a nilearn release with another page template
+        warnings.warn(
+            f"view_connectome_html: nilearn {_nilearn_version()}'s page template has "
+            f"{n_found} node trace(s) in 'markers+text' mode (expected 1); node labels may be "
+            "drawn permanently instead of on hover.",
+            MSImagingWarning,
+            stacklevel=3,
+        )
+    return page
+
+
+def _nilearn_version() -> str:
+    import nilearn
+
+    return str(nilearn.__version__)
 
 
 def view_connectome_html(
@@ -973,7 +1030,7 @@ def view_connectome_html(
         colorbar_fontsize=12,
         node_labels=data["labels"],
     )
-    view.html = _FAVICON.sub("", view.html)
+    view.html = _hover_only_labels(_FAVICON.sub("", view.html))
     atomic_write_text(path, view.get_standalone())
     return view
 
@@ -1184,7 +1241,8 @@ def plot_subnetwork(
 
     Returns
     -------
-    matplotlib.figure.Figure
+    msimaging.display.Figure
+        A :class:`matplotlib.figure.Figure` that Jupyter shows as an image.
     """
     if style not in _SUBNETWORK_STYLES:
         raise InputError(f"style must be one of {', '.join(_SUBNETWORK_STYLES)}, got {style!r}.")

