@@ -265,6 +265,8 @@ def key_findings(tables: Mapping[str, pd.DataFrame | None], *,
 
 
 def _pct(value: float) -> str:
+    if value == 0:
+        return "0 %"
     text = f"{value:+.1f}" if abs(value) >= 0.095 else f"{value:+.2f}"
     return text.replace("-", "\u2212") + " %"
 

@@ -51,7 +51,8 @@ figcaption{font-size:.85em;color:#555}
 .missing{color:#999;font-style:italic}nav a{margin-right:1em}
 #key-findings h2{margin-top:.8em}#key-findings p{margin:.3em 0;font-size:.9em}
 table.kf{font-size:.8em;margin:.4em 0}table.kf td{padding:2px 6px}
-table.kf td:nth-child(6){text-align:left;color:#444}
+table.kf td:nth-child(6),table.kf th:nth-child(6){text-align:left}
+table.kf td:nth-child(6){color:#444}
 details{margin:.4em 0;font-size:.9em}details summary{cursor:pointer;color:#0b5394}
 .floor{background:#eef4fa;border-left:4px solid #0072B2;padding:.3em .8em;font-size:.9em}
 dl.glossary dt{font-weight:600;float:left;clear:left;width:6em}dl.glossary dd{margin-left:7em}
