@@ -112,6 +112,7 @@ BIDSIGNORE_PATTERNS: tuple[str, ...] = (
     "/figures",
     "/group",
     "/logs",
+    "/qc",
     "/sub-*/*_provenance.json",
     "/sub-*/ses-*/*_provenance.json",
     "*_dwimap.nii.gz",
