@@ -713,10 +713,16 @@ def build_report(
         _section_clinical(bids_path, alpha, notes),
         _methods(folder, alpha),
     ]
+    # Per-participant QC pages next to the report (relative links keep the folder portable).
+    from msimaging.report.qc import qc_links_html, write_qc_pages
+
+    qc_pages = write_qc_pages(folder, bids_path, output_dir=out_path.parent / "qc",
+                              report=out_path)
+    body.insert(-1, qc_links_html(qc_pages, out_path))
     nav = "".join(f'<a href="#{k}">{v}</a>' for k, v in (
         ("key-findings", "Key findings"), ("cohort", "Cohort"), ("dti", "DTI"),
         ("fmri", "fMRI"), ("volumetry", "Volumetry"), ("clinical", "Clinical"),
-        ("methods", "Methods"), ("glossary", "Glossary")))
+        ("qc", "Quality control"), ("methods", "Methods"), ("glossary", "Glossary")))
     body.append(_glossary_html(nav + "".join(body)))
     created = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = (
