@@ -391,7 +391,11 @@ def test_node_table_labels(visit):
     assert list(dosenbach.nodes["region"]) == list(load_dosenbach_2010()["region"])
     power = extract_timeseries(bold, load_power_2011(), mask=mask, strategy=None)
     assert (power.nodes["network"] == "n/a").all()
-    assert power.nodes["label"].iloc[0] == "ROI 1"
+    # Power ROI 1 (-25, -98, -12) lies in the left inferior occipital gyrus (AAL3); its
+    # number stays in "roi" (the labels are checked against the AAL3 image in
+    # test_anatomical_names.py).
+    assert power.nodes["label"].iloc[0] == "Occipital_Inf_L (1)"
+    assert power.nodes["roi"].iloc[0] == 1
 
 
 def test_raw_bold_with_a_user_confounds_table(tiny_study):

@@ -17,6 +17,7 @@ depends on neither of them.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -127,8 +128,9 @@ def display_names(nodes: pd.DataFrame, anatomy: list[str | None] | None = None) 
         Region names where known (``"unlabelled"`` regions and nodes without coordinates keep
         their node label, without a trailing ``" · <network>"`` of :func:`anatomical_labels`);
         a name shared by several nodes gets ``" (1)"``, ``" (2)"``... in row order, so every
-        label names one node. Pass the whole atlas's node table to number a region's nodes
-        the same way in every table and figure.
+        label names one node. A label that already is the node's region, numbered (the
+        labels of :func:`anatomical_labels`, numbered over the whole atlas), is kept as is,
+        so a subset of an atlas names its nodes as the atlas's node table does.
     """
     anatomy = anatomical_names(nodes) if anatomy is None else anatomy
     labels = _labels(nodes)
@@ -141,6 +143,25 @@ def display_names(nodes: pd.DataFrame, anatomy: list[str | None] | None = None) 
         name if name not in (None, UNLABELLED) else label
         for name, label in zip(anatomy, labels, strict=True)
     ]
+    # A label that already names the node's region ("Temporal_Mid_L (4)", numbered over the
+    # whole atlas by anatomical_labels) is kept, so a subset of an atlas (an NBS component,
+    # a figure of some nodes) names each node as the atlas's node table does.
+    kept = [
+        name not in (None, UNLABELLED)
+        and re.fullmatch(re.escape(str(name)) + r"( \(\d+\))?", label) is not None
+        for name, label in zip(anatomy, labels, strict=True)
+    ]
+    out = _numbered([b for b, keep in zip(base, kept, strict=True) if not keep])
+    names = [labels[k] if keep else "" for k, keep in enumerate(kept)]
+    free = iter(out)
+    names = [name if keep else next(free) for name, keep in zip(names, kept, strict=True)]
+    if len(set(names)) < len(names):  # a local number met a kept one: number locally
+        names = _numbered(base)
+    return names
+
+
+def _numbered(base: list[str]) -> list[str]:
+    """``" (1)"``, ``" (2)"``... after names shared by several rows, in row order."""
     counts = pd.Series(base, dtype=object).value_counts()
     seen: dict[str, int] = {}
     out = []

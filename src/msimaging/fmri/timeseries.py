@@ -614,7 +614,14 @@ def _coordinate_atlas(atlas: Any, radius_mm: float | None) -> _Atlas:
             "atlas table has no radius_mm column and radius_mm was not given: pass the sphere "
             "radius, e.g. radius_mm=5.0."
         )
-    roi = table["roi"].to_numpy(object) if "roi" in table.columns else np.arange(1, len(table) + 1)
+    # The atlas's own 1-based node number (Seitzman's tables number nodes by their 0-based
+    # "node" only), kept for subsets of an atlas.
+    if "roi" in table.columns:
+        roi = table["roi"].to_numpy(object)
+    elif "node" in table.columns and pd.api.types.is_integer_dtype(table["node"]):
+        roi = table["node"].to_numpy(np.int64) + 1
+    else:
+        roi = np.arange(1, len(table) + 1)
     networks = _column(table, "network")
     anatomy = _anatomy(xyz)
     if "label" in table.columns:  # the table's own names win
