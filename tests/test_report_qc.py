@@ -112,8 +112,10 @@ def test_t1w_on_mni_uses_the_transform_in_the_right_direction(demo):
     brain = np.asanyarray(mni_template("brain_mask", 2).dataobj) > 0
     reference = mni_template("t1", 2)
     for visit in ("ses-M0", "ses-M6"):
-        xfm = next((deriv / "sub-01" / visit / "anat").glob("*MNIToT1w_xfm.*"))
-        transform = load_transform(xfm)
+        anat = deriv / "sub-01" / visit / "anat"
+        files = [*anat.glob("*from-MNI*_to-T1w*_xfm.txt"), *anat.glob("*MNIToT1w_xfm.json")]
+        assert len(files) == 1, files
+        transform = load_transform(files[0])
         seg = nib.load(next((study / "derivatives" / "segmentation" / "sub-01" / visit /
                              "anat").glob("*_dseg.nii.gz")))
         head = nib.Nifti1Image((np.asanyarray(seg.dataobj) > 0).astype(np.float32), seg.affine)

@@ -424,7 +424,9 @@ def _guard(what: str, build: Callable[[], str]) -> str:
 
 
 def _transform_file(visit: _Visit, datatype: str, names: tuple[str, ...]) -> Path | None:
-    for path in visit.files(datatype, "*_xfm.*"):
+    # The ITK text file first (its .json is then the sidecar; load_transform reads both).
+    found = sorted(visit.files(datatype, "*_xfm.*"), key=lambda p: (p.suffix != ".txt", p.name))
+    for path in found:
         if path.suffix not in (".json", ".txt") or "tofirstvisit" in path.name.lower():
             continue
         if any(name.lower() in path.name.lower() for name in names):
