@@ -692,7 +692,7 @@ def build_report(
         bids_dir = _input_dataset(folder)
     bids_path = Path(bids_dir) if bids_dir is not None else None
     out_path = Path(output) if output is not None else DerivativesLayout(folder).report
-    sessions = _read_group(folder, "sessions")
+    sessions = _read_group(folder, "visits")
     notes: list[str] = []
     cohort = ['<h2 id="cohort">Cohort and visits</h2>']
     if sessions is not None:
