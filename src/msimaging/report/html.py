@@ -703,7 +703,7 @@ def build_report(
                       f"{len(sessions)} visits.</p>")
         cohort.append(_table(visits.fillna("missing").reset_index()))
     else:
-        cohort.append(_missing("No sessions table (group/sessions.tsv)."))
+        cohort.append(_missing("No sessions table (group/visits.tsv)."))
     body = [
         _key_findings_section(folder, sessions, bids_path, alpha),
         "".join(cohort),

@@ -276,7 +276,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _visits(layout: DerivativesLayout) -> dict[str, list[_Visit]]:
-    """Participants -> visits (ordered by months when group/sessions.tsv says, else by name)."""
+    """Participants -> visits (ordered by months when group/visits.tsv says, else by name)."""
     months: dict[tuple[str, str], float] = {}
     # group/visits.tsv (group/sessions.tsv before it was renamed: a reserved BIDS name).
     table = next((t for t in (layout.group_table(n) for n in ("visits", "sessions"))
