@@ -21,7 +21,7 @@ import pytest
 
 from msimaging.cli import EXIT_LABEL, EXIT_TASKS_FAILED, main
 from msimaging.derivatives import read_table
-from msimaging.errors import InputError
+from msimaging.errors import InputError, MSImagingWarning
 from msimaging.pipeline import run_group, run_participant
 
 pytestmark = pytest.mark.timeout(900)
@@ -184,3 +184,31 @@ def test_config_file_parameters_are_part_of_provenance(tiny_study, tmp_path):
     assert (tasks["status"] == "done").all()  # new parameters: recomputed
     config.write_text(json.dumps({"tractography": {}}))
     assert main(args) == 64  # an unknown config section is a usage error, like unknown keys
+
+
+def test_warnings_raised_in_tasks_are_said_in_the_main_process(tiny_study, tmp_path,
+                                                               monkeypatch):
+    """A warning inside a task (e.g. the atlas lookup missing in a worker) is recorded in the
+    task table and said once by the main process, with where to read all of them."""
+    import warnings
+
+    from msimaging.pipeline import tasks
+
+    bids = _copy(tiny_study, tmp_path, subjects=("sub-01",))
+    real = tasks._RUNNERS["volumetry"]
+
+    def warn_then_run(*args):
+        warnings.warn("AAL3 lookup unavailable: labels fall back to ROI numbers", UserWarning,
+                      stacklevel=1)
+        return real(*args)
+
+    monkeypatch.setitem(tasks._RUNNERS, "volumetry", warn_then_run)
+    with pytest.warns(MSImagingWarning) as said:
+        run = run_participant(bids, tmp_path / "out", modalities=["volumetry"], n_workers=1,
+                              progress=False)
+    assert (run.tasks["status"] == "done").all()
+    assert run.tasks["message"].str.contains("AAL3 lookup unavailable").all()
+    texts = [str(w.message) for w in said if issubclass(w.category, MSImagingWarning)]
+    assert any(f"{len(run.tasks)} of {len(run.tasks)} finished tasks raised warnings" in m
+               and "AAL3 lookup unavailable" in m and "participant_tasks.tsv" in m
+               for m in texts), texts

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from msimaging.derivatives import DerivativesLayout, DerivativesWriter, atomic_write_text
-from msimaging.errors import BIDSError, InputError, LabelError
+from msimaging.errors import BIDSError, InputError, LabelError, MSImagingWarning
 from msimaging.pipeline.tasks import MODALITIES, Task, TaskOutcome, is_up_to_date, run_task
 
 __all__ = ["ParticipantRun", "check_labels", "plan_tasks", "run_participant"]
@@ -326,6 +327,17 @@ def run_participant(
                                       "Log": str(log_path)})
     seconds = time.perf_counter() - started
     logger.info("finished in %.1f s: %s", seconds, table["status"].value_counts().to_dict())
+    # Warnings raised inside the workers (e.g. a missing atlas lookup) are recorded per task;
+    # say so once here, in the main process, or nobody sees them.
+    warned = table[(table["status"] == "done") & (table["message"].fillna("") != "")]
+    if len(warned):
+        first = warned.iloc[0]
+        said = (f"{len(warned)} of {int((table['status'] == 'done').sum())} finished tasks "
+                f"raised warnings (all of them in group/participant_tasks.tsv, column "
+                f"'message'); the first: {first['participant_id']} {first['session_id']} "
+                f"{first['modality']}: {str(first['message'])[:300]}")
+        logger.warning(said)
+        warnings.warn(said, MSImagingWarning, stacklevel=2)
     for handler in list(logger.handlers):
         handler.close()
         logger.removeHandler(handler)
