@@ -12,8 +12,10 @@ user's fresh notebook.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import struct
 import sys
 import time
@@ -84,6 +86,20 @@ def kernel_dir(tmp_path_factory):
     return spec_dir.parent
 
 
+def _end_process_group(pids: list[int]) -> None:
+    """End what the kernel left running in its own process group (e.g. joblib's reusable
+    loky workers, idle for minutes after ``run_group``, holding the test's output pipes)."""
+    for pid in pids:
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            # the kernel is gone: its group id was its pid (jupyter starts a new session)
+            group = pid
+        if group != os.getpgrp():  # never our own group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_and_shows_its_figures(name, tmp_path, kernel_dir):
     from jupyter_client.kernelspec import KernelSpecManager
@@ -99,12 +115,17 @@ def test_notebook_runs_and_shows_its_figures(name, tmp_path, kernel_dir):
            "IPYTHONDIR": str(scratch / "ipython")}
     km = AsyncKernelManager(kernel_name="msimaging-gallery",
                        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
+    kernel_pids = []
     client = nbclient.NotebookClient(
         nb, km=km, timeout=CELL_TIMEOUT_S, allow_errors=False,
         resources={"metadata": {"path": str(work)}},
+        on_notebook_start=lambda **_: kernel_pids.append(km.provisioner.pid),
     )
     started = time.perf_counter()
-    client.execute(env=env)  # raises CellExecutionError, with the traceback, if a cell fails
+    try:
+        client.execute(env=env)  # raises CellExecutionError, with the traceback, if a cell fails
+    finally:
+        _end_process_group(kernel_pids)
     seconds = time.perf_counter() - started
     print(f"{name}: {seconds:.1f} s")
 
