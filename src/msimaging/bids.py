@@ -30,9 +30,11 @@ scheduling and coarser than the hour-level noise of scan times), so that tables,
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -389,7 +391,7 @@ def _scan_datatype(
     try:
         with os.scandir(directory) as entries:
             # not is_dir(): keeps DataLad/git-annex symlinks whose content is not fetched.
-            names = [e.name for e in entries if e.name[0] != "." and not e.is_dir()]
+            names = [e.name for e in entries if e.name[0] != "." and not _is_dir(e)]
     except (FileNotFoundError, NotADirectoryError):
         return []
     except PermissionError as error:
@@ -499,11 +501,24 @@ def _scandir_names(directory: str) -> list[tuple[str, bool]]:
     """(name, is_dir) of the visible entries of a folder; [] when it does not exist."""
     try:
         with os.scandir(directory) as entries:
-            return [(e.name, e.is_dir()) for e in entries if e.name[0] != "."]
+            return [(e.name, _is_dir(e)) for e in entries if e.name[0] != "."]
     except (FileNotFoundError, NotADirectoryError):
         return []
     except PermissionError as error:
         raise _unreadable_folder(directory) from error
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()``, but a symbolic link loop is a BIDSError naming it (not a raw
+    ``OSError: Too many levels of symbolic links``); a dangling link is not a folder."""
+    try:
+        return entry.is_dir()
+    except OSError as error:
+        raise BIDSError(
+            f"{entry.path} is a symbolic link loop ({error.strerror or error}: it points "
+            f"back to itself through {os.readlink(entry.path)!r}). Remove the link or make "
+            "it point to a real file or folder."
+        ) from error
 
 
 def _unreadable_folder(directory: str) -> BIDSError:
@@ -522,6 +537,13 @@ def _read_sessions_tsv(path: str) -> tuple[str, dict[str, float | datetime | Non
     cannot be read or a value of the column used is malformed.
     """
     try:
+        # Before opening: a FIFO would block forever, a device could be endless.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise BIDSError(
+                f"{path} is not a regular file (a folder, FIFO or device). Replace it with a "
+                "tab-separated text file with columns session_id and months, or delete it "
+                "to infer months from session labels."
+            )
         with open(path, "rb") as stream:
             raw = stream.read()
     except FileNotFoundError:
@@ -650,6 +672,23 @@ def _months_from_acq_time(times: Mapping[str, datetime]) -> dict[str, float]:
         )
         for session, moment in times.items()
     }
+
+
+def _check_description(path: Path) -> None:
+    """Warn (once, naming it) when dataset_description.json is not a JSON object with a Name:
+    the dataset is read anyway, as for a missing one."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))
+        problem = None if isinstance(meta, dict) else "is not a JSON object"
+    except (OSError, ValueError) as error:
+        problem = f"is not valid JSON ({error})"
+    if problem:
+        warnings.warn(
+            f"{path} {problem}, so {path.parent} may not be a BIDS dataset root. Reading it "
+            "anyway; write a JSON object with Name and BIDSVersion to silence this warning.",
+            MSImagingWarning,
+            stacklevel=3,
+        )
 
 
 def _check_root(bids_root: object) -> Path:
@@ -845,7 +884,10 @@ class Study:
         root = _check_root(bids_root)
         self._root = root
         self._derivatives = _derivative_roots(root, derivatives)
-        if not (root / "dataset_description.json").is_file():
+        description = root / "dataset_description.json"
+        if description.is_file():  # a FIFO or folder there is never opened
+            _check_description(description)
+        else:
             warnings.warn(
                 f"{root / 'dataset_description.json'} is missing, so {root} may not be a BIDS "
                 "dataset root. Reading it anyway; add a dataset_description.json with Name "

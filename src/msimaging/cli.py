@@ -7,7 +7,9 @@
 Exit codes: 0 success; 1 some participant tasks failed (the rest completed, see
 ``failures.tsv``); 16 the input is not a usable BIDS dataset; 17 a participant or session
 label is invalid or not in the dataset; 18 the output folder cannot be used (inside the input
-dataset, not writable); 64 command-line usage error; 65 other invalid input.
+dataset, has a link into it, not writable, or used by another run: see --wait); 64
+command-line usage error (also an unreachable --scheduler); 65 other invalid input; 130
+interrupted (Ctrl-C: finished tasks are kept, temporary files removed, the lock released).
 """
 
 from __future__ import annotations
@@ -66,9 +68,14 @@ Re-running skips every task whose outputs exist with the same inputs, parameters
 OUTPUT_DIR/logs/.
 
 exit codes: 0 ok; 1 some tasks failed (others completed); 16 input is not a usable BIDS
-dataset; 17 invalid or unknown participant/session label; 18 output folder unusable;
-64 usage error (unknown option, atlas, config key or value); 65 other invalid input (e.g.
-several files match an input and no filter chooses).
+dataset; 17 invalid or unknown participant/session label; 18 output folder unusable (inside
+the input or linked into it, not writable, or locked by another run: --wait waits);
+64 usage error (unknown option, atlas, config key or value, unreachable --scheduler); 65 other
+invalid input (e.g. several files match an input and no filter chooses); 130 interrupted.
+
+One run at a time per output folder: a run holds OUTPUT_DIR/.msimaging.lock (pid, host); a
+lock left by a killed run is taken over with a warning, and the temporary files
+(.<hex>.tmp.<name>) a killed run left are removed at start-up.
 """
 
 
@@ -129,7 +136,7 @@ def build_app_parser() -> argparse.ArgumentParser:
                         "dwi:dir=AP bold:task=rest,space=MNI152NLin2009cAsym")
     parser.add_argument("--bids-filter-file", metavar="FILE",
                         help='JSON filters (fMRIPrep spelling), e.g. {"dwi": {"dir": "AP"}}')
-    parser.add_argument("--n-workers", type=int, default=None, metavar="N",
+    parser.add_argument("--n-workers", type=_positive_int, default=None, metavar="N",
                         help="worker processes of the embedded Dask cluster (default: one per "
                         "core; 1 runs in this process)")
     parser.add_argument("--scheduler", metavar="ADDRESS",
@@ -149,10 +156,45 @@ def build_app_parser() -> argparse.ArgumentParser:
                         help="group level NBS inference: components of supra-threshold edges "
                         "(default), threshold-free NBS, or constrained NBS per network pair")
     parser.add_argument("--force", action="store_true",
-                        help="recompute tasks whose outputs are already up to date")
+                        help="recompute tasks whose outputs are already up to date (does not "
+                        "override another run's lock on the output folder)")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another msimaging run uses OUTPUT_DIR, wait for it to "
+                        "finish instead of stopping (exit 18)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--version", action="version", version=f"msimaging {__version__}")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of --n-workers: a whole number >= 1 (else a usage error, exit 64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{value} workers: give 1 or more (1 runs in this process; leave it out for one "
+            "per core)")
+    return value
+
+
+def _regular_file(path: str, option: str) -> Path:
+    """``path`` if it is a regular file; refuses folders, FIFOs and devices before reading
+    (a FIFO would block forever)."""
+    import stat
+
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{option} {path!r} does not exist; check the path.") from None
+    except (OSError, RuntimeError) as exc:  # permissions, a symlink loop
+        raise InputError(f"{option} {path!r} cannot be opened: {exc}.") from exc
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO or device)"
+        raise InputError(f"{option} {path!r} is {kind}; pass a JSON or TOML file.")
+    return file
 
 
 def _read_config(path: str | None) -> dict[str, Any]:
@@ -161,9 +203,7 @@ def _read_config(path: str | None) -> dict[str, Any]:
 
     if path is None:
         return {}
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"--config {path!r} does not exist.")
+    file = _regular_file(path, "--config")
     try:
         if file.suffix.lower() == ".toml":
             import tomllib
@@ -190,6 +230,8 @@ def check_options(args: argparse.Namespace) -> dict[str, Any]:
     params = {k: dict(v) for k, v in config.items() if k not in ("group", "inputs")}
     if args.atlas is not None:  # the command line wins over the config file
         params.setdefault("fmri", {})["atlas"] = check_atlas(args.atlas)
+    if args.bids_filter_file:
+        _regular_file(args.bids_filter_file, "--bids-filter-file")
     filters = merge_filters(
         config.get("inputs", {}),
         read_filter_file(args.bids_filter_file) if args.bids_filter_file else {},
@@ -218,6 +260,7 @@ def _run_app(args: argparse.Namespace) -> int:
             session_label=args.session_label, modalities=args.modalities,
             params=options["params"], filters=options["filters"], n_workers=args.n_workers,
             scheduler=args.scheduler, force=args.force, progress=not args.no_progress,
+            wait=args.wait,
         )
         _print_table("Participant tasks:", run.summary())
         print(f"\nlog: {run.log}")
@@ -226,7 +269,8 @@ def _run_app(args: argparse.Namespace) -> int:
                          f"{output_dir / 'failures.tsv'}):", run.failures)
             return EXIT_TASKS_FAILED
         return EXIT_OK
-    result = run_group(bids_dir, output_dir, progress=not args.no_progress, **options["group"])
+    result = run_group(bids_dir, output_dir, progress=not args.no_progress, wait=args.wait,
+                       **options["group"])
     _print_group(result)
     return EXIT_OK
 

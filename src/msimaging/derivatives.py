@@ -21,13 +21,16 @@ import math
 import os
 import re
 import secrets
+import socket
+import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msimaging._version import __version__
-from msimaging.errors import InputError, OutputError
+from msimaging.errors import InputError, MSImagingWarning, OutputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,18 +40,22 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTITIES",
     "GROUP_TABLES",
+    "LOCK_NAME",
     "PARTICIPANT_OUTPUTS",
     "DerivativesLayout",
     "DerivativesWriter",
     "OutputKind",
+    "OutputLock",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "bids_name",
+    "check_output_links",
     "merge_bidsignore",
     "portable_source",
     "read_relmat",
     "read_table",
+    "remove_temp_files",
     "save_figure",
     "sidecar_path",
 ]
@@ -322,6 +329,227 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
 
 
 # --------------------------------------------------------------------------------------------
+# Crash safety: temp files left by a kill, output links into the input, one run per folder
+# --------------------------------------------------------------------------------------------
+
+#: Name of a temporary file of :func:`atomic_path` (``.<16 hex>.tmp.<final name>``).
+TEMP_FILE = re.compile(r"^\.[0-9a-f]{16}\.tmp\..")
+
+#: The lock file of a run, in the output folder (hidden: BIDS tools ignore dot files).
+LOCK_NAME = ".msimaging.lock"
+
+
+def remove_temp_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files a killed run left under ``root`` (see :func:`atomic_path`).
+
+    Only names of the form ``.<16 hex>.tmp.<name>`` are removed; links are not followed.
+    Call it while holding the folder's :class:`OutputLock`, so that the temp files of a run
+    in progress are never touched.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    removed = []
+    for folder, _, names in os.walk(_absolute(root, "root")):
+        for name in names:
+            if TEMP_FILE.match(name):
+                path = Path(folder) / name
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+def check_output_links(root: str | os.PathLike[str],
+                       inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse an output folder where a link leads into an input dataset.
+
+    Every entry under ``root`` (and ``root`` itself) is resolved: a symbolic link (a ``logs``
+    or ``sub-01`` link, say) whose target is inside one of ``inputs`` would make the next
+    write land in the input dataset.
+
+    Raises
+    ------
+    OutputError
+        Naming the link, its target and the input dataset.
+    """
+    sources = []
+    for source in _as_list_of_str(inputs, "inputs"):
+        with contextlib.suppress(OSError, RuntimeError):
+            sources.append(_absolute(source).resolve())
+    top = _absolute(root, "root")
+
+    def refuse_if_inside(path: Path) -> None:
+        try:
+            real = path.resolve(strict=False)
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise OutputError(
+                f"{str(path)!r} in the output folder is a symbolic link loop ({exc}); remove "
+                "the link or make it point to a folder."
+            ) from exc
+        for source in sources:
+            if real.is_relative_to(source):
+                raise OutputError(
+                    f"{str(path)!r} in the output folder is a link to {str(real)!r}, inside "
+                    f"the input dataset {str(source)!r}: writing there would change the "
+                    "input. Remove the link (or point it outside the input dataset)."
+                )
+
+    refuse_if_inside(top)
+    for folder, dirs, files in os.walk(top):  # links are listed, not followed
+        for name in dirs + files:
+            path = Path(folder) / name
+            if path.is_symlink():
+                refuse_if_inside(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputLock:
+    """One msimaging run at a time per output folder.
+
+    The lock is an ``fcntl.flock`` on ``<output>/.msimaging.lock``, which records the holder
+    (pid, host, level, start time). The kernel releases a flock when its process dies, even by
+    SIGKILL, so a lock is never stuck; the file such a process leaves behind is *stale* and
+    the next run takes it over with a warning. A run that cannot take the lock raises
+    :class:`~msimaging.errors.OutputError` naming the holder, or waits (``wait=True``).
+
+    Parameters
+    ----------
+    root : path
+        The output folder (created if missing).
+    what : str
+        The run taking the lock ("participant", "group"), recorded for the message.
+    wait : bool or float
+        False: refuse at once when another run holds the lock; True: wait for it; a number:
+        wait at most that many seconds.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, what: str = "run",
+                 wait: bool | float = False) -> None:
+        self.root = _absolute(root, "root")
+        self.path = self.root / LOCK_NAME
+        self.what = what
+        self.wait = wait
+        self._fd: int | None = None
+
+    def __repr__(self) -> str:
+        return f"OutputLock({str(self.path)!r}, held={self._fd is not None})"
+
+    def _holder(self, fd: int) -> dict[str, Any]:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            data = json.loads(os.read(fd, 4096).decode("utf-8") or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def _describe(holder: Mapping[str, Any]) -> str:
+        if not holder:
+            return "another process"
+        level = f"{holder['what']} " if holder.get("what") else ""
+        return (f"the msimaging {level}run of pid {holder.get('pid')} on host "
+                f"{holder.get('host')}, started {holder.get('started')}")
+
+    def acquire(self) -> OutputLock:
+        """Take the lock (see the class); returns self."""
+        import fcntl
+
+        _make_parent(self.path)
+        deadline = (math.inf if self.wait is True else
+                    time.monotonic() + float(self.wait or 0))
+        said = False
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o644)
+            except OSError as exc:
+                raise OutputError(
+                    f"Cannot create the lock file {str(self.path)!r}: {exc}. Check that the "
+                    "output folder is writable and that no folder or link has that name."
+                ) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    raise OutputError(
+                        f"The output folder {str(self.root)!r} is in use by "
+                        f"{self._describe(holder)} (lock {str(self.path)!r}). Two runs on one "
+                        "folder would compute tasks twice and overwrite each other's records "
+                        "(--force does not change that): wait for it to finish, pass --wait "
+                        "to wait for it, or choose another output folder."
+                    ) from None
+                if not said:
+                    print(f"waiting for {self._describe(holder)} to release "
+                          f"{str(self.path)!r} ...", flush=True)
+                    said = True
+                time.sleep(0.2)
+                continue
+            except OSError as exc:  # a file system without locks
+                os.close(fd)
+                raise OutputError(
+                    f"Cannot lock {str(self.path)!r}: {exc}. Use an output folder on a local "
+                    "file system."
+                ) from exc
+            try:  # the holder removed the file between our open and flock: start again
+                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            break
+        previous = self._holder(fd)
+        if previous:
+            alive = (previous.get("host") == socket.gethostname()
+                     and isinstance(previous.get("pid"), int) and _pid_alive(previous["pid"]))
+            state = "still running but no longer holds it" if alive else "no longer running"
+            warnings.warn(
+                f"took over a stale lock of {str(self.root)!r} left by "
+                f"{self._describe(previous)} ({state}: killed or crashed?); its temporary "
+                "files are removed and its unfinished tasks run again.",
+                MSImagingWarning, stacklevel=3,
+            )
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(record).encode("utf-8"))
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (no-op when not held)."""
+        if self._fd is None:
+            return
+        # Unlink while still holding it: a waiter then sees another inode and starts again.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------------------------
 # Names
 # --------------------------------------------------------------------------------------------
 
@@ -560,6 +788,26 @@ def _table_text(df: pd.DataFrame) -> str:
     return df.to_csv(sep="\t", na_rep=NA_REP, index=False, lineterminator="\n")
 
 
+def _check_regular(file: Path, what: str) -> None:
+    """Refuse what is not a regular file before opening it (a FIFO would block forever)."""
+    import stat
+
+    try:
+        mode = os.stat(file).st_mode
+    except FileNotFoundError:
+        raise InputError(
+            f"{what} {str(file)!r} does not exist; check the path (write it with "
+            "DerivativesWriter.write_table)."
+        ) from None
+    except (OSError, RuntimeError) as exc:  # a symlink loop, permissions
+        raise InputError(f"{what} {str(file)!r} cannot be opened: {exc}.") from exc
+    if not stat.S_ISREG(mode):
+        raise InputError(
+            f"{what} {str(file)!r} is not a regular file (a folder, FIFO or device); "
+            "replace it with the file, or delete it."
+        )
+
+
 def read_table(path: str | os.PathLike[str], *, dtype: Any = None) -> pd.DataFrame:
     """Read a BIDS TSV table written by msimaging, with ``n/a`` read back as NaN.
 
@@ -580,11 +828,7 @@ def read_table(path: str | os.PathLike[str], *, dtype: Any = None) -> pd.DataFra
     import pandas as pd
 
     file = _absolute(path)
-    if not file.is_file():
-        raise InputError(
-            f"Table {str(file)!r} does not exist; check the path (write it with "
-            "DerivativesWriter.write_table)."
-        )
+    _check_regular(file, "Table")
     try:
         return pd.read_csv(
             file, sep="\t", na_values=[NA_REP, ""], keep_default_na=False, dtype=dtype
@@ -830,11 +1074,17 @@ class DerivativesWriter:
     ) -> None:
         if not isinstance(pipeline_name, str) or not pipeline_name.strip():
             raise InputError(f"pipeline_name must be a non-empty str, got {pipeline_name!r}.")
-        root = _absolute(output_dir, "output_dir").resolve()
-        inputs = tuple(
-            _absolute(p, "input_datasets").resolve()
-            for p in _as_list_of_str(input_datasets, "input_datasets")
-        )
+        try:
+            root = _absolute(output_dir, "output_dir").resolve()
+            inputs = tuple(
+                _absolute(p, "input_datasets").resolve()
+                for p in _as_list_of_str(input_datasets, "input_datasets")
+            )
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise OutputError(
+                f"output_dir {os.fspath(output_dir)!r} or an input dataset cannot be resolved: "
+                f"{exc}. Remove the symbolic link loop, or choose another folder."
+            ) from exc
         for source in inputs:
             if root.is_relative_to(source):
                 where = "the same folder as" if root == source else "inside"

@@ -31,7 +31,7 @@ from msimaging.derivatives import (
     OutputKind,
     read_table,
 )
-from msimaging.errors import InputError, MSImagingWarning
+from msimaging.errors import BIDSError, InputError, MSImagingWarning
 
 __all__ = ["NBS_DESIGNS", "GroupRun", "TractModelWarning", "run_group"]
 
@@ -158,6 +158,7 @@ def run_group(
     n_jobs: int = -1,
     tract_model: str | None = None,
     progress: bool = True,
+    wait: bool | float = False,
 ) -> GroupRun:
     """Gather participant outputs into study tables, run NBS and lesion tracking, report.
 
@@ -203,29 +204,83 @@ def run_group(
         (also in ``notes``); the table's sidecar names the model (``TrackingModel``).
     progress : bool
         Show progress of the NBS permutations.
+    wait : bool or float
+        When another run holds the output folder's lock: False refuses (OutputError), True
+        waits, a number waits at most that many seconds (see
+        :func:`msimaging.pipeline.run.prepare_output`).
 
     Returns
     -------
     GroupRun
-    """
-    from msimaging.bids import Study
 
-    started = time.perf_counter()
-    output = Path(output_dir).resolve()
+    Raises
+    ------
+    OutputError
+        The output folder has a link into the input dataset, or another run holds it.
+    BIDSError
+        Two visits of a subject fall at the same month (the longitudinal tables would merge
+        them).
+    """
+    from msimaging.pipeline.run import prepare_output, resolve_output
+
+    output = resolve_output(output_dir)
     if not output.is_dir():
         raise InputError(
             f"output_dir {str(output)!r} does not exist: run the participant level first "
             "(msimaging BIDS_DIR OUTPUT_DIR participant)."
         )
+    DerivativesWriter(output, input_datasets=[bids_dir])  # refuses output inside the input
+    lock = prepare_output(output, bids_dir, what="group", wait=wait)
+    try:
+        return _run_group_locked(
+            bids_dir, output, nbs_threshold_p=nbs_threshold_p, nbs_tail=nbs_tail,
+            nbs_design=nbs_design, nbs_method=nbs_method, n_permutations=n_permutations,
+            report=report, n_jobs=n_jobs, tract_model=tract_model, progress=progress)
+    finally:
+        lock.release()
+
+
+def _same_month_visits(sessions: pd.DataFrame) -> list[str]:
+    """'sub-01: ses-M0 and ses-M3 at 0 months' for every subject with two visits at a month."""
+    out = []
+    for (subject, months), rows in sessions.groupby(["participant_id", "months"]):
+        if len(rows) > 1:
+            out.append(f"{subject}: {' and '.join(map(str, rows['session_id']))} at "
+                       f"{months:g} months")
+    return out
+
+
+def _run_group_locked(bids_dir, output: Path, *, nbs_threshold_p, nbs_tail, nbs_design,
+                      nbs_method, n_permutations, report, n_jobs, tract_model,
+                      progress) -> GroupRun:
+    from msimaging.bids import Study
+
+    started = time.perf_counter()
     writer = DerivativesWriter(output, input_datasets=[bids_dir])
     study = Study(bids_dir)
     sessions = study.sessions[["participant_id", "session_id", "months"]]
+    clash = _same_month_visits(sessions)
+    if clash:
+        raise BIDSError(
+            f"visits at the same month in {bids_dir}: {'; '.join(clash[:5])}. Every "
+            "longitudinal table orders visits by months; give each visit its own months in "
+            "sub-<label>/sub-<label>_sessions.tsv (column 'months')."
+        )
     tables: dict[str, Path] = {
         # Not "sessions": BIDS reserves that name for per-subject sessions files.
         "visits": writer.write_group_table(
             sessions, "visits", sidecar={"Description": "Sessions of the BIDS dataset"})
     }
     notes: list[str] = []
+    n_subjects = sessions["participant_id"].nunique()
+    if n_subjects < 2:
+        # Between-visit tests need >= 2 subjects (an exact test has no attainable p with
+        # one): say so instead of leaving NaN statistics to be found in the tables.
+        said = (f"only {n_subjects} subject in {bids_dir}: the study tables are written, "
+                "but no group statistic can be computed (visit comparisons, NBS need >= 2 "
+                "and >= 3 subjects); the report shows each subject's values only.")
+        notes.append(said)
+        warnings.warn(said, MSImagingWarning, stacklevel=3)
     excluded = _excluded(output, study)
     model = _tract_model(output, sessions, tract_model, notes)
     for name in _TABLES:
@@ -270,6 +325,12 @@ def run_group(
 def _excluded(output: Path, study) -> pd.DataFrame:
     rows = []
     failures = DerivativesLayout(output).failures
+    if failures.exists() and not failures.is_file():
+        raise InputError(
+            f"{failures!s} is not a regular file (a folder, FIFO or device): the group "
+            "level cannot read which visits failed. Delete it and run the participant level "
+            "again (it writes failures.tsv)."
+        )
     if failures.is_file() and failures.stat().st_size:
         table = read_table(failures, dtype=str)
         for row in table.itertuples():

@@ -29,11 +29,19 @@ from typing import Any
 
 import pandas as pd
 
-from msimaging.derivatives import DerivativesLayout, DerivativesWriter, atomic_write_text
-from msimaging.errors import BIDSError, InputError, LabelError, MSImagingWarning
+from msimaging.derivatives import (
+    DerivativesLayout,
+    DerivativesWriter,
+    OutputLock,
+    atomic_write_text,
+    check_output_links,
+    remove_temp_files,
+)
+from msimaging.errors import BIDSError, InputError, LabelError, MSImagingWarning, OutputError
 from msimaging.pipeline.tasks import MODALITIES, Task, TaskOutcome, is_up_to_date, run_task
 
-__all__ = ["ParticipantRun", "check_labels", "plan_tasks", "run_participant"]
+__all__ = ["ParticipantRun", "check_labels", "check_scheduler", "plan_tasks", "prepare_output",
+           "resolve_output", "run_participant"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _FAILURE_COLUMNS = ["participant_id", "session_id", "modality", "error_type", "message"]
@@ -170,9 +178,12 @@ def plan_tasks(
 
         atlas = check_atlas(effective_params("fmri", params)["atlas"],
                             where="params['fmri']['atlas']")
-    tasks, problems = [], []
+    tasks, problems, empty = [], [], []
     for s in chosen:
         if sessions is not None and s.session_id not in sessions:
+            continue
+        if not any(s.files.values()):  # e.g. a subject folder with no session and no file
+            empty.append(f"{s.participant_id} {s.session_id or ''}".strip())
             continue
         for modality in modalities:
             settings = effective_params(modality, params)
@@ -197,15 +208,91 @@ def plan_tasks(
     if not tasks:
         raise BIDSError(
             f"no session of {bids_dir} matches participant {participant_label} and session "
-            f"{session_label}."
+            f"{session_label}" + (f" with any file ({', '.join(empty)} have none)" if empty
+                                  else "") + "."
         )
+    if empty:
+        warnings.warn(
+            f"{', '.join(empty)} in {bids_dir} ha{'s' if len(empty) == 1 else 've'} no data "
+            "file (no session folder, or empty ones): skipped. Add the data, or remove the "
+            "empty folder(s).", MSImagingWarning, stacklevel=2)
+    if study.problems:
+        more = f" (and {len(study.problems) - 5} more)" if len(study.problems) > 5 else ""
+        warnings.warn(
+            f"{len(study.problems)} problem(s) in {bids_dir}{more}: "
+            + "; ".join(study.problems[:5]), MSImagingWarning, stacklevel=2)
     return tasks
+
+
+def check_scheduler(scheduler: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming ``--scheduler``, when the Dask scheduler's address is malformed or
+    nothing answers there (instead of a raw ``distributed`` traceback after 30 s)."""
+    import socket
+
+    from msimaging.pipeline.options import ConfigError
+
+    if scheduler is None:
+        return
+    how = ("Give the address the scheduler printed (e.g. tcp://10.0.0.5:8786), or leave "
+           "--scheduler out to use an embedded cluster.")
+    match = re.fullmatch(r"(?:(tcp|tls)://)?\[?([A-Za-z0-9_.:-]+?)\]?:(\d{1,5})/?",
+                         scheduler.strip())
+    if match is None:
+        if re.fullmatch(r"(inproc|ucx|ws|wss)://\S+", scheduler.strip()):
+            return  # other transports: let distributed check them
+        raise ConfigError(f"--scheduler {scheduler!r} is not a scheduler address. {how}")
+    host, port = match[2], int(match[3])
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"--scheduler {scheduler!r}: no Dask scheduler answers at {host}:{port} ({exc}). "
+            f"Start it (dask scheduler), check the host and port and the firewall. {how}"
+        ) from exc
+
+
+def resolve_output(output_dir: str | os.PathLike[str]) -> Path:
+    """The output folder with every link resolved; a symbolic link loop is an OutputError."""
+    try:
+        return Path(output_dir).resolve()
+    except (OSError, RuntimeError) as exc:
+        raise OutputError(
+            f"output_dir {os.fspath(output_dir)!r} cannot be resolved: {exc}. Remove the "
+            "symbolic link loop, or choose another output folder."
+        ) from exc
+
+
+def prepare_output(output: Path, bids_dir, *, what: str, wait: bool | float,
+                   logger: logging.Logger | None = None) -> OutputLock:
+    """Before a run writes anything: refuse links into the input, take the folder's lock
+    and remove the temporary files of a killed run (see :class:`OutputLock`)."""
+    check_output_links(output, [bids_dir])
+    lock = OutputLock(output, what=what, wait=wait).acquire()
+    try:
+        removed = remove_temp_files(output)
+    except BaseException:
+        lock.release()
+        raise
+    if removed:
+        message = (f"removed {len(removed)} temporary file(s) a killed run left in {output} "
+                   f"(e.g. {removed[0]})")
+        if logger is not None:
+            logger.warning(message)
+        warnings.warn(message, MSImagingWarning, stacklevel=3)
+    return lock
 
 
 def _logger(output: Path, level: str) -> tuple[logging.Logger, Path]:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = DerivativesLayout(output).logs_dir / f"{stamp}_{level}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot create the log folder {str(path.parent)!r}: {exc}. Remove or rename "
+            "what is in the way (a file named 'logs'?), or choose another output folder."
+        ) from exc
     logger = logging.getLogger(f"msimaging.run.{stamp}.{level}")
     logger.setLevel(logging.INFO)
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -241,6 +328,7 @@ def run_participant(
     progress: bool = True,
     filters: dict[str, dict[str, str | None]] | None = None,
     study: Any = None,
+    wait: bool | float = False,
 ) -> ParticipantRun:
     """Run the participant level: every (subject, visit, modality) task, resumably.
 
@@ -269,19 +357,46 @@ def run_participant(
         ``{"dwi": {"dir": "AP"}}`` (see :mod:`msimaging.pipeline.inputs`).
     study : msimaging.bids.Study, optional
         The dataset already scanned (e.g. by the command line's checks); else scanned here.
+    wait : bool or float
+        When another run holds the output folder's lock: False refuses (OutputError naming
+        it), True waits for it, a number waits at most that many seconds.
 
     Returns
     -------
     ParticipantRun
+
+    Raises
+    ------
+    OutputError
+        The output folder is inside the input, has a link into it, cannot be written, or
+        another run holds its lock. A lock left by a killed run is taken over (with an
+        MSImagingWarning) and the temporary files such a run left are removed.
     """
+    from msimaging.pipeline.options import ConfigError
+
+    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int)
+                                  or n_workers < 1):
+        raise ConfigError(f"--n-workers/n_workers must be a whole number >= 1, got "
+                          f"{n_workers!r}.")
+    check_scheduler(scheduler)
     started = time.perf_counter()
-    output = Path(output_dir).resolve()
+    output = resolve_output(output_dir)
     # Everything is checked (labels, inputs, spaces) before the output folder is touched
     # and before any cluster starts; the dataset is scanned once, here.
     tasks = plan_tasks(bids_dir, participant_label=participant_label,
                        session_label=session_label, modalities=modalities, params=params,
                        filters=filters, study=study)
     DerivativesWriter(output, input_datasets=[bids_dir])  # refuses output inside the input
+    lock = prepare_output(output, bids_dir, what="participant", wait=wait)
+    try:
+        return _run_locked(tasks, bids_dir, output, params, force, scheduler, n_workers,
+                           progress, started)
+    finally:
+        lock.release()
+
+
+def _run_locked(tasks, bids_dir, output, params, force, scheduler, n_workers, progress,
+                started) -> ParticipantRun:
     logger, log_path = _logger(output, "participant")
     skipped = [] if force else [t for t in tasks if is_up_to_date(t, output, params)]
     done = set(skipped)
@@ -314,9 +429,11 @@ def run_participant(
         _run_on_dask(todo, bids_dir, output, params, force, scheduler, n_workers, finished)
     bar.close()
     table = pd.DataFrame([o.row() for o in outcomes])
-    order = {(t.participant_id, t.session_id, t.modality): k for k, t in enumerate(tasks)}
-    table["_order"] = [order[(r.participant_id, r.session_id, r.modality)]
-                       for r in table.itertuples()]
+    # Keys without NaN: a visit of a subject without sessions has session_id None.
+    order = {(t.participant_id, t.session_id or "", t.modality): k
+             for k, t in enumerate(tasks)}
+    table["_order"] = [order[(r.participant_id, r.session_id if isinstance(r.session_id, str)
+                              else "", r.modality)] for r in table.itertuples()]
     table = table.sort_values("_order").drop(columns="_order").reset_index(drop=True)
     failures = table.loc[table["status"] == "failed", _FAILURE_COLUMNS].reset_index(drop=True)
     atomic_write_text(DerivativesLayout(output).failures,

@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import pandas as pd
@@ -747,7 +749,8 @@ def _input_dataset(folder: Path) -> Path | None:
         return None
     for entry in meta.get("SourceDatasets", []) or []:
         url = entry.get("URL", "") if isinstance(entry, dict) else ""
-        path = Path(url.removeprefix("file://")) if url else None
+        # as_uri() percent-encodes spaces and non-ASCII letters: decode them back.
+        path = Path(url2pathname(urlparse(url).path)) if url.startswith("file:") else None
         if path is not None and path.is_dir():
             return path
     return None
