@@ -18,7 +18,10 @@ the ``"fsl"``, ``"voxel"`` and ``"world"`` conventions.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 
-from msimaging.errors import InputError
+from msimaging.errors import InputError, MSImagingWarning
 
 if TYPE_CHECKING:
     from dipy.core.gradients import GradientTable
@@ -35,9 +38,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BVEC_CONVENTIONS",
     "DWI",
+    "MAX_IMAGE_BYTES",
     "ImageLike",
     "bvecs_from_voxel",
     "bvecs_to_voxel",
+    "check_input_file",
     "check_same_grid",
     "describe",
     "fsl_flips_x",
@@ -51,6 +56,11 @@ __all__ = [
 ImageLike = str | os.PathLike | nib.spatialimages.SpatialImage
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+#: Largest image (bytes of voxel data in memory) a loader reads; a header claiming more is
+#: refused before any data is read (a corrupt header must not end in a bare MemoryError).
+#: Override with the environment variable ``MSIMAGING_MAX_IMAGE_BYTES``.
+MAX_IMAGE_BYTES = 16 * 2**30
 
 #: How b-vectors given to :func:`load_dwi` are to be read (see :func:`bvecs_to_voxel`).
 BVEC_CONVENTIONS = ("fsl", "voxel", "world")
@@ -68,14 +78,157 @@ def describe(img: Any, name: str) -> str:
     return f"{name} (in-memory image)"
 
 
+def check_input_file(path: str | os.PathLike, what: str) -> Path:
+    """Check that ``path`` is an existing, readable regular file, before anything opens it.
+
+    A FIFO, socket or device named like an input would block a reader forever (or read
+    endless data), a symbolic link loop or a folder would end in a raw ``OSError``: each is
+    refused here, with one ``os.stat`` and no read.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The input file.
+    what : str
+        How to name it in messages (e.g. ``"bval file 'sub-01_dwi.bval'"``).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    InputError
+        Missing file, dangling symlink, symlink loop, folder, non-regular file, no permission.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(
+                f"{what} is a symbolic link loop (a link that points back to itself through "
+                "other links); replace it with the file itself or a link to it."
+            ) from exc
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise InputError(
+                f"{what} cannot be opened: permission denied; make it readable "
+                "(chmod a+r) or copy it somewhere you can read."
+            ) from exc
+        if os.path.islink(path):
+            raise InputError(
+                f"{what} is a symbolic link to '{os.readlink(path)}', which does not exist; "
+                "fix the link or give the file itself."
+            ) from exc
+        raise InputError(
+            f"{what} does not exist; check the path (and the working directory)."
+        ) from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{what} is a folder, not a file; give the file itself.")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else (
+            "a socket" if stat.S_ISSOCK(info.st_mode) else "a device or special file")
+        raise InputError(
+            f"{what} is {kind}, not a regular file: reading it could block forever, so it is "
+            "refused; give a regular file (copy the data into one)."
+        )
+    if not os.access(path, os.R_OK):
+        raise InputError(
+            f"{what} cannot be opened: permission denied; make it readable (chmod a+r) or "
+            "copy it somewhere you can read."
+        )
+    return path
+
+
+def _max_image_bytes() -> int:
+    value = os.environ.get("MSIMAGING_MAX_IMAGE_BYTES")
+    try:
+        return int(float(value)) if value else MAX_IMAGE_BYTES
+    except ValueError:
+        return MAX_IMAGE_BYTES
+
+
+def _check_geometry(img: nib.spatialimages.SpatialImage, what: str) -> None:
+    """Header-only checks: a plausible size and an invertible, finite affine (no data read)."""
+    shape = tuple(int(s) for s in img.shape)
+    if any(s <= 0 for s in shape):
+        raise InputError(
+            f"{what} has a header with an empty dimension (shape {shape}); re-export the file."
+        )
+    dtype = np.dtype(img.get_data_dtype())
+    header = img.header
+    slope, inter = header.get_slope_inter() if hasattr(header, "get_slope_inter") else (None,
+                                                                                        None)
+    scaled = slope not in (None, 1.0) or inter not in (None, 0.0)
+    itemsize = max(dtype.itemsize, 8) if scaled else dtype.itemsize  # scaled data are float
+    n_bytes = int(np.prod(np.array(shape, dtype=np.float64))) * itemsize
+    limit = _max_image_bytes()
+    if n_bytes > limit:
+        raise InputError(
+            f"{what} has a header claiming shape {shape} of {dtype} ({n_bytes / 2**30:.3g} GiB "
+            f"in memory), more than the {limit / 2**30:.3g} GiB msimaging reads; the header is "
+            "probably corrupt (re-export the file). If the image really is this large, set the "
+            "environment variable MSIMAGING_MAX_IMAGE_BYTES."
+        )
+    affine = img.affine
+    if affine is None:
+        raise InputError(f"{what} has no affine; give an image with a voxel-to-world affine.")
+    affine = np.asarray(affine, dtype=float)
+    if not np.all(np.isfinite(affine)):
+        raise InputError(
+            f"{what} has a non-finite (NaN or infinite) affine in its header (sform/qform); "
+            "the image has no position in space. Fix the header (e.g. copy the affine of the "
+            "image it was made from: nibabel img.set_sform/set_qform, or fslcpgeom)."
+        )
+    det = float(np.linalg.det(affine[:3, :3]))
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    if not abs(det) > 1e-6 * max(float(np.prod(zooms)), 1e-300) or not abs(det) > 1e-12:
+        raise InputError(
+            f"{what} has a singular affine in its header (sform/qform determinant {det:.3g}; "
+            f"voxel sizes {np.round(zooms, 4).tolist()} mm): voxels have no volume and no "
+            "orientation. Fix the header (e.g. copy the affine of the image it was made from: "
+            "nibabel img.set_sform/set_qform, or fslcpgeom)."
+        )
+
+
+def _raw_pixdim_problem(path: Path, loaded: nib.spatialimages.SpatialImage) -> str | None:
+    """A zero voxel size in the header nibabel silently set to 1 mm (qform images only)."""
+    header = loaded.header
+    if not isinstance(header, nib.Nifti1Header) or int(header["sform_code"]) > 0:
+        return None  # the sform gives the geometry; pixdim is not used
+    try:
+        with nib.openers.ImageOpener(path) as fileobj:
+            raw = nib.Nifti1Header.from_fileobj(fileobj, check=False)
+    except Exception:  # the header was read once already; nothing to add
+        return None
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=float)
+    if np.all(np.isfinite(pixdim)) and np.all(pixdim != 0):
+        return None
+    return (
+        f"has voxel size(s) {pixdim.tolist()} (pixdim) and no sform, so its affine comes from "
+        "a zero or non-finite voxel size (nibabel replaces it by 1 mm, a silent wrong size); "
+        "fix the header's pixdim (e.g. fslcpgeom from the image it was made from)"
+    )
+
+
+def _check_file_size(path: Path, img: nib.spatialimages.SpatialImage, what: str) -> None:
+    """An uncompressed NIfTI shorter than its header says is truncated (no data read)."""
+    if not path.name.endswith(".nii") or not isinstance(img.header, nib.Nifti1Header):
+        return
+    expected = int(img.header.get_data_offset()) + int(np.prod(img.shape)) * np.dtype(
+        img.get_data_dtype()).itemsize
+    actual = path.stat().st_size
+    if actual < expected:
+        raise InputError(
+            f"{what} is truncated: its header needs {expected} bytes but the file has "
+            f"{actual}; re-copy or re-export the file."
+        )
+
+
 def _read(img: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
     """Open ``img`` and read its data into memory, turning any failure into InputError."""
     if isinstance(img, str | os.PathLike):
-        path = Path(img)
-        if not path.exists():
-            raise InputError(f"{what} does not exist; check the path (and the working directory).")
-        if path.is_dir():
-            raise InputError(f"{what} is a folder, not an image file; give the NIfTI file itself.")
+        path = check_input_file(img, what)
         try:
             loaded = nib.load(path)
         except Exception as exc:  # nibabel raises many types for unreadable files
@@ -83,8 +236,14 @@ def _read(img: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
                 f"{what} cannot be read as an image ({type(exc).__name__}: {exc}); "
                 "check that it is a complete NIfTI file (re-copy or re-export it)."
             ) from exc
+        _check_geometry(loaded, what)
+        problem = _raw_pixdim_problem(path, loaded)
+        if problem:
+            raise InputError(f"{what} {problem}.")
+        _check_file_size(path, loaded, what)
     elif isinstance(img, nib.spatialimages.SpatialImage):
         loaded = img
+        _check_geometry(loaded, what)
     else:
         raise InputError(
             f"{what} must be a file path or a nibabel image, not {type(img).__name__}; "
@@ -92,7 +251,7 @@ def _read(img: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
         )
     try:
         data = np.asanyarray(loaded.dataobj)
-    except (EOFError, zlib.error, OSError, ValueError) as exc:
+    except (EOFError, zlib.error, OSError, ValueError, MemoryError) as exc:
         raise InputError(
             f"{what} is truncated or corrupt: its data cannot be read ({type(exc).__name__}: "
             f"{exc}); re-copy or re-export the file."
@@ -246,9 +405,7 @@ def load_mask(
 def _grid(img: ImageLike, name: str) -> tuple[tuple[int, ...], np.ndarray, str]:
     what = describe(img, name)
     if isinstance(img, str | os.PathLike):
-        path = Path(img)
-        if not path.exists():
-            raise InputError(f"{what} does not exist; check the path.")
+        path = check_input_file(img, what)
         try:
             img = nib.load(path)
         except Exception as exc:
@@ -258,6 +415,7 @@ def _grid(img: ImageLike, name: str) -> tuple[tuple[int, ...], np.ndarray, str]:
             ) from exc
     if not isinstance(img, nib.spatialimages.SpatialImage):
         raise InputError(f"{what} must be a file path or a nibabel image.")
+    _check_geometry(img, what)
     return tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, float), what
 
 
@@ -322,11 +480,12 @@ def _sidecar(dwi: ImageLike, ext: str) -> Path | None:
 
 
 def _read_numbers(path: Path, what: str) -> np.ndarray:
-    if not path.exists():
+    if not os.path.lexists(path):
         raise InputError(
             f"{what} '{path}' does not exist; diffusion data need FSL-style .bval and .bvec "
             "files next to the image (or pass bvals=/bvecs= explicitly)."
         )
+    check_input_file(path, f"{what} '{path}'")
     try:
         text = path.read_text()
         rows = [line.split() for line in text.splitlines() if line.strip()]
@@ -558,6 +717,48 @@ class DWI:
         )
 
 
+def _unwrap_overflow(img: nib.Nifti1Image, what: str) -> tuple[nib.Nifti1Image, str | None]:
+    """Undo a signed-integer overflow in a magnitude image (DWI), with a warning.
+
+    A converter that scales the signal past 32767 and stores int16 wraps the brightest voxels
+    to large negative values; a magnitude image has none, so values below half the type's
+    negative range can only be a wrap. When every negative value is such a wrap, the stored
+    bits are read as unsigned (exact for signals below 2x the signed maximum); a mix with
+    small negative values is ambiguous and refused.
+    """
+    data = np.asanyarray(img.dataobj)
+    if data.dtype.kind != "i" or data.dtype.itemsize > 4:
+        return img, None
+    info = np.iinfo(data.dtype)
+    low = data.min()
+    if low >= 0:
+        return img, None
+    half = -(info.max // 2)
+    negative = data < 0
+    n_negative = int(np.count_nonzero(negative))
+    if low > half:
+        return img, None  # small negatives (noise): not a wrap; fit_tensor floors them
+    if np.any(negative & (data > half)):
+        raise InputError(
+            f"{what} holds {data.dtype} values down to {int(low)} mixed with small negative "
+            "values: a magnitude image has no negative values, and these look like an integer "
+            "overflow (values above the type's maximum wrapped around) that cannot be undone "
+            "unambiguously. Re-convert the DICOMs storing a wider type (e.g. dcm2niix keeps "
+            "uint16/float) or check the scaling."
+        )
+    unsigned = data.view(np.dtype(f"u{data.dtype.itemsize}"))
+    out = nib.Nifti1Image(unsigned, img.affine, img.header)
+    out.set_data_dtype(unsigned.dtype)
+    note = (
+        f"{n_negative} voxel value(s) of {what} were negative (down to {int(low)}): an "
+        f"overflow of the signed {data.dtype} type (signals above {info.max} wrapped around); "
+        f"the data were read as unsigned {unsigned.dtype}, which restores signals up to "
+        f"{np.iinfo(unsigned.dtype).max}. Re-convert the data storing a wider type to be sure"
+    )
+    warnings.warn(note + ".", MSImagingWarning, stacklevel=3)
+    return out, note
+
+
 def load_dwi(
     dwi: ImageLike,
     bvals: str | os.PathLike | np.ndarray | list | None = None,
@@ -618,6 +819,7 @@ def load_dwi(
     bvec_src = f"bvecs '{bvecs}'" if isinstance(bvecs, str | os.PathLike) else "bvecs"
 
     img = load_image(dwi, name="dwi", ndim=4)
+    img, wrap_note = _unwrap_overflow(img, what)
     n_vol = img.shape[3]
     if not np.all(np.isfinite(bvals_arr)) or np.any(bvals_arr < 0):
         raise InputError(f"{bval_src} contains negative or non-finite b-values; fix the file.")
@@ -668,7 +870,7 @@ def load_dwi(
         )
     unit = vecs.copy()
     unit[~b0] /= norms[~b0, None]
-    notes = []
+    notes = [wrap_note] if wrap_note else []
     if (np.abs(norms[~b0] - 1.0) > 1e-6).any():
         deviation = float(np.max(np.abs(norms[~b0] - 1.0)))
         notes.append(f"b-vectors normalised (largest norm deviation {deviation:.2g})")

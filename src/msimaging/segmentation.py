@@ -836,6 +836,25 @@ class Segmentation:
         )
 
 
+#: Largest label value mapped through a dense lookup table; above it (a corrupt voxel such as
+#: 2**40) labels are mapped through their distinct values, never an array over max(label).
+_DENSE_LOOKUP_MAX = 1 << 20
+
+
+def _classes_of(data: np.ndarray, convention: LabelConvention) -> np.ndarray:
+    """Class index per voxel (-1 = unknown label); memory bounded whatever the label values."""
+    known_max = max(max(convention.values, default=0), max(convention.background, default=0))
+    max_label = int(data.max()) if data.size else 0
+    if max_label <= max(_DENSE_LOOKUP_MAX, known_max):
+        return convention.lookup(max(max_label, known_max))[data]
+    values, inverse = np.unique(data, return_inverse=True)
+    table = convention.lookup(known_max)
+    in_table = values <= known_max
+    mapped = np.full(values.shape, -1, np.int16)
+    mapped[in_table] = table[values[in_table]]
+    return mapped[inverse].reshape(data.shape)
+
+
 def load_segmentation(seg: ImageLike, labels: Any = None, *, name: str = "seg") -> Segmentation:
     """Load a label image and map it onto tissue classes.
 
@@ -852,10 +871,7 @@ def load_segmentation(seg: ImageLike, labels: Any = None, *, name: str = "seg") 
     img = load_image(seg, name=name, ndim=3)
     data = _integer_labels(np.asanyarray(img.dataobj), what)
     convention = resolve_convention(seg, labels, data=data, name=name)
-    max_label = int(data.max()) if data.size else 0
-    lookup = convention.lookup(max(max_label, max(convention.values, default=0),
-                                   max(convention.background, default=0)))
-    classes = lookup[data]
+    classes = _classes_of(data, convention)
     if (classes < 0).any():
         unknown = np.unique(data[classes < 0])
         shown = ", ".join(

@@ -100,7 +100,14 @@ from msimaging.atlases.coordinates import (
 )
 from msimaging.errors import DependencyError, InputError, MSImagingWarning
 from msimaging.fmri.subnetwork import anatomical_labels
-from msimaging.io import ImageLike, check_same_grid, describe, load_image, load_mask
+from msimaging.io import (
+    ImageLike,
+    check_input_file,
+    check_same_grid,
+    describe,
+    load_image,
+    load_mask,
+)
 
 __all__ = [
     "COORDINATE_ATLASES", "SPHERE_VOXELS", "STRATEGIES", "TimeSeries", "extract_timeseries",
@@ -386,8 +393,7 @@ def _fmriprep_confounds_file(bold_path: Path | None) -> Path | None:
 
 
 def _read_confounds(path: Path, what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputError(f"{what} does not exist; check the path.")
+    check_input_file(path, what)  # missing, a folder, a FIFO (would block), a link loop
     try:
         table = pd.read_csv(path, sep="\t", na_values=["n/a", "N/A", "NaN", "nan", ""])
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:

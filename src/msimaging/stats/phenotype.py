@@ -19,6 +19,7 @@ import pandas as pd
 
 from msimaging.derivatives import read_table
 from msimaging.errors import InputError, MSImagingWarning
+from msimaging.io import check_input_file
 
 __all__ = ["read_phenotype"]
 
@@ -37,6 +38,34 @@ def _months_from_sessions(root: Path) -> dict[tuple[str, str], float]:
         for r in sessions.itertuples()
         if r.months is not None and np.isfinite(r.months)
     }
+
+
+def _drop_duplicate_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Drop exact repeats of a participant/session row (warning); conflicting ones are errors."""
+    keys = ["participant_id", "session_id"]
+    repeated = df.duplicated(keys, keep=False)
+    if not repeated.any():
+        return df
+    exact = df.duplicated(keep="first")
+    conflicting = df[repeated].drop_duplicates().duplicated(keys, keep=False)
+    if conflicting.any():
+        rows = df[repeated].drop_duplicates()
+        pairs = rows[conflicting][keys].drop_duplicates().to_numpy().tolist()
+        shown = ", ".join(f"{p}/{s}" for p, s in pairs[:5])
+        raise InputError(
+            f"phenotype table {str(path)!r} has several rows with different values for "
+            f"participant/session {shown}{' ...' if len(pairs) > 5 else ''}; keep one row per "
+            "participant and session (add a session_id column if these are different visits)."
+        )
+    pairs = df[exact][keys].to_numpy().tolist()
+    warnings.warn(
+        f"phenotype table {str(path)!r} repeats identical rows for participant/session "
+        f"{', '.join(f'{p}/{s}' for p, s in pairs[:5])}{' ...' if len(pairs) > 5 else ''}; "
+        "each was counted once.",
+        MSImagingWarning,
+        stacklevel=3,
+    )
+    return df[~exact].reset_index(drop=True)
 
 
 def read_phenotype(
@@ -77,11 +106,16 @@ def read_phenotype(
     months_lookup = None
     rows, skipped = [], []
     for path in paths:
+        check_input_file(path, f"phenotype table {str(path)!r}")
         df = read_table(path, dtype={"participant_id": str, "session_id": str})
         if "participant_id" not in df.columns:
-            raise InputError(f"{str(path)!r} has no participant_id column.")
+            raise InputError(
+                f"{str(path)!r} has no participant_id column; the first column of a BIDS "
+                "phenotype table must be participant_id (sub-<label>)."
+            )
         if "session_id" not in df.columns:
             df["session_id"] = "n/a"
+        df = _drop_duplicate_rows(df, path)
         dictionary = {}
         sidecar = path.with_suffix(".json")
         if sidecar.is_file():
@@ -103,8 +137,17 @@ def read_phenotype(
             if column in _ID_COLUMNS:
                 continue
             values = pd.to_numeric(df[column], errors="coerce")
-            if values.isna().all() or (values.isna() & df[column].notna()).any():
-                skipped.append(f"{path.stem}.{column}")
+            bad = values.isna() & df[column].notna()
+            if values.isna().all() or bad.any():
+                where = ""
+                if bad.any() and not values[~bad].isna().all():
+                    # A mostly numeric outcome: name the cells that are not numbers.
+                    cells = [f"{df['participant_id'].iloc[i]}/{df['session_id'].iloc[i]}: "
+                             f"{df[column].iloc[i]!r}" for i in np.flatnonzero(bad)[:5]]
+                    where = (f" (non-numeric value(s) {'; '.join(cells)}"
+                             f"{' ...' if bad.sum() > 5 else ''}: fix them in {str(path)!r}, "
+                             "writing n/a for a missing value)")
+                skipped.append(f"{path.stem}.{column}{where}")
                 continue
             info = dictionary.get(column, {}) if isinstance(dictionary, dict) else {}
             info = info if isinstance(info, dict) else {}
