@@ -52,6 +52,7 @@ __all__ = [
     "MNI_CHECK_BOUNDS",
     "TEMPLATE_KINDS",
     "TRANSFORM_KINDS",
+    "WITHIN_SUBJECT_MM",
     "AffineTransform",
     "SyNTransform",
     "apply_transform",
@@ -63,6 +64,9 @@ __all__ = [
     "register_affine",
     "register_syn",
     "register_to_mni",
+    "register_within_subject",
+    "subject_mni_transform",
+    "visit_mni_transform",
 ]
 
 #: Affine models of :func:`register_affine`, each estimated after the ones before it.
@@ -1735,3 +1739,218 @@ def load_transform(path: str | os.PathLike[str]) -> AffineTransform | SyNTransfo
         metric=str(payload.get("metric", "cc")),
         dipy_inverted=bool(payload.get("dipy_inverted", True)),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# One MNI registration per subject
+# --------------------------------------------------------------------------------------------
+
+#: Working resolution of the within-subject (visit -> first visit) registration: both images
+#: show the same head, so a 3 mm affine is as accurate as the 2 mm MNI one for a DTI task
+#: (2.5 mm voxels) at a fraction of the cost.
+WITHIN_SUBJECT_MM = 3.0
+_SUBJECT_XFM_VERSION = 1
+
+
+def register_within_subject(
+    t1w: ImageLike,
+    reference_t1w: ImageLike,
+    *,
+    transform: Literal["rigid", "rigid+scaling", "affine"] = "rigid",
+    resolution_mm: float = WITHIN_SUBJECT_MM,
+) -> AffineTransform:
+    """Register a subject's reference image (e.g. its first visit's T1w) to another visit.
+
+    Both images show the same head (same contrast), so mutual information on block-averaged
+    copies at ``resolution_mm`` suffices; the result is placed back on the full grids.
+
+    Parameters
+    ----------
+    t1w : str, os.PathLike or nibabel image
+        The visit's image (static).
+    reference_t1w : str, os.PathLike or nibabel image
+        The subject's reference image (moving), in the same contrast.
+    transform : {"rigid", "rigid+scaling", "affine"}, default="rigid"
+        A head moves rigidly between visits. On the default synthetic study (2 mm T1w,
+        3 mm working grid) rigid recovered the planted map to 0.004 mm in 4 s where affine
+        took 14 s for 0.044 mm (12 parameters fit noise); choose "affine" when the scanner's
+        scale drifts between visits (~1 %).
+    resolution_mm : float, default=3.0
+        Working resolution (images finer than this are block-averaged to it).
+
+    Returns
+    -------
+    AffineTransform
+        Static = ``t1w``, moving = ``reference_t1w``: ``matrix`` maps visit mm -> reference mm,
+        so ``subject_to_mni.then(this)`` is the visit's MNI -> T1w transform.
+    """
+    _check_choice(transform, ("rigid", "rigid+scaling", "affine"), "transform")
+    if isinstance(resolution_mm, bool) or not isinstance(resolution_mm, int | float) or not (
+        0 < resolution_mm <= 16
+    ):
+        raise InputError(
+            f"resolution_mm must be a number of mm in (0, 16], got {resolution_mm!r}."
+        )
+    start = time.perf_counter()
+    images = []
+    for img, name in ((t1w, "t1w"), (reference_t1w, "reference_t1w")):
+        loaded = _load_3d(img, name)
+        data = np.nan_to_num(np.asanyarray(loaded.dataobj).astype(np.float32))
+        work, work_affine, _ = _working_grid(data, loaded.affine, float(resolution_mm))
+        images.append((loaded, nib.Nifti1Image(work, work_affine)))
+    (static, static_work), (moving, moving_work) = images
+    fitted = register_affine(
+        moving_work, static_work, transform=transform, level_iters=(1000, 100),
+        sigmas=(1.0, 0.0), factors=(2, 1),
+    )  # fmt: skip
+    return AffineTransform(
+        fitted.matrix, *_grid(static), *_grid(moving), kind=transform,
+        metric_value=fitted.metric_value, seconds=time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _identity_of(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@functools.lru_cache(maxsize=1)
+def _flock() -> Any:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; writes stay atomic, work may repeat
+        return None
+    return fcntl
+
+
+def subject_mni_transform(
+    reference_t1w: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    transform: Literal["rigid", "rigid+scaling", "affine"] = "affine",
+    resolution_mm: int = 2,
+    metadata: dict[str, Any] | None = None,
+) -> AffineTransform:
+    """The subject's MNI -> reference T1w transform: computed once, then read from ``path``.
+
+    Safe when many processes ask at once (the visits of a subject run in parallel): the
+    first holds an exclusive lock on ``<path>.lock`` while it registers and saves, the others
+    wait on that lock and then read the file. A saved transform is reused only when its
+    sidecar names the same reference file (path, size, modification time) and settings;
+    otherwise it is recomputed.
+
+    Parameters
+    ----------
+    reference_t1w : str or pathlib.Path
+        The subject's reference image (its first visit's T1w), a file.
+    path : str or pathlib.Path
+        Where the ITK transform goes, e.g.
+        ``sub-01/anat/sub-01_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.txt`` (a JSON
+        sidecar is written beside it).
+    transform, resolution_mm
+        As in :func:`register_to_mni`.
+    metadata : dict, optional
+        Extra sidecar keys.
+
+    Returns
+    -------
+    AffineTransform
+        As :func:`register_to_mni` (``quality`` read back from the sidecar when loaded).
+
+    Raises
+    ------
+    InputError, RegistrationError
+        As :func:`register_to_mni`; an unreadable saved file is recomputed.
+    """
+    reference = Path(reference_t1w)
+    if not reference.is_file():
+        raise InputError(f"reference_t1w '{reference}' is not a file; give the subject's first "
+                         "visit's T1w.")
+    path = Path(path)
+    if not path.name.endswith(".txt"):
+        raise InputError(f"path '{path}' must end in .txt (an ITK text transform).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wanted = {"ReferenceT1w": _identity_of(reference), "Transform": transform,
+              "TemplateResolutionMM": int(resolution_mm), "FormatVersion": _SUBJECT_XFM_VERSION}
+
+    def saved() -> AffineTransform | None:
+        side = sidecar_path(path)
+        try:
+            payload = json.loads(side.read_text(encoding="utf-8"))
+            if payload.get("SubjectReference") != wanted:
+                return None
+            out = load_transform(path)
+        except (OSError, ValueError, InputError):
+            return None
+        return out if isinstance(out, AffineTransform) else None
+
+    found = saved()  # the common case once computed: no lock needed (atomic files)
+    if found is not None:
+        return found
+    fcntl = _flock()
+    lock = path.with_name(f".{path.name}.lock")  # hidden: readers skip dot files
+    with open(lock, "a+") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        found = saved()  # another process may have written it while we waited
+        if found is not None:
+            return found
+        result = register_to_mni(reference, transform=transform, resolution_mm=resolution_mm)
+        result.save(path, metadata={**(metadata or {}), "SubjectReference": wanted,
+                                    "Description": "MNI template -> the subject's reference "
+                                    "T1w (registered once per subject)"})
+    return result
+
+
+def visit_mni_transform(
+    t1w: ImageLike,
+    subject_to_mni: AffineTransform,
+    reference_t1w: ImageLike,
+    *,
+    same_image: bool = False,
+    transform: Literal["rigid", "rigid+scaling", "affine"] = "rigid",
+    resolution_mm: float = WITHIN_SUBJECT_MM,
+) -> tuple[AffineTransform, AffineTransform | None]:
+    """A visit's MNI -> T1w transform through the subject's reference visit.
+
+    Parameters
+    ----------
+    t1w : str, os.PathLike or nibabel image
+        The visit's T1w.
+    subject_to_mni : AffineTransform
+        From :func:`subject_mni_transform` (static = the reference T1w).
+    reference_t1w : str, os.PathLike or nibabel image
+        The reference T1w.
+    same_image : bool, default=False
+        The visit is the reference visit: ``subject_to_mni`` is returned as it is.
+    transform, resolution_mm
+        Model and working resolution of :func:`register_within_subject`.
+
+    Returns
+    -------
+    to_mni : AffineTransform
+        Static = the visit's T1w grid, moving = the MNI template; ``matrix`` maps visit mm ->
+        MNI mm (as :func:`register_to_mni` on the visit would). ``quality`` is the subject's,
+        with ``reference`` and ``within_subject`` (kind, MI, scales, seconds) added.
+    within : AffineTransform or None
+        Visit -> reference (``matrix`` maps visit mm -> reference mm); None for the
+        reference visit itself.
+    """
+    if same_image:
+        return subject_to_mni, None
+    within = register_within_subject(t1w, reference_t1w, transform=transform,
+                                     resolution_mm=resolution_mm)
+    to_mni = subject_to_mni.then(within, check_grid=False)
+    scales = np.linalg.svd(within.matrix[:3, :3], compute_uv=False)
+    quality = dict(subject_to_mni.quality or {})
+    quality["within_subject"] = {
+        "kind": within.kind, "mi": within.metric_value,
+        "scales": [round(float(s), 4) for s in scales],
+        "translation_mm": [round(float(t), 2) for t in within.matrix[:3, 3]],
+        "working_resolution_mm": float(resolution_mm), "seconds": round(within.seconds, 2),
+    }
+    return AffineTransform(
+        to_mni.matrix, to_mni.static_shape, to_mni.static_affine, to_mni.moving_shape,
+        to_mni.moving_affine, kind="composed", metric_value=subject_to_mni.metric_value,
+        seconds=within.seconds, quality=quality,
+    ), within

@@ -180,6 +180,7 @@ def dti_session(
     anat_to_dwi: str = "rigid",
     mni_registration: str = "affine",
     template_resolution_mm: int = 2,
+    mni_to_anat: registration.AffineTransform | None = None,
     writer: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> DTISession:
@@ -229,6 +230,12 @@ def dti_session(
         MNI template -> T1w registration used for the midsagittal plane.
     template_resolution_mm : int
         Resolution of the MNI template used for that registration.
+    mni_to_anat : AffineTransform, optional
+        An MNI -> T1w transform already computed for this visit (static = this T1w's grid,
+        ``matrix`` maps T1w mm -> MNI mm), e.g. the subject's one registration composed with
+        this visit's within-subject one
+        (:func:`msimaging.registration.visit_mni_transform`); the MNI registration is then
+        skipped (``mni_registration`` and ``template_resolution_mm`` are unused).
     writer : DerivativesWriter, optional
         When given, maps, masks, transforms and the table are written (atomically).
     progress : callable, optional
@@ -281,12 +288,15 @@ def dti_session(
     )
     lap("anat_to_dwi")
 
-    say(f"registering the MNI template to T1w ({mni_registration})")
-    # Brain-extracted, sanity-checked (RegistrationError when implausible); to_mni.quality
-    # holds the measured scales / rotation / Dice for the sidecar.
-    to_mni = registration.register_to_mni(
-        t1, transform=mni_registration, resolution_mm=template_resolution_mm
-    )
+    if mni_to_anat is None:
+        say(f"registering the MNI template to T1w ({mni_registration})")
+        # Brain-extracted, sanity-checked (RegistrationError when implausible); to_mni.quality
+        # holds the measured scales / rotation / Dice for the sidecar.
+        to_mni = registration.register_to_mni(
+            t1, transform=mni_registration, resolution_mm=template_resolution_mm
+        )
+    else:
+        to_mni = _given_mni(mni_to_anat, t1)
     dwi_to_anat = np.eye(4) if transform is None else np.asarray(transform.matrix)
     dwi_to_mni = np.asarray(to_mni.matrix) @ dwi_to_anat
     lap("mni_registration")
@@ -338,6 +348,25 @@ def dti_session(
         nawm_definition=nawm_definition,
         dwi=series,
     )
+
+
+def _given_mni(transform: Any, t1: nib.Nifti1Image) -> Any:
+    """Check a precomputed MNI -> T1w transform is an affine on this visit's T1w grid."""
+    if not isinstance(transform, registration.AffineTransform):
+        raise InputError(
+            f"mni_to_anat must be an AffineTransform (MNI -> this visit's T1w), got "
+            f"{type(transform).__name__}; see msimaging.registration.visit_mni_transform."
+        )
+    same = transform.static_shape == tuple(t1.shape[:3]) and np.allclose(
+        transform.static_affine, t1.affine, atol=1e-3
+    )
+    if not same:
+        raise InputError(
+            f"mni_to_anat's static grid {transform.static_shape} is not the grid of the T1w "
+            f"{tuple(t1.shape[:3])} (or their affines differ): it belongs to another image. "
+            "Give the transform of this visit (visit_mni_transform(t1w, ...))."
+        )
+    return transform
 
 
 def _white_matter(wm_mask, seg, labels, threshold) -> TissueMask:

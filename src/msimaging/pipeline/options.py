@@ -141,6 +141,7 @@ def _choices() -> dict[tuple[str, str], tuple[Any, ...]]:
         ("dti", "method"): tuple(METHODS),
         ("dti", "figures"): ("first", "all", "none", True, False),
         ("dti", "tract_model"): tuple(TRACT_MODELS),
+        ("dti", "mni_reference"): ("subject", "visit"),
         ("fmri", "strategy"): tuple(STRATEGIES),
         ("fmri", "kind"): tuple(KINDS),
         ("group", "nbs_tail"): tuple(TAILS),

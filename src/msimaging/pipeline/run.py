@@ -199,6 +199,17 @@ def plan_tasks(
             tasks.append(Task(s.participant_id, s.session_id, modality,
                               tuple((k, str(v)) for k, v in inputs.items()),
                               first[s.participant_id].session_id == s.session_id, error))
+    # DTI registers one T1w per subject to MNI (its first planned visit's, first visits
+    # before others) and the other visits to it: that reference is an input of every DTI
+    # task of the subject, so its provenance changes with it (issue 19).
+    from dataclasses import replace
+
+    references: dict[str, str] = {}
+    for t in sorted(tasks, key=lambda t: not t.first_visit):
+        if t.modality == "dti" and dict(t.inputs).get("t1w"):
+            references.setdefault(t.participant_id, dict(t.inputs)["t1w"])
+    tasks = [replace(t, inputs=(*t.inputs, ("t1w_reference", references[t.participant_id])))
+             if t.modality == "dti" and dict(t.inputs).get("t1w") else t for t in tasks]
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         raise InputChoiceError(
@@ -473,7 +484,10 @@ def _run_on_dask(tasks, bids_dir, output, params, force, scheduler, n_workers, f
             client.submit(run_task, task, str(bids_dir), str(output), params, force=force,
                           key=f"msimaging-{task.participant_id}-{task.session_id}-"
                               f"{task.modality}-{time.time_ns()}", pure=False,
-                          priority=_PRIORITY.get(task.modality, 0)): task
+                          # a subject's first DTI visit first: the others reuse its MNI
+                          # registration (they would wait for it on its lock)
+                          priority=_PRIORITY.get(task.modality, 0)
+                          + (task.modality == "dti" and task.first_visit)): task
             for task in tasks
         }
         for future in as_completed(futures):

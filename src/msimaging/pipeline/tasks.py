@@ -47,8 +47,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # tract_model: the fibre orientations tracked, "tensor" or "csd" (dipy CSD on the visit's
     # DWI); metrics always on the tensor maps. A user's peaks image per visit is a library
     # feature (msimaging.dti.tract_session(model=path)), not a config key.
+    # mni_reference: "subject" registers each subject's reference visit (its first, the
+    # input "t1w_reference") to MNI once and every other visit to that visit's T1w (rigid,
+    # 3 mm); "visit" registers every visit to MNI on its own (the behaviour before issue 19).
     "dti": {"method": "wls", "margin_mm": 0.0, "labels": None, "figures": "first",
-            "tract_model": "tensor"},
+            "tract_model": "tensor", "mni_reference": "subject"},
     "fmri": {"atlas": "seitzman2018", "strategy": "simple", "kind": "correlation"},
     "volumetry": {"labels": None},
 }
@@ -262,16 +265,67 @@ def _run_dti(session, inputs, writer, params, first_visit: bool) -> list[Path]:
             "a segmentation (dseg) or a label-WM_probseg; found "
             f"{', '.join(k for k in inputs if k.startswith('probseg')) or 'neither'}."
         )
+    mni, extra = None, []
+    if params.get("mni_reference", "subject") == "subject":
+        mni, extra = _subject_mni(session, inputs, writer, first_visit)
     dti = dti_session(
         inputs["dwi"], inputs["t1w"], lesion_mask=inputs.get("lesion_mask"), **wm,
         participant_id=session.participant_id, session_id=session.session_id, writer=writer,
-        method=params["method"], margin_mm=params["margin_mm"],
+        method=params["method"], margin_mm=params["margin_mm"], mni_to_anat=mni,
     )
     figures = params["figures"] in (True, "all") or (params["figures"] == "first"
                                                      and first_visit)
     stage = tract_session(dti, writer=writer, figures=figures,
                           model=params.get("tract_model", "tensor"))
-    return [*dti.outputs.values(), *stage.outputs.values()]
+    return [*dti.outputs.values(), *stage.outputs.values(), *extra]
+
+
+def _subject_mni(session, inputs, writer, first_visit: bool) -> tuple[Any, list[Path]]:
+    """The visit's MNI -> T1w transform through the subject's one MNI registration.
+
+    The reference T1w (input ``t1w_reference``: the subject's first visit's, given by
+    :func:`msimaging.pipeline.plan_tasks`) is registered to MNI once per subject
+    (:func:`msimaging.registration.subject_mni_transform`, under a file lock: the first task
+    computes, concurrent ones wait and read) and saved as
+    ``sub-<p>/anat/sub-<p>_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.txt``; another
+    visit's T1w is registered to the reference (rigid, 3 mm) and that transform is written
+    as ``..._from-<ses>T1w_to-T1w_mode-image_xfm.txt`` in the visit's anat folder.
+    Returns ``(None, [])`` when no reference is known (a task planned without one): the
+    visit is then registered to MNI on its own.
+    """
+    from msimaging import registration
+
+    t1w = inputs["t1w"]
+    reference = inputs.get("t1w_reference") or (t1w if first_visit else None)
+    if reference is None:
+        return None, []
+    participant = session.participant_id
+    path = writer.path(participant, None, "anat", "xfm", ".txt", mode="image",
+                       **{"from": "MNI152NLin2009cAsym", "to": "T1w"})
+    subject = registration.subject_mni_transform(
+        reference, path, metadata={"Sources": [str(reference)]})
+    same = Path(reference).resolve() == Path(t1w).resolve()
+    to_mni, within = registration.visit_mni_transform(t1w, subject, reference,
+                                                      same_image=same)
+    outputs = [path]
+    if within is not None:
+        ref_session = _session_of(reference)
+        label = f"{ref_session.replace('-', '')}T1w" if ref_session else "referenceT1w"
+        within_path = writer.path(participant, session.session_id, "anat", "xfm", ".txt",
+                                  mode="image", **{"from": label, "to": "T1w"})
+        outputs.append(within.save(within_path, metadata={
+            "Description": "The subject's reference T1w -> this visit's T1w (rigid, mutual "
+                           "information); composed with the subject's MNI transform",
+            "Sources": [str(reference), str(t1w)]}))
+    return to_mni, outputs
+
+
+def _session_of(path: Any) -> str | None:
+    """``ses-M0`` from a BIDS file name, or None."""
+    for part in Path(path).name.split("_"):
+        if part.startswith("ses-"):
+            return part
+    return None
 
 
 def _run_fmri(session, inputs, writer, params, first_visit: bool) -> list[Path]:
