@@ -928,6 +928,109 @@ def _(env):
     return _classify(lambda: _phenotype(root), (path.name,), _never)
 
 
+@case("phenotype_no_participant_id")
+def _(env):
+    root, path = _phenotype_root(env, _clinical(env).drop(columns=["participant_id"]))
+    return _classify(lambda: _phenotype(root), (path.name, "participant_id"), _never)
+
+
+@case("phenotype_json_garbage")
+def _(env):
+    root, path = _phenotype_root(env)
+    path.with_suffix(".json").write_text("{not json")
+    return _classify(lambda: _phenotype(root), ("clinical.json",), _never)
+
+
+# --------------------------------------------------------------------------------------------
+# Cases: more image headers, grids and gradient files
+# --------------------------------------------------------------------------------------------
+
+
+@case("image_unknown_datatype")
+def _(env):
+    path = _patch_header(env.src(_T1), env.tmp / "sub-01_T1w.nii.gz", datatype=9999)
+    return _classify(lambda: _t1_load(path), (path.name,), _never)
+
+
+@case("image_vox_offset_past_end")
+def _(env):
+    raw = _nifti_bytes(env.src(_T1))
+    plain = env.tmp / "plain.nii"
+    plain.write_bytes(raw)
+    path = _patch_header(plain, env.tmp / "sub-01_T1w.nii", vox_offset=len(raw) + 352)
+    return _classify(lambda: _t1_load(path), (path.name,), _never)
+
+
+@case("seg_4d")
+def _(env):
+    seg = env.seg()
+    env.save(np.stack([env.data(_SEG + ".nii.gz")] * 2, axis=-1), _SEG + ".nii.gz", seg.name,
+             np.int16)
+    return _classify(lambda: _volumes(seg), (seg.name, "4 dimensions"), _never)
+
+
+@case("lesion_symlink_loop")
+def _(env):
+    seg = env.seg()
+    a, b = env.tmp / "lesion_mask.nii.gz", env.tmp / "other.nii.gz"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    return _classify(lambda: _volumes(seg, a), (a.name, "loop"), _never)
+
+
+@case("lesion_fill_t1_other_grid")
+def _(env):
+    from msimaging.volumetry import fill_lesions
+
+    t1 = env.save(env.data(_T1)[2:], _T1, "sub-01_T1w.nii.gz")
+    lesion = env.copy(_LESION)
+    return _classify(lambda: fill_lesions(t1, lesion), (lesion.name, "grid"), _never)
+
+
+@case("bvals_one_per_line")
+def _(env):
+    path = _bval(env, "\n".join(f"{b:g}" for b in _bvals(env)) + "\n")
+    return _classify(lambda: _load_dwi(path), (), _same_dwi(env))
+
+
+@case("bvals_crlf_trailing_spaces")
+def _(env):
+    path = _bval(env, "  ".join(f"{b:g}" for b in _bvals(env)) + "   \r\n\r\n")
+    return _classify(lambda: _load_dwi(path), (), _same_dwi(env))
+
+
+@case("bvals_comma_separated")
+def _(env):
+    path = _bval(env, ",".join(f"{b:g}" for b in _bvals(env)) + "\n")
+    return _classify(lambda: _load_dwi(path), (".bval",), _never)
+
+
+@case("bvecs_directory")
+def _(env):
+    path = env.dwi()
+    bvec = path.with_name(path.name.replace(".nii.gz", ".bvec"))
+    bvec.unlink()
+    bvec.mkdir()
+    return _classify(lambda: _load_dwi(path), (bvec.name, "folder"), _never)
+
+
+@case("confounds_directory")
+def _(env):
+    bold = env.copy(_BOLD)
+    confounds = env.tmp / "confounds.tsv"
+    confounds.mkdir()
+    return _classify(lambda: _timeseries(bold, confounds=confounds, strategy="simple"),
+                     (confounds.name, "folder"), _never)
+
+
+@case("bold_inf_voxels")
+def _(env):
+    data = env.data(_BOLD).copy()
+    data[data.shape[0] // 2, data.shape[1] // 2, data.shape[2] // 2, 7] = np.inf
+    bold = env.save(data, _BOLD, "bold.nii.gz")
+    return _classify(lambda: _timeseries(bold), ("bold.nii.gz", "infinite"), _never)
+
+
 # --------------------------------------------------------------------------------------------
 # Cases: paths that must simply work
 # --------------------------------------------------------------------------------------------

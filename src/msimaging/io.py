@@ -170,10 +170,9 @@ def _check_geometry(img: nib.spatialimages.SpatialImage, what: str) -> None:
             "probably corrupt (re-export the file). If the image really is this large, set the "
             "environment variable MSIMAGING_MAX_IMAGE_BYTES."
         )
-    affine = img.affine
-    if affine is None:
-        raise InputError(f"{what} has no affine; give an image with a voxel-to-world affine.")
-    affine = np.asarray(affine, dtype=float)
+    if img.affine is None:
+        return  # an in-memory image without affine: nibabel gives it the header's default
+    affine = np.asarray(img.affine, dtype=float)
     if not np.all(np.isfinite(affine)):
         raise InputError(
             f"{what} has a non-finite (NaN or infinite) affine in its header (sform/qform); "
