@@ -475,6 +475,32 @@ def _(env):
     return _classify(lambda: _fit(path), (path.name,), check)
 
 
+@case("dwi_int16_overflow_scaled")
+def _(env):
+    # The same wrap behind a scl_slope: nibabel hands floats, the raw bits are gone.
+    wrapped = (env.data(_DWI + ".nii.gz").astype(np.int64) * 15).astype(np.uint16)
+    path = env.dwi()
+    plain = env.save(wrapped.view(np.int16), _DWI + ".nii.gz", "plain.nii.gz")
+    _patch_header(plain, path, scl_slope=2.0, scl_inter=0.0)
+    return _classify(lambda: _fit(path), (path.name, "negative"), _never)
+
+
+@case("dwi_small_negative_noise")
+def _(env):
+    # Noise-floor negatives (a denoised series) are not an overflow: same fit as clipped data.
+    data = env.data(_DWI + ".nii.gz").astype(np.int16)
+    noisy = data.copy()
+    noisy[data == 0] = -3
+    path = env.dwi()
+    env.save(noisy, _DWI + ".nii.gz", path.name)
+    truth = _truth("fit", lambda: _fit(env.src(_DWI + ".nii.gz")))
+
+    def check(fit) -> bool:
+        return np.array_equal(np.asanyarray(fit.mask.dataobj), np.asanyarray(truth.mask.dataobj))
+
+    return _classify(lambda: _fit(path), (), check)
+
+
 @case("dwi_bval_fifo")
 def _(env):
     path = env.dwi()

@@ -726,6 +726,18 @@ def _unwrap_overflow(img: nib.Nifti1Image, what: str) -> tuple[nib.Nifti1Image, 
     small negative values is ambiguous and refused.
     """
     data = np.asanyarray(img.dataobj)
+    if data.dtype.kind == "f" and data.size:
+        # Scaled integers (scl_slope) arrive as floats: the raw bits are gone, so a wrap can
+        # only be refused. Noise-floor negatives of processed data are a few % of the peak.
+        low, high = float(data.min()), float(data.max())
+        if high > 0 and low < -0.25 * high:
+            raise InputError(
+                f"{what} has strongly negative values (down to {low:.6g}, peak {high:.6g}): "
+                "a magnitude image has none, so the values probably overflowed the stored "
+                "integer type before scaling (scl_slope). Re-convert the DICOMs storing a "
+                "wider type (e.g. dcm2niix keeps uint16/float)."
+            )
+        return img, None
     if data.dtype.kind != "i" or data.dtype.itemsize > 4:
         return img, None
     info = np.iinfo(data.dtype)
@@ -800,8 +812,16 @@ def load_dwi(
     Raises
     ------
     InputError
-        Not 4-D; NaN/Inf data; missing or unparseable .bval/.bvec; counts that disagree;
+        Not 4-D; NaN/Inf data; strongly negative values that cannot be undone (see Notes);
+        missing, non-regular or unparseable .bval/.bvec; counts that disagree;
         zero or non-unit b-vectors at b > ``b0_threshold``; no b0 volume; negative b-values.
+
+    Warns
+    -----
+    MSImagingWarning
+        When signed integer data hold large negative values that can only be an overflow
+        (signals above 32767 stored as int16 wrap to negative values) and none small ones:
+        the stored bits are read as unsigned (exact up to 65535), and ``DWI.notes`` says so.
     """
     what = describe(dwi, "dwi")
     bvec_convention = _check_convention(bvec_convention)
