@@ -1087,6 +1087,23 @@ def _(env):
     return _classify(lambda: _phenotype(root), (), _same_phenotype(env))
 
 
+@case("path_spaces_non_ascii_bold")
+def _(env):
+    # The fMRIPrep confounds next to the BOLD are found and read (nilearn's route) from a
+    # folder with spaces and non-ASCII characters.
+    env.tmp = env.tmp / "fMRI prétraité" / "séance 1"
+    env.tmp.mkdir(parents=True)
+    bold = env.copy(_BOLD)
+    env.copy(_CONFOUNDS)
+    env.copy(_BOLD.replace(".nii.gz", ".json"))
+    truth = _truth("ts-simple", lambda: _timeseries(env.src(_BOLD), strategy="simple"))
+
+    def check(ts) -> bool:
+        return ts.confounds_used == truth.confounds_used and np.allclose(ts.data, truth.data)
+
+    return _classify(lambda: _timeseries(bold, strategy="simple"), (), check)
+
+
 # --------------------------------------------------------------------------------------------
 # Running the sweep
 # --------------------------------------------------------------------------------------------
