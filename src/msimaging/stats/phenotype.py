@@ -42,7 +42,8 @@ def _months_from_sessions(root: Path) -> dict[tuple[str, str], float]:
 
 def _drop_duplicate_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Drop exact repeats of a participant/session row (warning); conflicting ones are errors."""
-    keys = ["participant_id", "session_id"]
+    # Visits are told apart by session_id, or by months in a table without sessions.
+    keys = ["participant_id", "session_id", *(["months"] if "months" in df.columns else [])]
     repeated = df.duplicated(keys, keep=False)
     if not repeated.any():
         return df
@@ -50,14 +51,14 @@ def _drop_duplicate_rows(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     conflicting = df[repeated].drop_duplicates().duplicated(keys, keep=False)
     if conflicting.any():
         rows = df[repeated].drop_duplicates()
-        pairs = rows[conflicting][keys].drop_duplicates().to_numpy().tolist()
+        pairs = rows[conflicting][keys[:2]].drop_duplicates().to_numpy().tolist()
         shown = ", ".join(f"{p}/{s}" for p, s in pairs[:5])
         raise InputError(
             f"phenotype table {str(path)!r} has several rows with different values for "
             f"participant/session {shown}{' ...' if len(pairs) > 5 else ''}; keep one row per "
             "participant and session (add a session_id column if these are different visits)."
         )
-    pairs = df[exact][keys].to_numpy().tolist()
+    pairs = df[exact][keys[:2]].to_numpy().tolist()
     warnings.warn(
         f"phenotype table {str(path)!r} repeats identical rows for participant/session "
         f"{', '.join(f'{p}/{s}' for p, s in pairs[:5])}{' ...' if len(pairs) > 5 else ''}; "
