@@ -605,6 +605,60 @@ def case_spaces_and_non_ascii_path(c: Ctx):
     return c.call(run, "", check=check, timeout=150)
 
 
+def case_fifo_phenotype_table(c: Ctx):
+    """The report reads phenotype/*.tsv: a FIFO there is refused, not read forever."""
+    from msimaging.pipeline import run_group
+
+    study = c.tree(sessions=("ses-M0",))
+    out = c.out()
+    assert main([str(a) for a in _participant(study, out)]) == 0
+    (study / "phenotype" / "clinical.tsv").unlink()
+    os.mkfifo(study / "phenotype" / "clinical.tsv")
+    return c.call(lambda: run_group(study, out, report=True, progress=False), "clinical.tsv",
+                  timeout=60)
+
+
+def case_group_while_locked(c: Ctx):
+    study = c.tree(sessions=("ses-M0",))
+    out = c.out()
+    assert main([str(a) for a in _participant(study, out)]) == 0
+    holder = _lock_holder(out, 30)
+    try:
+        return c.cli([study, out, "group", "--no-progress"], [str(holder.pid), str(out)],
+                     check=lambda: False, timeout=20)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def case_lock_of_killed_run(c: Ctx):
+    """A run killed by SIGKILL leaves its lock file: the next run takes it over."""
+    from msimaging.derivatives import LOCK_NAME
+
+    study = c.tree(sessions=("ses-M0",))
+    out = c.out()
+    holder = _lock_holder(out, 30)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (out / LOCK_NAME).exists()
+    return c.cli(_participant(study, out), str(holder.pid),
+                 check=lambda: _n_tissue_files(out) == 1 and not (out / LOCK_NAME).exists(),
+                 timeout=30)
+
+
+def case_sessions_tsv_symlink_loop(c: Ctx):
+    study = c.tree(sessions=("ses-M0",))
+    tsv = study / "sub-01" / "sub-01_sessions.tsv"
+    tsv.unlink()
+    os.symlink(tsv.name, tsv)
+    return c.cli(_participant(study, c.out()), "sub-01_sessions.tsv", timeout=20)
+
+
+def case_bids_dir_symlink_loop(c: Ctx):
+    os.symlink("study", c.tmp / "study")
+    return c.cli(_participant(c.tmp / "study", c.out()), str(c.tmp / "study"), timeout=20)
+
+
 CASES: dict[str, Callable[[Ctx], tuple[str, str]]] = {
     name.removeprefix("case_"): fn for name, fn in dict(globals()).items()
     if name.startswith("case_")
@@ -739,6 +793,7 @@ def test_sigint_mid_run_releases_lock(tiny_study, tmp_path):
     else:
         kind = "untyped"
     RESULTS["sigint_mid_run"] = (kind, f"exit {proc.returncode}: {stderr[-300:]}")
+    print(f"\nCASE sigint_mid_run {kind} exit {proc.returncode}: {stderr[-300:]!r}")
     assert kind in ("typed", "ok"), stderr
     assert not _temp_files(out)
     assert not (out / LOCK_NAME).exists()

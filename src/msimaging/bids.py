@@ -698,6 +698,11 @@ def _check_root(bids_root: object) -> Path:
             "dataset_description.json and the sub-* folders."
         )
     root = Path(bids_root).expanduser().absolute()
+    if root.is_symlink() and not root.exists():
+        raise BIDSError(
+            f"bids_root {str(root)!r} is a symbolic link that leads nowhere (dangling, or a "
+            f"loop through {os.readlink(root)!r}). Pass the real BIDS dataset folder."
+        )
     if not root.exists():
         raise BIDSError(
             f"bids_root {str(root)!r} does not exist. Pass the folder that holds "

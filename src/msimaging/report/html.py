@@ -275,7 +275,9 @@ def _missing(what: str) -> str:
 
 
 def _saved_figures(folder: Path, pattern: str) -> list[Path]:
-    return sorted(DerivativesLayout(folder).figures_dir.glob(pattern))
+    # Not hidden files: a killed run's half-written .<hex>.tmp.<name> is not a figure.
+    return sorted(p for p in DerivativesLayout(folder).figures_dir.glob(pattern)
+                  if not p.name.startswith("."))
 
 
 def _section_dti(folder: Path, sessions, alpha: float, notes: list[str]) -> str:
