@@ -738,6 +738,17 @@ def _(env):
     return _classify(lambda: _volumes(seg), (seg.name,), _never)
 
 
+@case("seg_label_table_fifo")
+def _(env):
+    from msimaging.segmentation import load_segmentation
+
+    seg = env.seg()
+    table = seg.with_name(seg.name.replace(".nii.gz", ".tsv"))
+    table.unlink()
+    _fifo(table)
+    return _classify(lambda: load_segmentation(seg), (table.name,), _never)
+
+
 @case("lesion_other_grid")
 def _(env):
     seg = env.seg()

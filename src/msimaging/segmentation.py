@@ -69,7 +69,7 @@ import nibabel as nib
 import numpy as np
 
 from msimaging.errors import InputError
-from msimaging.io import ImageLike, describe, load_image
+from msimaging.io import ImageLike, check_input_file, describe, load_image
 
 __all__ = [
     "BACKGROUND",
@@ -476,6 +476,8 @@ def find_label_table(seg_path: str | os.PathLike[str]) -> Path | None:
             same = path.with_name(name[: -len(ext)] + ".tsv")
             if same.is_file():
                 return same
+            if os.path.lexists(same):  # a FIFO, folder or broken link where the table goes
+                check_input_file(same, f"label table '{same}' of '{path}'")
             break
     entities, suffix = _split_name(name)
     if not suffix:
@@ -512,7 +514,7 @@ def read_label_table(path: str | os.PathLike[str]) -> tuple[dict[int, str], dict
     """
     import pandas as pd
 
-    path = Path(path)
+    path = check_input_file(path, f"label table '{path}'")  # a FIFO would block read_csv
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
