@@ -163,8 +163,25 @@ def _up_to_date(path: Path, inputs: dict[str, Path], params: dict[str, Any]) -> 
     return True
 
 
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM), so the peak read
+    # after the task is this task's, not the worker's over all the tasks it ran.
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as stream:
+            stream.write("5")
+    except OSError:
+        pass
+
+
 def _peak_rss_mb() -> float:
-    # ru_maxrss is in kB on Linux: the peak of this worker process so far.
+    try:
+        with open("/proc/self/status", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere ru_maxrss (kB on Linux, bytes on macOS): the process's peak so far.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -202,6 +219,7 @@ def run_task(
     from msimaging.pipeline.inputs import InputNotFoundError
 
     started = time.perf_counter()
+    _reset_peak_rss()
     outcome = TaskOutcome(task.participant_id, task.session_id, task.modality, "failed")
     output = Path(output_dir)
     try:
