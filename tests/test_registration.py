@@ -131,7 +131,13 @@ def test_mni_to_t1_affine_matches_truth(study, template, mni_to_t1):
         f"mm, max {max(native_error.max(), mni_error.max()):.3f} mm, {mni_to_t1.seconds:.2f} s"
     )
     # Accuracy where it matters, over the brain: mean landmark error under a tenth of a T1
-    # voxel, worst under a quarter (measured: 0.069 mm mean, 0.152 mm max at 4 mm voxels).
+    # voxel, worst under a quarter (measured: 0.113 mm mean, 0.261 mm max at 4 mm voxels;
+    # linear part off by 0.0011 at most). Spread (issue 19): 9 runs in 4 processes, 6 of them
+    # with the other core busy (`while 1: pass`), 1 and 2 BLAS threads, gave bit-identical
+    # matrices: dipy's sparse sampling draws its jitter from a fixed seed and the optimiser is
+    # serial, so load changes the time (2.4 -> 6.5 s), never the result. The bounds' margin
+    # (3.5x on the mean, 4x on the worst, 4.5x on the linear part) is for code and data
+    # changes, not for run-to-run noise, which is zero.
     assert native_error.mean() < 0.1 * voxel_mm
     assert mni_error.mean() < 0.1 * voxel_mm
     assert max(native_error.max(), mni_error.max()) < 0.25 * voxel_mm
