@@ -744,12 +744,29 @@ def _visit_html(visit: _Visit, inputs: _Inputs, cache: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _page(participant_id: str, visits: list[_Visit], inputs: _Inputs, cache: dict[str, Any],
-          report_href: str | None) -> str:
+def _visit_html_alone(visit: _Visit, inputs: _Inputs) -> str:
+    """One visit's sections in a worker process (its own MNI template cache)."""
+    return _visit_html(visit, inputs, {"mni": _mni_cache()})
+
+
+def _visit_sections(visits: list[_Visit], inputs: _Inputs, cache: dict[str, Any],
+                    n_jobs: int) -> list[str]:
+    """Every visit's sections, in order; visits are independent, so with ``n_jobs != 1`` they
+    are drawn in joblib processes (figures are CPU-bound matplotlib: threads would not help)."""
+    from joblib import Parallel, delayed, effective_n_jobs
+
+    workers = min(effective_n_jobs(n_jobs), len(visits))
+    if workers <= 1:
+        return [_visit_html(v, inputs, cache) for v in visits]
+    return list(Parallel(n_jobs=workers, backend="loky")(
+        delayed(_visit_html_alone)(v, inputs) for v in visits))
+
+
+def _page(participant_id: str, visits: list[_Visit], body: str, report_href: str | None
+          ) -> str:
     nav = "".join(f'<a href="#{_e(_anchor(v.label))}">{_e(v.label)}</a>' for v in visits)
     back = f'<p><a href="{_e(report_href)}">Back to the study report</a></p>' if (
         report_href) else ""
-    body = "".join(_visit_html(v, inputs, cache) for v in visits)
     title = f"Quality control: {participant_id}"
     return (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -776,6 +793,7 @@ def write_qc_pages(
     output_dir: str | os.PathLike[str] | None = None,
     report: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    n_jobs: int = -1,
 ) -> dict[str, Path]:
     """Write one quality-control page per participant (``qc/sub-<label>.html``).
 
@@ -794,6 +812,8 @@ def write_qc_pages(
         The study report the pages link back to (default ``<derivatives_dir>/report.html``).
     progress : callable, optional
         Called with one message per participant written.
+    n_jobs : int
+        Processes drawing the visits' figures (joblib; -1 = all cores, 1 = in this process).
 
     Returns
     -------
@@ -823,14 +843,19 @@ def write_qc_pages(
     inputs = _Inputs(layout.root, bids_path)
     cache: dict[str, Any] = {"mni": _mni_cache()}
     pages: dict[str, Path] = {}
-    for participant_id, visits in _visits(layout).items():
-        start = time.perf_counter()
-        page = _page(participant_id, visits, inputs, cache, report_href)
+    by_participant = _visits(layout)
+    start = time.perf_counter()
+    # All visits of all participants at once: the work balances over the processes.
+    everything = [v for visits in by_participant.values() for v in visits]
+    sections = iter(_visit_sections(everything, inputs, cache, n_jobs))
+    for participant_id, visits in by_participant.items():
+        body = "".join(next(sections) for _ in visits)
+        page = _page(participant_id, visits, body, report_href)
         pages[participant_id] = atomic_write_text(out_dir / f"{_safe_stem(participant_id)}.html",
                                                   page)
         if progress is not None:
-            progress(f"QC page {participant_id}: {len(visits)} visit(s) in "
-                     f"{time.perf_counter() - start:.1f} s")
+            progress(f"QC page {participant_id}: {len(visits)} visit(s), "
+                     f"{time.perf_counter() - start:.1f} s since the QC pages started")
     return pages
 
 
