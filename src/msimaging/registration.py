@@ -1836,8 +1836,9 @@ def subject_mni_transform(
     Safe when many processes ask at once (the visits of a subject run in parallel): the
     first holds an exclusive lock on ``<path>.lock`` while it registers and saves, the others
     wait on that lock and then read the file. A saved transform is reused only when its
-    sidecar names the same reference file (path, size, modification time) and settings;
-    otherwise it is recomputed.
+    sidecar names the same reference file (path, size, modification time), settings and
+    msimaging version; otherwise it is recomputed (``--force`` on a task does not recompute
+    it: delete the file for that).
 
     Parameters
     ----------
@@ -1870,8 +1871,13 @@ def subject_mni_transform(
     if not path.name.endswith(".txt"):
         raise InputError(f"path '{path}' must end in .txt (an ITK text transform).")
     path.parent.mkdir(parents=True, exist_ok=True)
+    from msimaging._version import __version__
+
+    # What the saved transform must have been made from to be reused (another msimaging
+    # version may register differently).
     wanted = {"ReferenceT1w": _identity_of(reference), "Transform": transform,
-              "TemplateResolutionMM": int(resolution_mm), "FormatVersion": _SUBJECT_XFM_VERSION}
+              "TemplateResolutionMM": int(resolution_mm), "FormatVersion": _SUBJECT_XFM_VERSION,
+              "msimaging_version": __version__}
 
     def saved() -> AffineTransform | None:
         side = sidecar_path(path)

@@ -480,15 +480,19 @@ def _run_on_dask(tasks, bids_dir, output, params, force, scheduler, n_workers, f
     try:
         # Longest tasks first (DTI, then fMRI, then volumetry), so that the short ones fill
         # the workers at the end instead of one long task running alone.
+        def priority(task: Task) -> int:
+            # A subject's first DTI visit first: its other visits reuse its MNI registration
+            # (they would wait for it on its lock).
+            return _PRIORITY.get(task.modality, 0) + (task.modality == "dti" and task.first_visit)
+
         futures = {
             client.submit(run_task, task, str(bids_dir), str(output), params, force=force,
                           key=f"msimaging-{task.participant_id}-{task.session_id}-"
                               f"{task.modality}-{time.time_ns()}", pure=False,
-                          # a subject's first DTI visit first: the others reuse its MNI
-                          # registration (they would wait for it on its lock)
-                          priority=_PRIORITY.get(task.modality, 0)
-                          + (task.modality == "dti" and task.first_visit)): task
-            for task in tasks
+                          priority=priority(task)): task
+            # Submitted in priority order too: idle workers take tasks as they arrive, before
+            # a later, higher-priority one is seen.
+            for task in sorted(tasks, key=lambda t: -priority(t))
         }
         for future in as_completed(futures):
             task = futures[future]
