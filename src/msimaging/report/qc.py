@@ -744,9 +744,15 @@ def _visit_html(visit: _Visit, inputs: _Inputs, cache: dict[str, Any]) -> str:
     return "".join(out)
 
 
+#: One MNI template cache per worker process (loky reuses its workers across visits).
+_WORKER_CACHE: dict[str, Any] = {}
+
+
 def _visit_html_alone(visit: _Visit, inputs: _Inputs) -> str:
-    """One visit's sections in a worker process (its own MNI template cache)."""
-    return _visit_html(visit, inputs, {"mni": _mni_cache()})
+    """One visit's sections in a worker process (the process's MNI template cache)."""
+    if "mni" not in _WORKER_CACHE:
+        _WORKER_CACHE["mni"] = _mni_cache()
+    return _visit_html(visit, inputs, _WORKER_CACHE)
 
 
 def _visit_sections(visits: list[_Visit], inputs: _Inputs, cache: dict[str, Any],
