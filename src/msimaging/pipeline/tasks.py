@@ -321,7 +321,7 @@ def _subject_mni(session, inputs, writer, first_visit: bool) -> tuple[Any, list[
     path = writer.path(participant, None, "anat", "xfm", ".txt", mode="image",
                        **{"from": "MNI152NLin2009cAsym", "to": "T1w"})
     subject = registration.subject_mni_transform(
-        reference, path, metadata={"Sources": [str(reference)]})
+        reference, path, metadata={"Sources": writer.portable_sources([str(reference)])})
     same = Path(reference).resolve() == Path(t1w).resolve()
     to_mni, within = registration.visit_mni_transform(t1w, subject, reference,
                                                       same_image=same)
@@ -334,7 +334,7 @@ def _subject_mni(session, inputs, writer, first_visit: bool) -> tuple[Any, list[
         outputs.append(within.save(within_path, metadata={
             "Description": "The subject's reference T1w -> this visit's T1w (rigid, mutual "
                            "information); composed with the subject's MNI transform",
-            "Sources": [str(reference), str(t1w)]}))
+            "Sources": writer.portable_sources([str(reference), str(t1w)])}))
     return to_mni, outputs
 
 
