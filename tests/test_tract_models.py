@@ -164,6 +164,8 @@ def test_pipeline_passes_tract_model_to_tract_session(monkeypatch):
 
     monkeypatch.setattr(dti_module, "tract_session", fake_tract_session)
     session = types.SimpleNamespace(participant_id="sub-01", session_id="ses-M0")
-    params = {**tasks.DEFAULTS["dti"], "tract_model": "csd"}
+    # mni_reference "visit": dti_session (faked here) registers to MNI itself, so the task
+    # needs no writer for the subject's saved MNI transform.
+    params = {**tasks.DEFAULTS["dti"], "tract_model": "csd", "mni_reference": "visit"}
     tasks._run_dti(session, {"dwi": "d", "t1w": "t", "dseg": "s"}, None, params, True)
     assert seen["model"] == "csd"
