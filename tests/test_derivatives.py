@@ -644,7 +644,26 @@ def test_every_written_file_follows_the_naming_rule(writer, img, connectome, tid
         rel = file.relative_to(writer.root).parts
         assert rel[:2] == ("sub-01", "ses-M0") and rel[2] in {"anat", "dwi", "func"}
     assert leftovers(writer.root) == []
-    assert sorted(os.listdir(writer.root)) == [".bidsignore", "dataset_description.json", "sub-01"]
+    assert sorted(os.listdir(writer.root)) == [".bidsignore", "README.md",
+                                               "dataset_description.json", "sub-01"]
+
+
+def test_readme_written_once_and_a_users_readme_never_touched(tmp_path):
+    """BIDS recommends a README at the dataset root (the validator warns without one): the
+    writer adds one naming its version and layout, and leaves any README already there."""
+    from msimaging._version import __version__
+
+    ours = DerivativesWriter(tmp_path / "a").root / "README.md"
+    text = ours.read_text(encoding="utf-8")
+    assert __version__ in text and "group/" in text and ".bidsignore" in text
+    ours.write_text("edited by the user\n", encoding="utf-8")
+    DerivativesWriter(tmp_path / "a")
+    assert ours.read_text(encoding="utf-8") == "edited by the user\n"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "README").write_text("theirs\n", encoding="utf-8")
+    DerivativesWriter(tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        ".bidsignore", "README", "dataset_description.json"]
 
 
 def test_relmat_sidecar_symmetric_up_to_rounding_with_zero_diagonal(writer):

@@ -881,6 +881,24 @@ def read_relmat(path: str | os.PathLike[str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+#: README spellings BIDS accepts at a dataset's root.
+_README_NAMES = ("README", "README.md", "README.rst", "README.txt")
+_README_TEXT = """# {name} derivatives
+
+Written by msimaging {version} (longitudinal imaging analysis in multiple sclerosis).
+
+- `sub-<label>/ses-<label>/{{anat,dwi,func}}/`: per-visit outputs of the participant level
+  (tensor maps and NAWM/tract tables, tract masks and streamlines, connectivity matrices and
+  node tables, tissue volumes and lesion tables, ITK transforms `*_xfm.txt`), each with a
+  JSON sidecar (Sources as BIDS URIs: `bids:raw:` is the input dataset of
+  `dataset_description.json`'s DatasetLinks).
+- `group/`: study tables of the group level (visits, DTI, volumetry, lesion tracks, NBS).
+- `figures/`, `qc/` and `report.html`: figures, per-participant quality-control pages and
+  the study report; `logs/` and `failures.tsv`: what each run did and what failed.
+- `.bidsignore` lists the outputs BIDS does not define yet (draft BEP suffixes and tables).
+"""
+
+
 def merge_bidsignore(root: str | os.PathLike[str], patterns: Iterable[str]) -> Path:
     """Add ``patterns`` to ``root/.bidsignore``, keeping its lines and never duplicating one.
 
@@ -1106,6 +1124,7 @@ class DerivativesWriter:
         self._pipeline_name = pipeline_name
         self._write_description()
         merge_bidsignore(root, BIDSIGNORE_PATTERNS)
+        self._write_readme()
 
     def __repr__(self) -> str:
         return (
@@ -1168,6 +1187,14 @@ class DerivativesWriter:
         """``sources`` as BIDS URIs (see :func:`portable_source`), order and duplicates kept."""
         return [portable_source(s, self._root, self._links())
                 for s in _as_list_of_str(sources, "Sources")]
+
+    def _write_readme(self) -> None:
+        """A README for the derivative dataset (BIDS recommends one), written once: a README
+        already there (the user's own, any BIDS spelling) is never touched."""
+        if any((self._root / name).exists() for name in _README_NAMES):
+            return
+        atomic_write_text(self._root / "README.md", _README_TEXT.format(
+            name=self._pipeline_name, version=__version__))
 
     def _write_description(self) -> None:
         path = self._root / "dataset_description.json"
