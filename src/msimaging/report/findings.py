@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _sp
 
 from msimaging.errors import InputError, MSImagingWarning
-from msimaging.stats import compare_visits, friedman_exact, wilcoxon_exact
+from msimaging.stats import compare_visits, fdr_bh, friedman_exact, wilcoxon_exact
 
 __all__ = [
     "KeyFindings",
@@ -246,11 +245,7 @@ def key_findings(tables: Mapping[str, pd.DataFrame | None], *,
         rows.append(nbs)
     table = pd.DataFrame(rows, columns=["domain", "outcome", "change_pct", "change_text",
                                         "p_exact", "n", "k_visits", "design"])
-    p = table["p_exact"].to_numpy(float)
-    fdr = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        fdr[ok] = _sp.false_discovery_control(p[ok], method="bh")
+    fdr = fdr_bh(table["p_exact"].to_numpy(float))
     table["p_fdr"] = fdr
     table["significant"] = np.nan_to_num(fdr, nan=1.0) < alpha
     # FDR-significant first (smallest p first), then the rest in the study's order.

@@ -8,13 +8,14 @@
 - :func:`read_phenotype`: BIDS ``phenotype/*.tsv`` as tidy rows.
 """
 
-from msimaging.stats.exact import friedman_exact, holm, kendalls_w, wilcoxon_exact
+from msimaging.stats.exact import fdr_bh, friedman_exact, holm, kendalls_w, wilcoxon_exact
 from msimaging.stats.longitudinal import VisitComparison, compare_visits
 from msimaging.stats.phenotype import read_phenotype
 
 __all__ = [
     "VisitComparison",
     "compare_visits",
+    "fdr_bh",
     "friedman_exact",
     "holm",
     "kendalls_w",

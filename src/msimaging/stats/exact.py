@@ -215,6 +215,21 @@ def wilcoxon_exact(
     return out
 
 
+def fdr_bh(p_values: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values over the finite entries; NaN stays NaN (a test
+    that could not run is not part of the family)."""
+    from scipy import stats as _sp
+
+    p = np.asarray(p_values, float)
+    if p.ndim != 1:
+        raise InputError("p_values must be 1-D.")
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = _sp.false_discovery_control(p[ok], method="bh")
+    return out
+
+
 def holm(p_values: np.ndarray) -> np.ndarray:
     """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
     p = np.asarray(p_values, float)

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from msimaging.errors import DependencyError, InputError, MSImagingWarning
-from msimaging.stats.exact import friedman_exact, holm, wilcoxon_exact
+from msimaging.stats.exact import fdr_bh, friedman_exact, holm, wilcoxon_exact
 
 __all__ = ["VisitComparison", "compare_visits"]
 
@@ -256,11 +255,7 @@ def compare_visits(
         if mixed_model:
             mixed.append(_mixed(group, ident, subject, visit, value, label, notes))
     tests_df = pd.DataFrame(tests)
-    p = tests_df["p_exact"].to_numpy(float)
-    fdr = np.full(p.shape, np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        fdr[ok] = stats.false_discovery_control(p[ok], method="bh")
+    fdr = fdr_bh(tests_df["p_exact"].to_numpy(float))
     tests_df["p_fdr"] = fdr
     tests_df["significant"] = np.nan_to_num(fdr, nan=1.0) < alpha
     posthoc_df = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame()
