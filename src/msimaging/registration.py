@@ -29,13 +29,13 @@ block-averages them to integer resolutions.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import math
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,7 +115,13 @@ def _block_mean(data: np.ndarray, factor: int) -> np.ndarray:
 @functools.lru_cache(maxsize=3)
 def _read_template_1mm(kind: str) -> tuple[np.ndarray, np.ndarray]:
     # uint8 arrays (9 MB each), read once per process: several resolutions derive from them.
-    path = resources.files("nilearn.datasets") / "data" / _TEMPLATE_FILE.format(kind)
+    # The file inside nilearn's package, found without importing nilearn.datasets (whose
+    # import pulls scikit-learn: 1.2-1.8 s of every worker's first registration).
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("nilearn is not installed: reinstall msimaging (pip install msimaging).")
+    path = (Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+            / _TEMPLATE_FILE.format(kind))  # fmt: skip
     img = nib.load(str(path))
     return np.asanyarray(img.dataobj.get_unscaled()), np.asarray(img.affine, float)
 
@@ -717,6 +723,7 @@ def register_affine(
     factors: tuple[int, ...] = (4, 2, 1),
     sampling_proportion: float | Literal["auto"] | None = "auto",
     init: str | AffineTransform | np.ndarray = "center_of_mass",
+    early_levels: int | None = None,
 ) -> AffineTransform:
     """Register ``moving`` onto ``static`` with mutual information (dipy ``AffineRegistration``).
 
@@ -756,6 +763,13 @@ def register_affine(
         Starting point: align the intensity centres of mass, trust the world coordinates
         (images of one session share scanner space), or a previous static-mm -> moving-mm
         matrix.
+    early_levels : int, optional
+        Pyramid levels (coarse to fine) run by the stages before the final one; None runs
+        every level at every stage. The intermediate stages only have to bring the final
+        stage into its basin, and the finest level costs most (8x the next one): on the MNI
+        registrations of the default study, ``len(factors) - 1`` removed 50-70 % of the
+        fine-level evaluations with the final error against the truth unchanged (see
+        ``benchmarks/bench_registration.py``).
 
     Returns
     -------
@@ -784,6 +798,15 @@ def register_affine(
             f"{sampling_proportion!r}."
         )
     iters, sig, fac = _check_levels(level_iters, sigmas, factors)
+    if early_levels is not None and (
+        isinstance(early_levels, bool)
+        or not isinstance(early_levels, int | np.integer)
+        or not 1 <= early_levels <= len(iters)
+    ):
+        raise InputError(
+            f"early_levels must be an integer from 1 to the number of pyramid levels "
+            f"({len(iters)}) or None, got {early_levels!r}."
+        )
     moving_img = _load_3d(moving, "moving")
     static_img = _load_3d(static, "static")
     masks = {}
@@ -802,32 +825,60 @@ def register_affine(
     static_shape, static_affine = _grid(static_img)
     moving_shape, moving_affine = _grid(moving_img)
 
-    if sampling_proportion == "auto":
-        share = max(0.25, MIN_MI_SAMPLES / static_data.size)
-        sampling_proportion = None if share >= 1 else share
+    auto_sampling = sampling_proportion == "auto"
     if masks:
         sampling_proportion = None  # dipy drops the masks (with a warning) when sampling
     start = time.perf_counter()
     matrix = _initial_matrix(init, static_data, static_affine, moving_data, moving_affine)
-    affreg = AffineRegistration(
-        metric=MutualInformationMetric(nbins=int(nbins), sampling_proportion=sampling_proportion),
-        level_iters=iters,
-        sigmas=sig,
-        factors=fac,
-        verbosity=0,
-    )
+
+    def pyramid(n_levels: int) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray | None]:
+        """dipy's optimiser and static image for the first ``n_levels`` levels.
+
+        dipy's finest level is always the static image itself (it ignores the last factor
+        and sigma), so the static image is first block-resampled to the finest level asked
+        for: ``factors=(8, 4, 2)`` then really ends at 2 voxels, and the early stages of
+        ``early_levels`` really stop short of the finest level.
+        """
+        base = fac[n_levels - 1]
+        data, grid, mask = static_data, static_affine, masks.get("static_mask")
+        if base > 1:
+            spacing = float(np.min(_voxel_sizes(static_affine))) * base
+            data, grid, _ = _working_grid(static_data, static_affine, spacing)
+            data = data.astype(np.float64)
+            if mask is not None:
+                mask = (_working_grid(mask.astype(np.float32), static_affine, spacing)[0]
+                        > 0.5).astype(np.int32)  # fmt: skip
+        share = sampling_proportion
+        if auto_sampling and not masks:
+            share = max(0.25, MIN_MI_SAMPLES / data.size)
+            share = None if share >= 1 else share
+        optimiser = AffineRegistration(
+            metric=MutualInformationMetric(nbins=int(nbins), sampling_proportion=share),
+            level_iters=iters[:n_levels],
+            sigmas=[v / base for v in sig[:n_levels]],
+            factors=[max(1, round(f / base)) for f in fac[:n_levels]],
+            verbosity=0,
+        )
+        return optimiser, data, grid, mask
+
+    stages = _STAGES[transform]
+    runs = {"final": pyramid(len(iters))}
+    if early_levels is not None and early_levels < len(iters) and len(stages) > 1:
+        runs["early"] = pyramid(int(early_levels))
     value = None
-    for stage in _STAGES[transform]:
+    for i, stage in enumerate(stages):
+        key = "final" if i == len(stages) - 1 or "early" not in runs else "early"
+        affreg, static_level, static_level_affine, static_level_mask = runs[key]
         result, _, fopt = affreg.optimize(
-            static_data,
+            static_level,
             moving_data,
             regtransforms[(_DIPY_TRANSFORM[stage], 3)],
             None,
-            static_grid2world=static_affine,
+            static_grid2world=static_level_affine,
             moving_grid2world=moving_affine,
             starting_affine=matrix,
             ret_metric=True,
-            static_mask=masks.get("static_mask"),
+            static_mask=static_level_mask,
             moving_mask=masks.get("moving_mask"),
         )
         matrix = np.asarray(result.affine, dtype=np.float64)
@@ -1227,8 +1278,12 @@ def register_to_mni(
         return nib.Nifti1Image(np.where(ndimage.binary_dilation(mask), work, 0.0), work_affine)
 
     def fit(static_mask: np.ndarray, matrix: np.ndarray, **levels: Any) -> AffineTransform:
+        # Translation and rigid only at the coarsest level: the final model refines at every
+        # level (default study, 5 first visits: 28 s instead of 49 s, mean error against
+        # the planted placement 0.097 mm instead of 0.098 mm).
         return register_affine(
-            moving_img, extracted(static_mask), transform=transform, init=matrix, **levels
+            moving_img, extracted(static_mask), transform=transform, init=matrix,
+            early_levels=1, **levels,
         )
 
     def warped_template(result: AffineTransform) -> np.ndarray:

@@ -552,6 +552,9 @@ def _visit_transform(first, visit, masks, notes):
             # low (mean scale error 0.0057-0.0067, as large as the drift itself) where a
             # quarter gave 0.0029-0.0033. Cause not yet found (interpolation bias of MI?).
             sampling_proportion=0.25,
+            # Translation and rigid stages stop one pyramid level short of the finest
+            # (the affine stage refines there).
+            early_levels=1,
         )
     except (InputError, ValueError, np.linalg.LinAlgError) as exc:
         row["status"] = f"registration failed: {exc}"
