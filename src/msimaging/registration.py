@@ -947,7 +947,9 @@ def _working_grid(
     smooth = ndimage.gaussian_filter(data.astype(np.float32), sigma)
     shape = tuple(int(s) for s in np.maximum(np.floor(np.array(data.shape) / factor), 1))
     offset = (factor - 1.0) / 2.0  # output voxel centres at the centres of input blocks
-    out = ndimage.affine_transform(smooth, factor, offset=offset, output_shape=shape, order=1)
+    out = ndimage.affine_transform(  # a 3x3 matrix: scipy warns about a 1-D one
+        smooth, np.diag(factor), offset=offset, output_shape=shape, order=1
+    )
     new_affine = np.array(affine, float)
     new_affine[:3, :3] = new_affine[:3, :3] * factor
     new_affine[:3, 3] = np.asarray(affine)[:3, :3] @ offset + np.asarray(affine)[:3, 3]
