@@ -50,6 +50,9 @@ def test_tiny_demos_and_writes_derivatives(tiny_demo):
     assert 'id="dti"' in report and 'id="clinical"' in report
     assert "Expanded Disability Status Scale" in report
     assert "Times: study generation" in proc.stdout
+    # One MNI registration per subject, and nothing of its file lock left behind.
+    assert len(sorted(deriv.glob("sub-*/anat/*_from-MNI152NLin2009cAsym_to-T1w_*xfm.txt"))) == 2
+    assert not sorted(deriv.rglob("*.lock")), sorted(deriv.rglob("*.lock"))
 
 
 def test_synth_command(tmp_path):

@@ -458,6 +458,7 @@ def _run_locked(tasks, bids_dir, output, params, force, scheduler, n_workers, pr
     elif todo:
         _run_on_dask(todo, bids_dir, output, params, force, scheduler, n_workers, finished)
     bar.close()
+    _remove_subject_locks(output)
     table = pd.DataFrame([o.row() for o in outcomes])
     # Keys without NaN: a visit of a subject without sessions has session_id None.
     order = {(t.participant_id, t.session_id or "", t.modality): k
@@ -490,6 +491,17 @@ def _run_locked(tasks, bids_dir, output, params, force, scheduler, n_workers, pr
         logger.removeHandler(handler)
     return ParticipantRun(table, failures, log_path, seconds,
                           0 if scheduler else n_workers)
+
+
+def _remove_subject_locks(output: Path) -> None:
+    """The lock files of the subjects' MNI registrations
+    (:func:`msimaging.registration.subject_mni_transform`): every task has ended and this run
+    holds the output folder's lock, so nobody waits on them any more."""
+    for path in output.glob("sub-*/anat/.sub-*_xfm.txt.lock"):
+        try:
+            path.unlink()
+        except OSError:  # gone already, or not ours to remove: harmless either way
+            continue
 
 
 def _run_on_dask(tasks, bids_dir, output, params, force, scheduler, n_workers, finished):
