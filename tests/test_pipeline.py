@@ -86,6 +86,13 @@ def test_local_cluster_two_workers_and_scheduler_address(tiny_study, tmp_path):
             "excluded"} <= set(group.tables)
     assert group.report is not None and group.report.stat().st_size > 10_000
     assert any("NBS skipped" in n for n in group.notes)  # 2 subjects < 3
+    # joblib's worker processes (lesion-track registrations, QC pages) do not outlive it
+    # (loky's one resource tracker stays with our process, as it does for any joblib user).
+    import psutil
+
+    loky = [p for p in psutil.Process().children(recursive=True)
+            if "loky" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
+    assert not loky, [p.cmdline() for p in loky]
 
 
 def test_sigkill_then_restart_skips_finished_work(tiny_study, tmp_path):

@@ -238,6 +238,20 @@ def run_group(
             report=report, n_jobs=n_jobs, tract_model=tract_model, progress=progress)
     finally:
         lock.release()
+        _stop_idle_workers()
+
+
+def _stop_idle_workers() -> None:
+    """End joblib's reusable loky worker processes (lesion tracks, QC pages, NBS blocks):
+    left alone they sit idle for 5 minutes after the group level returns (in a notebook's
+    kernel, say). Only an executor that exists is shut down (none is started here)."""
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:  # pragma: no cover - joblib always vendors loky
+        return
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
 
 
 def _same_month_visits(sessions: pd.DataFrame) -> list[str]:
