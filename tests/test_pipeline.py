@@ -90,9 +90,15 @@ def test_local_cluster_two_workers_and_scheduler_address(tiny_study, tmp_path):
     # (loky's one resource tracker stays with our process, as it does for any joblib user).
     import psutil
 
-    loky = [p for p in psutil.Process().children(recursive=True)
-            if "loky" in " ".join(p.cmdline()) and "resource_tracker" not in " ".join(p.cmdline())]
-    assert not loky, [p.cmdline() for p in loky]
+    def command(process) -> str:
+        try:
+            return " ".join(process.cmdline())
+        except psutil.Error:  # ended (or a zombie) since it was listed: not a live worker
+            return ""
+
+    loky = [c for c in map(command, psutil.Process().children(recursive=True))
+            if "loky" in c and "resource_tracker" not in c]
+    assert not loky, loky
 
 
 def test_sigkill_then_restart_skips_finished_work(tiny_study, tmp_path):
