@@ -654,3 +654,33 @@ def test_near_core_streamlines_count_in_the_mask_not_in_the_profile(tube_bundle)
         np.testing.assert_array_equal(a, b)
     assert np.asanyarray(both.density().dataobj).sum() > np.asanyarray(
         tube_bundle.density().dataobj).sum()
+
+
+def test_grown_masks_equal_the_whole_grid_distance_transform():
+    """Growing each ROI inside its bounding box (+ margin) gives exactly scipy's Euclidean
+    distance transform over the whole grid, anisotropic voxels and grid edges included."""
+    from scipy import ndimage
+
+    from msimaging.dti.tracts import _grown_masks
+
+    rng = np.random.default_rng(7)
+    shape, zooms = (40, 46, 30), np.array([2.0, 2.5, 3.0])
+    affine = np.diag([*zooms, 1.0])
+    waypoints = []
+    for _ in range(12):
+        mask = np.zeros(shape, bool)
+        centre = rng.integers(0, shape)
+        radius = rng.integers(1, 5, 3)
+        box = tuple(slice(max(c - r, 0), c + r) for c, r in zip(centre, radius, strict=True))
+        mask[box] = True
+        waypoints.append(mask)
+    waypoints.append(np.zeros(shape, bool))  # an empty ROI stays empty
+    exclusion = waypoints[0].copy()
+    for margin_mm in (0.0, 2.0, 5.5):
+        grown = _grown_masks({"waypoints": waypoints, "exclusions": [exclusion]}, affine,
+                             margin_mm)
+        for mask, got in zip(waypoints, grown["waypoints"], strict=True):
+            expected = (ndimage.distance_transform_edt(~mask, sampling=zooms) <= margin_mm
+                        if mask.any() else mask)
+            np.testing.assert_array_equal(got, expected)
+        assert grown["exclusions"][0] is exclusion  # exclusions are not grown

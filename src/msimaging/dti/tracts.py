@@ -1428,10 +1428,20 @@ def _grown_masks(
 
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
+    pad = np.ceil(margin_mm / zooms).astype(int) + 1
+
     def grow(mask: np.ndarray) -> np.ndarray:
         if not mask.any() or mask.all():
             return mask
-        return ndimage.distance_transform_edt(~mask, sampling=zooms) <= margin_mm
+        # The transform of the mask's bounding box grown by the margin only (the same
+        # voxels as over the whole grid, which took 0.3-0.6 s per visit for ~25 small ROIs).
+        where = np.argwhere(mask)
+        low = np.maximum(where.min(axis=0) - pad, 0)
+        high = np.minimum(where.max(axis=0) + pad + 1, mask.shape)
+        box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        out = np.zeros_like(mask, dtype=bool)
+        out[box] = ndimage.distance_transform_edt(~mask[box], sampling=zooms) <= margin_mm
+        return out
 
     return {
         role: arrays if role == "exclusions" else [grow(m) for m in arrays]
