@@ -65,6 +65,7 @@ __all__ = [
     "register_syn",
     "register_to_mni",
     "register_within_subject",
+    "subject_lock_path",
     "subject_mni_transform",
     "visit_mni_transform",
 ]
@@ -1883,6 +1884,13 @@ def _flock() -> Any:
     return fcntl
 
 
+def subject_lock_path(path: str | os.PathLike[str]) -> Path:
+    """The lock file :func:`subject_mni_transform` holds while it computes ``path``: hidden
+    (readers skip dot files), beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
 def subject_mni_transform(
     reference_t1w: str | os.PathLike[str],
     path: str | os.PathLike[str],
@@ -1954,7 +1962,7 @@ def subject_mni_transform(
     if found is not None:
         return found
     fcntl = _flock()
-    lock = path.with_name(f".{path.name}.lock")  # hidden: readers skip dot files
+    lock = subject_lock_path(path)
     with open(lock, "a+") as handle:
         if fcntl is not None:
             fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes

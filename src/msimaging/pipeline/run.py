@@ -497,10 +497,12 @@ def _remove_subject_locks(output: Path) -> None:
     """The lock files of the subjects' MNI registrations
     (:func:`msimaging.registration.subject_mni_transform`): every task has ended and this run
     holds the output folder's lock, so nobody waits on them any more."""
-    for path in output.glob("sub-*/anat/.sub-*_xfm.txt.lock"):
+    from msimaging.registration import subject_lock_path
+
+    for transform in output.glob("sub-*/anat/*_xfm.txt"):
         try:
-            path.unlink()
-        except OSError:  # gone already, or not ours to remove: harmless either way
+            subject_lock_path(transform).unlink(missing_ok=True)
+        except OSError:  # not ours to remove: harmless, it only serialises registrations
             continue
 
 
