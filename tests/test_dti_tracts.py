@@ -502,6 +502,20 @@ def test_figures_render_to_png(phantom, tube_bundle, tmp_path):
     )
     fig = plot_tract_overlay(phantom.fit.fa, {"tube": tube_bundle, "lesion": lesion}, overlay)
     assert len(fig.axes) == 3
+    # Each view is one RGB image: grey FA, tract voxels blended with their colour (alpha 0.6).
+    masks = [np.asarray(tube_bundle.mask().dataobj) > 0, np.asarray(lesion.dataobj) > 0]
+    fa = np.clip(np.asarray(phantom.fit.fa.dataobj, float), 0, 1)
+    for axis, ax in enumerate(fig.axes[:3]):
+        (image,) = ax.get_images()
+        rgb = np.asarray(image.get_array())
+        index = [slice(None)] * 3
+        index[axis] = int(ax.get_title().split("voxel ")[1].rstrip(")"))
+        inside = masks[0][tuple(index)].T | masks[1][tuple(index)].T
+        assert inside.any()
+        coloured = ~(np.isclose(rgb[..., 0], rgb[..., 1]) & np.isclose(rgb[..., 1], rgb[..., 2]))
+        assert not coloured[~inside].any()  # grey outside the tracts
+        np.testing.assert_allclose(rgb[~inside][:, 0], fa[tuple(index)].T[~inside])
+        assert coloured[inside].mean() > 0.9  # tab10 colours are not grey
     assert overlay.is_file() and overlay.stat().st_size > 10_000
     visits = pd.concat(
         [

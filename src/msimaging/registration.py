@@ -35,6 +35,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +77,15 @@ TRANSFORM_KINDS: tuple[str, ...] = ("translation", "rigid", "rigid+scaling", "af
 #: (``sampling_proportion="auto"``): with fewer, its 32x32 joint histogram is too noisy for
 #: sub-millimetre fits.
 MIN_MI_SAMPLES = 100_000
+#: Stopping tolerance of the optimiser of :func:`register_affine` (relative change of the
+#: mutual information). Measured against scipy's 2.2e-9 (dipy's default) on the default
+#: synthetic study and real scans (issue 19): MNI registration 17 % faster, error vs truth
+#: 0.0987 mm (0.0980), the real b0 slab placed alike (lowest slice at MNI z -7.0 / -7.1), a
+#: real T1w moved by 4 known rigid motions re-registered more consistently (0.15 mm against
+#: 0.29 mm); within-subject T1w 26 % faster, 0.0046 mm (0.0051); T1w -> b0 11 % faster,
+#: 0.093 mm (0.107). 1e-6 was faster again but less accurate (MNI 0.102 mm, within-subject
+#: worst 0.032 mm).
+DEFAULT_FTOL = 1e-7
 #: Maps :func:`mni_template` can return.
 TEMPLATE_KINDS: tuple[str, ...] = ("t1", "gm", "wm", "brain_mask")
 
@@ -710,6 +720,31 @@ def _initial_matrix(
     return _check_matrix(init, "init")
 
 
+
+def _stage_levels(early_levels: Any, n_levels: int, n_stages: int) -> list[int]:
+    """Pyramid levels run by each stage of :func:`register_affine` (the last runs them all)."""
+    if early_levels is None:
+        early = [n_levels] * (n_stages - 1)
+    else:
+        single = isinstance(early_levels, int | np.integer) and not isinstance(early_levels, bool)
+        values = [early_levels] * (n_stages - 1) if single else early_levels
+        try:
+            early = list(values)
+        except TypeError:
+            early = None
+        valid = early is not None and all(
+            isinstance(v, int | np.integer) and not isinstance(v, bool) and 1 <= v <= n_levels
+            for v in early
+        )
+        if not valid or (not single and len(early) != n_stages - 1):
+            raise InputError(
+                f"early_levels must be an integer from 1 to the number of pyramid levels "
+                f"({n_levels}), a sequence of such integers with one per stage before the "
+                f"final one ({n_stages - 1} here), or None; got {early_levels!r}."
+            )
+    return [int(v) for v in early] + [n_levels]
+
+
 def register_affine(
     moving: ImageLike,
     static: ImageLike,
@@ -724,7 +759,8 @@ def register_affine(
     factors: tuple[int, ...] = (4, 2, 1),
     sampling_proportion: float | Literal["auto"] | None = "auto",
     init: str | AffineTransform | np.ndarray = "center_of_mass",
-    early_levels: int | None = None,
+    early_levels: int | Sequence[int] | None = None,
+    ftol: float = DEFAULT_FTOL,
 ) -> AffineTransform:
     """Register ``moving`` onto ``static`` with mutual information (dipy ``AffineRegistration``).
 
@@ -764,13 +800,21 @@ def register_affine(
         Starting point: align the intensity centres of mass, trust the world coordinates
         (images of one session share scanner space), or a previous static-mm -> moving-mm
         matrix.
-    early_levels : int, optional
-        Pyramid levels (coarse to fine) run by the stages before the final one; None runs
-        every level at every stage. The intermediate stages only have to bring the final
+    early_levels : int or sequence of int, optional
+        Pyramid levels (coarse to fine) run by the stages before the final one: one number
+        for all of them, or one per stage (e.g. ``(2, 3)`` for translation then rigid before
+        an affine: the translation stops one level short of the finest); None runs every
+        level at every stage. The intermediate stages only have to bring the final
         stage into its basin, and the finest level costs most (8x the next one). The lesion
         tracks use ``len(factors) - 1`` (a third faster, as accurate on a real FLAIR moved by
         planted affines); stopping at the coarsest level (1) misplaced a real partial-field
         b0 slab by 5 mm in MNI, so :func:`register_to_mni` keeps every level.
+
+    ftol : float, default=:data:`DEFAULT_FTOL` (1e-7)
+        Relative change of the mutual information below which the optimiser (L-BFGS-B)
+        stops at each level. dipy's default (scipy's, 2.2e-9) spends most of the finest
+        level's evaluations on changes far below a voxel (e.g. 39 evaluations of the
+        translation stage at 2 mm for an MNI registration).
 
     Returns
     -------
@@ -799,15 +843,10 @@ def register_affine(
             f"{sampling_proportion!r}."
         )
     iters, sig, fac = _check_levels(level_iters, sigmas, factors)
-    if early_levels is not None and (
-        isinstance(early_levels, bool)
-        or not isinstance(early_levels, int | np.integer)
-        or not 1 <= early_levels <= len(iters)
-    ):
-        raise InputError(
-            f"early_levels must be an integer from 1 to the number of pyramid levels "
-            f"({len(iters)}) or None, got {early_levels!r}."
-        )
+    if isinstance(ftol, bool) or not isinstance(ftol, int | float) or not 0 < ftol < 1:
+        raise InputError(f"ftol must be a number in (0, 1), got {ftol!r}.")
+    stages = _STAGES[transform]
+    stage_levels = _stage_levels(early_levels, len(iters), len(stages))
     moving_img = _load_3d(moving, "moving")
     static_img = _load_3d(static, "static")
     masks = {}
@@ -859,17 +898,14 @@ def register_affine(
             sigmas=[v / base for v in sig[:n_levels]],
             factors=[max(1, round(f / base)) for f in fac[:n_levels]],
             verbosity=0,
+            options={"gtol": 1e-4, "ftol": float(ftol)},  # gtol: dipy's own default
         )
         return optimiser, data, grid, mask
 
-    stages = _STAGES[transform]
-    runs = {"final": pyramid(len(iters))}
-    if early_levels is not None and early_levels < len(iters) and len(stages) > 1:
-        runs["early"] = pyramid(int(early_levels))
+    runs = {n: pyramid(n) for n in dict.fromkeys(stage_levels)}
     value = None
-    for i, stage in enumerate(stages):
-        key = "final" if i == len(stages) - 1 or "early" not in runs else "early"
-        affreg, static_level, static_level_affine, static_level_mask = runs[key]
+    for stage, n_levels in zip(stages, stage_levels, strict=True):
+        affreg, static_level, static_level_affine, static_level_mask = runs[n_levels]
         result, _, fopt = affreg.optimize(
             static_level,
             moving_data,

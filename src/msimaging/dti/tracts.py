@@ -1903,14 +1903,14 @@ def plot_tract_overlay(
         index[axis] = int(centre[axis])
         plane = [a for a in range(3) if a != axis]
         aspect = zooms[plane[1]] / zooms[plane[0]]
-        ax.imshow(
-            background[tuple(index)].T, cmap="gray", vmin=0, vmax=1, origin="lower",
-            aspect=aspect, interpolation="nearest",
-        )
+        # One RGB image per view: the grey FA with each tract blended over it in turn
+        # (alpha 0.6, as layered imshow calls would draw them, at a ninth of the drawing).
+        grey = np.clip(np.nan_to_num(background[tuple(index)].T), 0.0, 1.0)
+        rgb = np.repeat(grey[..., None], 3, axis=-1)
         for colour, mask in zip(colours, masks.values(), strict=False):
-            layer = np.zeros((*mask[tuple(index)].T.shape, 4))
-            layer[mask[tuple(index)].T] = (*colour[:3], 0.6)
-            ax.imshow(layer, origin="lower", aspect=aspect, interpolation="nearest")
+            inside = mask[tuple(index)].T
+            rgb[inside] = 0.4 * rgb[inside] + 0.6 * np.asarray(colour[:3])
+        ax.imshow(rgb, origin="lower", aspect=aspect, interpolation="nearest")
         ax.set_title(f"{title} (voxel {int(centre[axis])})")
         ax.set_axis_off()
     if masks:
