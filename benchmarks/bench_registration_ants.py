@@ -6,8 +6,7 @@ ICBM 2009 T1 at 2 mm, masked to its brain as msimaging does) is registered affin
 subject's T1w by
 
 - ``dipy``: :func:`msimaging.registration.register_to_mni` (the pipeline's default: brain
-  found by ``median_otsu``, MI, translation and rigid at the coarsest level, affine at 8, 4
-  and 2 mm);
+  found by ``median_otsu``, MI, translation, rigid and affine each at 8, 4 and 2 mm);
 - ``ants``: ``ants.registration(type_of_transform=...)`` for ``"Affine"`` (rigid then affine,
   MI, 4 levels) and ``"AffineFast"``, on the subject image masked by dipy's ``median_otsu``
   brain (radius 4 mm, one pass: the brain finder register_to_mni uses here; ANTs has no brain
