@@ -20,21 +20,32 @@ from msimaging.derivatives import DerivativesWriter
 
 @pytest.fixture(scope="module")
 def results(snr20_study, tmp_path_factory):
-    from msimaging.dti import dti_session
+    from joblib import Parallel, delayed
 
     root, truth = snr20_study
     study = Study(root)
     writer = DerivativesWriter(tmp_path_factory.mktemp("out") / "msimaging",
                                input_datasets=[root])
-    out = {}
-    for visit in study:
-        dseg = nib.load(visit.get("dseg"))
-        wm = nib.Nifti1Image((np.asanyarray(dseg.dataobj) == 3).astype(np.uint8), dseg.affine)
-        out[(visit.participant_id, visit.session_id)] = dti_session(
-            visit.get("dwi"), visit.get("t1w"), wm, visit.get("lesion_mask"),
-            participant_id=visit.participant_id, session_id=visit.session_id, writer=writer,
-        )
+    visits = list(study)
+    # The six visits are independent: one process each on the machine's cores.
+    results = Parallel(n_jobs=2, backend="loky")(
+        delayed(_visit)(visit.get("dwi"), visit.get("t1w"), visit.get("dseg"),
+                        visit.get("lesion_mask"), visit.participant_id, visit.session_id,
+                        writer)
+        for visit in visits
+    )
+    out = {(visit.participant_id, visit.session_id): result
+           for visit, result in zip(visits, results, strict=True)}
     return truth, out, writer
+
+
+def _visit(dwi, t1w, dseg_path, lesion_mask, participant_id, session_id, writer):
+    from msimaging.dti import dti_session
+
+    dseg = nib.load(dseg_path)
+    wm = nib.Nifti1Image((np.asanyarray(dseg.dataobj) == 3).astype(np.uint8), dseg.affine)
+    return dti_session(dwi, t1w, wm, lesion_mask, participant_id=participant_id,
+                       session_id=session_id, writer=writer)
 
 
 def _value(result, roi, metric):

@@ -61,32 +61,36 @@ def layouts(tiny_study, tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module")
-def runs(layouts, tmp_path_factory):
-    """Run the participant level on each layout once, with no params: layout ->
-    (ForeignStudy, output folder, tasks table)."""
+def _run_layout(root: Path, base: Path, layout: str):
+    """Build one layout (its own copy) and run the participant level on it with no params:
+    volumetry and fMRI for every visit, DTI for the visits of DTI_VISITS."""
     from msimaging.pipeline import run_participant
 
-    base = tmp_path_factory.mktemp("foreign_out")
-    cache: dict[str, tuple[ForeignStudy, Path, pd.DataFrame]] = {}
+    study = build_foreign_study(root, base / "study", layout, subjects=SUBJECTS)
+    out = base / "out"
+    first = run_participant(study.root, out, modalities=["volumetry", "fmri"],
+                            n_workers=1, progress=False)
+    sessions = sorted({v.session_id for v in study.visits},
+                      key=lambda s: study.visit("sub-01", s).months)
+    second = run_participant(study.root, out, modalities=["dti"],
+                             participant_label=["sub-01"],
+                             session_label=[sessions[k] for k in DTI_VISITS[layout]],
+                             n_workers=1, progress=False)
+    return study, out, pd.concat([first.tasks, second.tasks], ignore_index=True)
 
-    def get(layout: str):
-        if layout not in cache:
-            study = layouts(layout)
-            out = base / layout
-            first = run_participant(study.root, out, modalities=["volumetry", "fmri"],
-                                    n_workers=1, progress=False)
-            sessions = sorted({v.session_id for v in study.visits},
-                              key=lambda s: study.visit("sub-01", s).months)
-            second = run_participant(study.root, out, modalities=["dti"],
-                                     participant_label=["sub-01"],
-                                     session_label=[sessions[k] for k in DTI_VISITS[layout]],
-                                     n_workers=1, progress=False)
-            tasks = pd.concat([first.tasks, second.tasks], ignore_index=True)
-            cache[layout] = (study, out, tasks)
-        return cache[layout]
 
-    return get
+@pytest.fixture(scope="module")
+def runs(tiny_study, tmp_path_factory):
+    """The participant level on every layout (two layouts at a time, each in its own process
+    and folders): layout -> (ForeignStudy, output folder, tasks table)."""
+    from joblib import Parallel, delayed
+
+    base = tmp_path_factory.mktemp("foreign_runs")
+    results = Parallel(n_jobs=2, backend="loky")(
+        delayed(_run_layout)(tiny_study[0], base / layout, layout) for layout in LAYOUTS
+    )
+    cache = dict(zip(LAYOUTS, results, strict=True))
+    return cache.__getitem__
 
 
 def _output(out: Path, sub: str, ses: str, pattern: str) -> Path:

@@ -100,16 +100,15 @@ def _end_process_group(pids: list[int]) -> None:
                 os.killpg(group, signal.SIGTERM)
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_and_shows_its_figures(name, tmp_path, kernel_dir):
+def _execute(name: str, tmp_path: Path, kernel_dir: Path) -> tuple[object, float, str]:
+    """Run one notebook: (the executed notebook, seconds, the error text or "")."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
 
     nb = nbformat.read(GALLERY / name, as_version=4)
-    gallery_before = sorted(p.name for p in GALLERY.iterdir())
     work = tmp_path / "work"
     scratch = tmp_path / "tmp"  # the kernel's (and Dask workers') temporary files
-    work.mkdir()
+    work.mkdir(parents=True)
     scratch.mkdir()
     env = {**os.environ, "MPLBACKEND": "Agg", "TMPDIR": str(scratch),
            "IPYTHONDIR": str(scratch / "ipython")}
@@ -122,13 +121,37 @@ def test_notebook_runs_and_shows_its_figures(name, tmp_path, kernel_dir):
         on_notebook_start=lambda **_: kernel_pids.append(km.provisioner.pid),
     )
     started = time.perf_counter()
+    error = ""
     try:
         client.execute(env=env)  # raises CellExecutionError, with the traceback, if a cell fails
+    except Exception as exc:  # reported by the notebook's own test
+        error = f"{type(exc).__name__}: {exc}"
     finally:
         _end_process_group(kernel_pids)
-    seconds = time.perf_counter() - started
-    print(f"{name}: {seconds:.1f} s")
+    return nb, time.perf_counter() - started, error
 
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, kernel_dir):
+    """Every notebook, run two at a time (each in its own kernel and working folder), and the
+    gallery folder's listing before and after."""
+    from joblib import Parallel, delayed
+
+    gallery_before = sorted(p.name for p in GALLERY.iterdir())
+    runs = Parallel(n_jobs=2, backend="loky")(
+        delayed(_execute)(name, tmp_path_factory.mktemp(name.split("_")[0]), kernel_dir)
+        for name in NOTEBOOKS
+    )
+    gallery_after = sorted(p.name for p in GALLERY.iterdir())
+    return dict(zip(NOTEBOOKS, runs, strict=True)), gallery_before, gallery_after
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_and_shows_its_figures(name, executed):
+    runs, gallery_before, gallery_after = executed
+    nb, seconds, error = runs[name]
+    print(f"{name}: {seconds:.1f} s")
+    assert not error, f"{name}: {error}"
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert not errors, [f"{o.ename}: {o.evalue}" for o in errors]
@@ -149,5 +172,5 @@ def test_notebook_runs_and_shows_its_figures(name, tmp_path, kernel_dir):
             width, height = _png_size(png)
             assert width >= 200 and height >= 150, (name, last_line, width, height)
 
-    # What the notebook made is in its working folder, nothing in the repository.
-    assert sorted(p.name for p in GALLERY.iterdir()) == gallery_before
+    # What the notebooks made is in their working folders, nothing in the repository.
+    assert gallery_after == gallery_before
