@@ -86,6 +86,8 @@ MIN_MI_SAMPLES = 100_000
 #: 0.093 mm (0.107). 1e-6 was faster again but less accurate (MNI 0.102 mm, within-subject
 #: worst 0.032 mm).
 DEFAULT_FTOL = 1e-7
+#: scipy's own L-BFGS-B tolerance (dipy's default), for the steps where 1e-7 cost accuracy.
+SCIPY_FTOL = 2.2e-9
 #: Maps :func:`mni_template` can return.
 TEMPLATE_KINDS: tuple[str, ...] = ("t1", "gm", "wm", "brain_mask")
 
@@ -720,7 +722,6 @@ def _initial_matrix(
     return _check_matrix(init, "init")
 
 
-
 def _stage_levels(early_levels: Any, n_levels: int, n_stages: int) -> list[int]:
     """Pyramid levels run by each stage of :func:`register_affine` (the last runs them all)."""
     if early_levels is None:
@@ -809,7 +810,6 @@ def register_affine(
         tracks use ``len(factors) - 1`` (a third faster, as accurate on a real FLAIR moved by
         planted affines); stopping at the coarsest level (1) misplaced a real partial-field
         b0 slab by 5 mm in MNI, so :func:`register_to_mni` keeps every level.
-
     ftol : float, default=:data:`DEFAULT_FTOL` (1e-7)
         Relative change of the mutual information below which the optimiser (L-BFGS-B)
         stops at each level. dipy's default (scipy's, 2.2e-9) spends most of the finest

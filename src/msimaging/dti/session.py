@@ -274,7 +274,8 @@ def dti_session(
         # scipy's tolerance, not DEFAULT_FTOL: 1e-7 was 11 % faster and nearer the truth's
         # placement (0.093 mm against 0.107) but raised the NAWM FA error of the default
         # study from 0.00298 to 0.00307.
-        transform = registration.register_affine(t1, b0, transform=anat_to_dwi, ftol=2.2e-9)
+        transform = registration.register_affine(t1, b0, transform=anat_to_dwi,
+                                                 ftol=registration.SCIPY_FTOL)
     wm_dwi = _to_dwi(wm.img, transform, b0, "wm_mask", None, min_wm_fraction)
     n_wm_dwi = int(np.count_nonzero(np.asanyarray(wm_dwi.dataobj)))
     wm_source = (
