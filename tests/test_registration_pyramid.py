@@ -91,15 +91,18 @@ def test_last_factor_is_honoured(pair, level_shapes):
     assert [shape for _, shape in level_shapes] == expected
 
 
-def test_early_levels_stop_the_early_stages_short(pair, level_shapes):
+@pytest.mark.parametrize(("early_levels", "translation", "rigid"), [(1, 1, 1), ((1, 2), 1, 2)])
+def test_early_levels_stop_the_early_stages_short(pair, level_shapes, early_levels,
+                                                  translation, rigid):
+    """One number for every early stage, or one per stage: each stops at its level."""
     static, moving, _ = pair
-    reg.register_affine(moving, static, transform="affine", early_levels=1)
+    reg.register_affine(moving, static, transform="affine", early_levels=early_levels)
     full = [tuple(s // f for s in static.shape) for f in (4, 2)] + [static.shape]
     stages = {}
     for name, shape in level_shapes:
         stages.setdefault(name, []).append(shape)
-    assert stages["TranslationTransform3D"] == full[:1]
-    assert stages["RigidTransform3D"] == full[:1]
+    assert stages["TranslationTransform3D"] == full[:translation]
+    assert stages["RigidTransform3D"] == full[:rigid]
     assert stages["AffineTransform3D"] == full
 
 
@@ -127,18 +130,6 @@ def test_early_levels_keep_the_affine_accuracy():
     print(f"affine: mean error {errors}")
     assert errors[None] < 1.0 and errors[1] < 1.0  # half a voxel
     assert errors[1] <= errors[None] + 0.05
-
-
-def test_early_levels_per_stage(pair, level_shapes):
-    static, moving, _ = pair
-    reg.register_affine(moving, static, transform="affine", early_levels=(1, 2))
-    full = [tuple(s // f for s in static.shape) for f in (4, 2)] + [static.shape]
-    stages = {}
-    for name, shape in level_shapes:
-        stages.setdefault(name, []).append(shape)
-    assert stages["TranslationTransform3D"] == full[:1]
-    assert stages["RigidTransform3D"] == full[:2]
-    assert stages["AffineTransform3D"] == full
 
 
 @pytest.fixture()
